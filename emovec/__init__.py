@@ -1,0 +1,33 @@
+"""emovec: emotion steering of Hugging Face causal language models at inference time.
+
+>>> from emovec import load_model, EmotionVectors, steer
+>>> model, tok = load_model()
+>>> vecs = EmotionVectors.load("vectors/smollm2-135m-instruct.safetensors")
+>>> with steer(model, vecs, joy=1.0):
+...     model.generate(...)
+"""
+
+from emovec._version import __version__
+from emovec.datasets import BASIC_EMOTIONS, PromptPair, default_pairs, read_pairs
+from emovec.extraction import extract
+from emovec.layers import LayerDiscoveryError, find_layers
+from emovec.models import load_model
+from emovec.steering import Steering, VectorModelMismatchError, steer
+from emovec.vectors import EmotionVectors, SteeringVector
+
+__all__ = [
+    "BASIC_EMOTIONS",
+    "EmotionVectors",
+    "LayerDiscoveryError",
+    "PromptPair",
+    "Steering",
+    "SteeringVector",
+    "VectorModelMismatchError",
+    "__version__",
+    "default_pairs",
+    "extract",
+    "find_layers",
+    "load_model",
+    "read_pairs",
+    "steer",
+]

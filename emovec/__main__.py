@@ -1,0 +1,3 @@
+from emovec.cli import main
+
+raise SystemExit(main())

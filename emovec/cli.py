@@ -1,0 +1,172 @@
+"""The ``emovec`` command line: ``demo``, ``generate`` and ``extract``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+import time
+from collections.abc import Sequence
+
+from emovec.datasets import BASIC_EMOTIONS, read_pairs
+from emovec.generation import generate_answers
+from emovec.models import DEFAULT_MODEL, load_model
+from emovec.steering import steer
+from emovec.vectors import EmotionVectors
+
+DEMO_PROMPTS = (
+    "Tell me about your morning.",
+    "What do you think of the new shopping centre in town?",
+    "Describe the weather today.",
+)
+
+
+def _parse_strength(text: str) -> tuple[str, float]:
+    emotion, sep, value = text.partition("=")
+    try:
+        if not sep or not emotion:
+            raise ValueError
+        return emotion.strip(), float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected EMOTION=ALPHA such as joy=1 or fear=-0.5, got {text!r}"
+        ) from None
+
+
+def _parse_layers(text: str) -> list[int]:
+    """``"10-19"`` or ``"10,12,15"``."""
+    try:
+        if "-" in text.strip("-"):
+            start, stop = text.split("-", 1)
+            return list(range(int(start), int(stop) + 1))
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a range 10-19 or a list 10,12, got {text!r}")\
+            from None
+
+
+def _load(args: argparse.Namespace) -> tuple[object, object, EmotionVectors]:
+    from emovec.prebuilt import vectors_for
+
+    started = time.perf_counter()
+    model, tokenizer = load_model(args.model)
+    print(f"loaded {args.model or DEFAULT_MODEL} in {time.perf_counter() - started:.1f} s",
+          file=sys.stderr)
+    if args.vectors:
+        vectors = EmotionVectors.load(args.vectors)
+    else:
+        vectors = vectors_for(model, tokenizer, args.model or DEFAULT_MODEL)
+    return model, tokenizer, vectors
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help=f"model id or path (default: {DEFAULT_MODEL})")
+    parser.add_argument("--vectors", help="vector file (default: the prebuilt one for the model)")
+    parser.add_argument("--layers", type=_parse_layers, help="layers to steer, e.g. 10-19")
+    parser.add_argument("--scale", choices=["relative", "raw"], default="relative")
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+
+
+def _demo(args: argparse.Namespace) -> None:
+    model, tokenizer, vectors = _load(args)
+    prompts = args.prompt or list(DEMO_PROMPTS)
+    emotions = args.emotions or [e for e in BASIC_EMOTIONS if e in vectors]
+    columns: dict[str, list[str]] = {
+        "plain": generate_answers(model, tokenizer, prompts, max_new_tokens=args.max_new_tokens)
+    }
+    for emotion in emotions:
+        with steer(model, vectors, layers=args.layers, scale=args.scale,
+                   **{emotion: args.alpha}):
+            columns[f"{emotion} {args.alpha:+g}"] = generate_answers(
+                model, tokenizer, prompts, max_new_tokens=args.max_new_tokens
+            )
+    for i, prompt in enumerate(prompts):
+        print(f"\n=== {prompt}")
+        for label, answers in columns.items():
+            body = textwrap.fill(answers[i], width=96, initial_indent=" " * 12,
+                                 subsequent_indent=" " * 12)
+            print(f"{label:>11} {body[12:]}")
+
+
+def _generate(args: argparse.Namespace) -> None:
+    model, tokenizer, vectors = _load(args)
+    strengths = dict(args.emotion or [])
+    with steer(model, vectors, layers=args.layers, scale=args.scale, **strengths):
+        answers = generate_answers(
+            model, tokenizer, [args.prompt], max_new_tokens=args.max_new_tokens,
+            do_sample=args.sample, temperature=args.temperature, seed=args.seed,
+        )
+    print(answers[0])
+
+
+def _extract(args: argparse.Namespace) -> None:
+    from emovec.extraction import extract
+
+    model, tokenizer = load_model(args.model)
+    pairs = None
+    if args.pairs:
+        pairs = {}
+        for spec in args.pairs:
+            emotion, _, path = spec.partition("=")
+            if not path:
+                raise SystemExit(f"--pairs expects EMOTION=FILE, got {spec!r}")
+            pairs[emotion] = read_pairs(path)
+    started = time.perf_counter()
+    vectors = extract(
+        model, tokenizer, pairs, emotions=args.emotions, template=args.template,
+        batch_size=args.batch_size, model_name=args.model or DEFAULT_MODEL,
+    )
+    seconds = time.perf_counter() - started
+    if args.center and len(vectors) > 1:
+        vectors = vectors.center()
+    vectors.save(args.out)
+    print(f"{vectors}\nextracted in {seconds:.1f} s, saved to {args.out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="emovec", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="answer prompts plain and under each emotion")
+    _add_model_options(demo)
+    demo.add_argument("--alpha", type=float, default=1.0)
+    demo.add_argument("--emotions", nargs="+")
+    demo.add_argument("--prompt", action="append", help="a prompt (repeatable)")
+    demo.set_defaults(run=_demo)
+
+    gen = commands.add_parser("generate", help="answer one prompt with steering")
+    gen.add_argument("prompt")
+    _add_model_options(gen)
+    gen.add_argument("--emotion", type=_parse_strength, action="append",
+                     metavar="EMOTION=ALPHA", help="e.g. joy=1 or fear=-0.5 (repeatable)")
+    gen.add_argument("--sample", action="store_true", help="sample instead of greedy")
+    gen.add_argument("--temperature", type=float, default=0.7)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.set_defaults(run=_generate)
+
+    ext = commands.add_parser("extract", help="extract emotion vectors to a file")
+    ext.add_argument("--model", help=f"model id or path (default: {DEFAULT_MODEL})")
+    ext.add_argument("--out", required=True, help="output .safetensors file")
+    ext.add_argument("--emotions", nargs="+", help="shipped emotions to use")
+    ext.add_argument("--pairs", action="append", metavar="EMOTION=FILE",
+                     help="your own pairs (.jsonl/.json/.csv), repeatable")
+    ext.add_argument("--template", choices=["plain", "chat"], default="plain")
+    ext.add_argument("--batch-size", type=int, default=32)
+    ext.add_argument("--no-center", dest="center", action="store_false",
+                     help="keep the shared emotional-vs-neutral component")
+    ext.set_defaults(run=_extract)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (KeyError, ValueError, FileNotFoundError, ModuleNotFoundError) as err:
+        print(f"emovec: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,130 @@
+"""Paired neutral / emotional texts for extraction, and the shipped data.
+
+A pair tells the same first-person story twice: once flatly, once with the emotion. Only the
+emotion differs, so the mean hidden-state difference over many pairs isolates it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import NamedTuple
+
+__all__ = [
+    "BASIC_EMOTIONS",
+    "PromptPair",
+    "Pairs",
+    "available_emotions",
+    "default_pairs",
+    "read_pairs",
+    "validate_pairs",
+]
+
+BASIC_EMOTIONS = ("joy", "anger", "disgust", "fear", "sadness")
+
+
+class PromptPair(NamedTuple):
+    """One story told with the emotion and without it."""
+
+    emotional: str
+    neutral: str
+
+
+Pairs = Mapping[str, Sequence[PromptPair]]
+
+
+def _data_dir() -> Path:
+    return Path(str(resources.files("emovec") / "data" / "pairs"))
+
+
+def available_emotions() -> list[str]:
+    """Emotions the package ships pairs for."""
+    return sorted(p.stem for p in _data_dir().glob("*.jsonl"))
+
+
+def default_pairs(emotions: Iterable[str] | None = None) -> dict[str, list[PromptPair]]:
+    """The shipped pairs, for ``emotions`` (default: the five basic emotions).
+
+    Raises:
+        KeyError: for an emotion the package ships no pairs for.
+    """
+    wanted = list(emotions) if emotions is not None else list(BASIC_EMOTIONS)
+    shipped = available_emotions()
+    unknown = [e for e in wanted if e not in shipped]
+    if unknown:
+        raise KeyError(
+            f"No shipped pairs for {unknown}; shipped: {shipped}. Pass your own pairs "
+            "(extract(..., pairs={'pride': [(emotional, neutral), ...]})) for other emotions."
+        )
+    return {e: read_pairs(_data_dir() / f"{e}.jsonl") for e in wanted}
+
+
+def _pair_from_record(record: object, where: str) -> PromptPair:
+    if isinstance(record, Mapping):
+        missing = [k for k in ("emotional", "neutral") if record.get(k) is None]
+        if missing:
+            raise ValueError(f"{where}: missing key {missing[0]!r}; need 'emotional' and "
+                             "'neutral'.")
+        texts = (record["emotional"], record["neutral"])
+    elif isinstance(record, Sequence) and not isinstance(record, str) and len(record) == 2:
+        texts = (record[0], record[1])
+    else:
+        texts = (None, None)
+    if all(isinstance(t, str) for t in texts):
+        return PromptPair(str(texts[0]), str(texts[1]))
+    raise ValueError(
+        f"{where}: expected two texts as {{'emotional': ..., 'neutral': ...}} or "
+        f"(emotional, neutral), got {record!r}."
+    )
+
+
+def read_pairs(path: str | Path) -> list[PromptPair]:
+    """Read pairs from JSON Lines, a JSON list, or CSV with ``emotional,neutral`` columns."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".csv":
+        records: list[object] = list(csv.DictReader(io.StringIO(text, newline="")))
+    elif path.suffix == ".json":
+        loaded = json.loads(text)
+        if not isinstance(loaded, list):
+            raise ValueError(f"{path}: expected a JSON list of pairs.")
+        records = loaded
+    else:
+        records = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}:{number}: not valid JSON ({err.msg}).") from err
+    return [_pair_from_record(r, f"{path} item {i}") for i, r in enumerate(records, 1)]
+
+
+def validate_pairs(pairs: Mapping[str, Iterable[object]]) -> dict[str, list[PromptPair]]:
+    """Normalise user pairs to :class:`PromptPair` lists, rejecting unusable data.
+
+    Raises:
+        ValueError: on no emotions, an emotion without pairs, empty or identical texts.
+    """
+    if not pairs:
+        raise ValueError("No pairs given: pass {emotion: [(emotional, neutral), ...]}.")
+    checked: dict[str, list[PromptPair]] = {}
+    for emotion, items in pairs.items():
+        normalised = [_pair_from_record(item, f"{emotion!r} pair {i}") for i, item in
+                      enumerate(items, 1)]
+        if not normalised:
+            raise ValueError(f"Emotion {emotion!r} has no pairs.")
+        for i, pair in enumerate(normalised, 1):
+            if not pair.emotional.strip() or not pair.neutral.strip():
+                raise ValueError(f"{emotion!r} pair {i} has an empty text.")
+            if pair.emotional.strip() == pair.neutral.strip():
+                raise ValueError(
+                    f"{emotion!r} pair {i}: emotional and neutral texts are identical, so the "
+                    "pair carries no emotion."
+                )
+        checked[emotion] = normalised
+    return checked

@@ -1,0 +1,63 @@
+"""Batched text generation helpers shared by the CLI, evaluation and benchmarks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from transformers import PreTrainedModel
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+__all__ = ["format_prompts", "generate_answers"]
+
+
+def format_prompts(tokenizer: PreTrainedTokenizerBase, queries: Sequence[str]) -> list[str]:
+    """Wrap queries as a user turn in the chat template, or as ``Q: … A:`` without one."""
+    if getattr(tokenizer, "chat_template", None):
+        return [
+            str(tokenizer.apply_chat_template(
+                [{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True
+            ))
+            for q in queries
+        ]
+    return [f"Q: {q}\nA:" for q in queries]
+
+
+def generate_answers(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    queries: Sequence[str],
+    *,
+    max_new_tokens: int = 48,
+    batch_size: int = 8,
+    do_sample: bool = False,
+    temperature: float = 0.7,
+    top_p: float = 0.9,
+    seed: int = 0,
+) -> list[str]:
+    """Answer each query (batched, left-padded) and return only the new text."""
+    answers: list[str] = []
+    device = model.get_input_embeddings().weight.device
+    prompts = format_prompts(tokenizer, queries)
+    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample \
+        else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    for start in range(0, len(prompts), batch_size):
+        torch.manual_seed(seed + start)
+        batch = tokenizer(
+            prompts[start : start + batch_size],
+            return_tensors="pt",
+            padding=True,
+            add_special_tokens=False,
+        ).to(device)
+        with torch.inference_mode():
+            output = model.generate(
+                **batch,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=tokenizer.pad_token_id,
+                **sampling,
+            )
+        new_tokens = output[:, batch["input_ids"].shape[1] :]
+        answers.extend(
+            t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        )
+    return answers

@@ -1,0 +1,160 @@
+"""Finding the decoder layers of a causal language model.
+
+Steering and extraction both hook the *output* of each decoder block (the residual stream
+after the block). The blocks are found structurally rather than by class name: class names
+change between transformers releases, and a hook that silently matches nothing is the worst
+failure a steering library can have.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["LayerDiscoveryError", "find_layers", "num_layers_of", "hidden_size_of"]
+
+
+class LayerDiscoveryError(LookupError):
+    """Raised when the decoder layers of a model cannot be identified."""
+
+
+def _text_config(model: nn.Module) -> object | None:
+    config = getattr(model, "config", None)
+    if config is None:
+        return None
+    get_text_config = getattr(config, "get_text_config", None)
+    return get_text_config() if callable(get_text_config) else config
+
+
+def num_layers_of(model: nn.Module) -> int | None:
+    """Number of decoder layers the model's (text) config declares, if any."""
+    config = _text_config(model)
+    for name in ("num_hidden_layers", "n_layer", "num_layers"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def hidden_size_of(model: nn.Module) -> int | None:
+    """Width of the residual stream the model's (text) config declares, if any."""
+    config = _text_config(model)
+    for name in ("hidden_size", "n_embd", "d_model"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _is_block_stack(modules: nn.ModuleList) -> bool:
+    """A stack of decoder blocks: at least one entry, all of one type, each with parameters."""
+    if len(modules) == 0:
+        return False
+    first = type(modules[0])
+    return all(type(m) is first for m in modules) and any(
+        True for _ in modules[0].parameters()
+    )
+
+
+def _parameter_count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _resolve_path(model: nn.Module, path: str) -> nn.Module:
+    module: nn.Module = model
+    for part in path.split("."):
+        child = getattr(module, part, None)
+        if not isinstance(child, nn.Module):
+            raise LayerDiscoveryError(
+                f"{type(model).__name__} has no module at {path!r} (stopped at {part!r})."
+            )
+        module = child
+    return module
+
+
+def find_layers(
+    model: nn.Module, layers: str | Sequence[nn.Module] | None = None
+) -> list[nn.Module]:
+    """Return the decoder blocks of ``model`` in depth order.
+
+    Args:
+        model: Any Hugging Face causal LM (or a bare decoder). Multimodal wrappers such as
+            Gemma 3 are handled: the text stack is the one whose length matches the text
+            config's layer count.
+        layers: Override for architectures this search does not understand: either a dotted
+            attribute path to the block list (``"transformer.blocks"``) or the blocks
+            themselves.
+
+    Returns:
+        The blocks; the output of block ``i`` is what layer ``i`` of an emotion vector refers to.
+
+    Raises:
+        LayerDiscoveryError: when no stack of identical blocks is found, naming what was
+            looked for and how to override.
+    """
+    if layers is not None:
+        if isinstance(layers, str):
+            stack = _resolve_path(model, layers)
+            if not isinstance(stack, (nn.ModuleList, nn.Sequential)):
+                raise LayerDiscoveryError(
+                    f"layers={layers!r} names a {type(stack).__name__}, not a list of blocks."
+                )
+            found = list(stack)
+        else:
+            found = list(layers)
+        if not found or not all(isinstance(m, nn.Module) for m in found):
+            raise LayerDiscoveryError(f"layers={layers!r} does not name a non-empty module list.")
+        return found
+
+    expected = num_layers_of(model)
+    stacks = [
+        (name, m)
+        for name, m in model.named_modules()
+        if isinstance(m, nn.ModuleList) and _is_block_stack(m)
+    ]
+    if expected is not None:
+        stacks = [(name, m) for name, m in stacks if len(m) == expected]
+    # Several candidates happen in multimodal models (a vision tower of the same depth); the
+    # language stack is the one under the decoder when the model names it, else the heaviest.
+    if len(stacks) > 1:
+        decoder = _decoder_of(model)
+        if decoder is not None:
+            under = [(n, m) for n, m in stacks if any(m is d for d in decoder.modules())]
+            stacks = under or stacks
+    if not stacks:
+        wanted = f"{expected} identical blocks" if expected else "identical blocks"
+        raise LayerDiscoveryError(
+            f"Could not find the decoder layers of {type(model).__name__}: looked for a "
+            f"torch.nn.ModuleList of {wanted} (the config's num_hidden_layers). Pass "
+            "layers='dotted.path.to.blocks' (e.g. 'model.layers') to say where they are."
+        )
+    _, best = max(stacks, key=lambda item: _parameter_count(item[1]))
+    return list(best)
+
+
+def _decoder_of(model: nn.Module) -> nn.Module | None:
+    get_decoder = getattr(model, "get_decoder", None)
+    if not callable(get_decoder):
+        return None
+    try:
+        decoder = get_decoder()
+    except (AttributeError, NotImplementedError, TypeError):
+        return None
+    return decoder if isinstance(decoder, nn.Module) and decoder is not model else None
+
+
+def layer_output(output: object) -> torch.Tensor:
+    """The hidden states inside a decoder block's output (a tensor or a tuple led by one)."""
+    hidden = output[0] if isinstance(output, tuple) else output
+    if not isinstance(hidden, torch.Tensor):
+        raise TypeError(f"Decoder layer returned {type(output).__name__}, expected a tensor.")
+    return hidden
+
+
+def replace_layer_output(output: object, hidden: torch.Tensor) -> object:
+    """``output`` with its hidden states replaced, keeping the container shape."""
+    if isinstance(output, tuple):
+        return (hidden, *output[1:])
+    return hidden

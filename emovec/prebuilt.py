@@ -1,0 +1,44 @@
+"""Finding the prebuilt vector file for a model, or building and caching it."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from transformers import PreTrainedModel
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from emovec.models import cache_dir
+from emovec.vectors import EmotionVectors
+
+__all__ = ["prebuilt_path", "vectors_for"]
+
+_log = logging.getLogger(__name__)
+# The repository's vectors/ folder: present in a source checkout and an editable install.
+_REPO_VECTORS = Path(__file__).resolve().parent.parent / "vectors"
+
+
+def prebuilt_path(model_name: str) -> Path | None:
+    """The shipped or cached vector file for ``model_name``, if one exists."""
+    for folder in (_REPO_VECTORS, cache_dir() / "vectors"):
+        path = folder / f"{model_name}.safetensors"
+        if path.is_file():
+            return path
+    return None
+
+
+def vectors_for(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, model_name: str
+) -> EmotionVectors:
+    """The prebuilt vectors for ``model_name``; extracted from the shipped pairs and cached
+    when no file exists yet."""
+    path = prebuilt_path(model_name)
+    if path is not None:
+        return EmotionVectors.load(path)
+    from emovec.extraction import extract
+
+    _log.warning("No prebuilt vectors for %s; extracting them from the shipped pairs.",
+                 model_name)
+    vectors = extract(model, tokenizer, model_name=model_name)
+    vectors.save(cache_dir() / "vectors" / f"{model_name}.safetensors")
+    return vectors

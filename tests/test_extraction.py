@@ -1,0 +1,385 @@
+"""extract(): per-layer mean differences, checked against a by-hand reference."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Mapping, Sequence
+
+import pytest
+import torch
+from conftest import UNK_ID, build_tokenizer, make_text_pairs
+from conftest import build_model as _build_model
+from torch import nn
+from transformers import PreTrainedTokenizerFast
+
+import emovec
+from emovec import BASIC_EMOTIONS, PromptPair, extract, find_layers
+from emovec.extraction import _CHAT_PROMPT, default_layer_band
+
+# Texts of several lengths (so batches are padded), one with a word the tokenizer does not
+# know (an <unk> token, which is special and so excluded) and punctuation.
+PAIRS: dict[str, list[tuple[str, str]]] = {
+    "joy": [
+        *make_text_pairs("joy", 3, words=4),
+        *make_text_pairs("joy", 2, words=9, seed=1),
+        (
+            "i was so happy , zebra , and then we laughed !",
+            "i was at home , zebra , and then we ate .",
+        ),
+    ],
+    "anger": [
+        *make_text_pairs("anger", 2, words=5),
+        ("they yelled at me", "they called me"),
+        *make_text_pairs("anger", 3, words=11, seed=2),
+    ],
+}
+
+
+def build_model(arch: str) -> nn.Module:
+    # Default-init tiny models (std 0.02) have hidden states of norm ~0.1 and emotion vectors
+    # of norm ~0.02, too small for a 1e-5 tolerance to mean much; std 0.2 gives vectors of
+    # norm ~1 per layer.
+    return _build_model(arch, initializer_range=0.2)
+
+
+def _block_outputs(model: nn.Module, input_ids: list[int]) -> list[torch.Tensor]:
+    """Each block's output ``[seq, hidden]`` for one unpadded text, via forward hooks.
+
+    Also checks them against ``output_hidden_states``: ``hidden_states[l + 1]`` is the output
+    of block ``l`` for every block but the last (whose entry has the final norm applied).
+    """
+    blocks = find_layers(model)
+    seen: dict[int, torch.Tensor] = {}
+    handles = [
+        block.register_forward_hook(
+            lambda _m, _a, out, i=i: seen.__setitem__(
+                i, (out[0] if isinstance(out, tuple) else out).detach().clone()
+            )
+        )
+        for i, block in enumerate(blocks)
+    ]
+    try:
+        with torch.no_grad():
+            result = model(input_ids=torch.tensor([input_ids]), output_hidden_states=True)
+    finally:
+        for handle in handles:
+            handle.remove()
+    hidden_states = result.hidden_states
+    assert len(hidden_states) == len(blocks) + 1
+    for layer in range(len(blocks) - 1):
+        assert torch.equal(hidden_states[layer + 1], seen[layer])
+    return [seen[i][0] for i in range(len(blocks))]
+
+
+def reference(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerFast,
+    pairs: Mapping[str, Sequence[tuple[str, str]]],
+    *,
+    exclude_first: bool = True,
+    exclude_special: bool = True,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Vectors and hidden norms computed text by text, the slow obvious way, in float64.
+
+    Tokens averaged: all but position 0 and special tokens (<bos>, <unk>, ...).
+    """
+    special = set(tokenizer.all_special_ids) if exclude_special else set()
+    first = 1 if exclude_first else 0
+
+    def content(text: str) -> tuple[list[torch.Tensor], int]:
+        ids = tokenizer(text)["input_ids"]
+        keep = [pos >= first and tok not in special for pos, tok in enumerate(ids)]
+        assert any(keep)
+        outputs = _block_outputs(model, ids)
+        return [out[torch.tensor(keep)].double() for out in outputs], sum(keep)
+
+    num_layers = len(find_layers(model))
+    vectors = {}
+    norm_sum = torch.zeros(num_layers, dtype=torch.float64)
+    norm_count = 0
+    for emotion, items in pairs.items():
+        diffs = []
+        for emotional, neutral in items:
+            emo_tokens, _ = content(emotional)
+            neu_tokens, n = content(neutral)
+            pairs_of_layers = zip(emo_tokens, neu_tokens, strict=True)
+            diffs.append(torch.stack([e.mean(0) - u.mean(0) for e, u in pairs_of_layers]))
+            norm_sum += torch.stack([u.norm(dim=-1).sum() for u in neu_tokens])
+            norm_count += n
+        vectors[emotion] = torch.stack(diffs).mean(0)
+    return vectors, norm_sum / norm_count
+
+
+CASES = [("llama", True), ("llama", False), ("gpt2", False), ("gpt_neox", True)]
+
+
+@pytest.mark.parametrize(("arch", "bos"), CASES)
+def test_vectors_match_the_by_hand_reference(arch: str, bos: bool) -> None:
+    model = build_model(arch)
+    tokenizer = build_tokenizer(bos=bos)
+    # The unknown word really is there and really is a special token.
+    assert UNK_ID in tokenizer(PAIRS["joy"][-1][0])["input_ids"]
+    assert UNK_ID in tokenizer.all_special_ids
+
+    bank = extract(model, tokenizer, PAIRS, batch_size=4, progress=False)
+    expected, norms = reference(model, tokenizer, PAIRS)
+
+    assert bank.emotions == ["joy", "anger"]
+    assert bank.num_layers == 3 and bank.hidden_size == 32
+    for emotion in PAIRS:
+        torch.testing.assert_close(bank.vector(emotion), expected[emotion].float(),
+                                   rtol=0, atol=1e-5)
+        assert float(bank.vector(emotion).norm()) > 1e-2
+    torch.testing.assert_close(bank.hidden_norms, norms.float(), rtol=1e-5, atol=1e-5)
+    assert bank.layers == tuple(default_layer_band(3))
+    assert bank.settings["pairs_per_emotion"] == {"joy": 6, "anger": 6}
+    assert bank.settings["template"] == "plain"
+
+
+@pytest.mark.parametrize(
+    ("bos", "wrong"),
+    [
+        (False, {"exclude_first": False}),  # with <bos>, position 0 is special anyway
+        (False, {"exclude_special": False}),  # <unk>
+        (True, {"exclude_special": False}),  # <bos> and <unk>
+    ],
+)
+def test_the_exclusions_are_observable(bos: bool, wrong: dict[str, bool]) -> None:
+    """The reference test is sensitive: averaging position 0 or special tokens in would be
+    caught by a wide margin."""
+    model = build_model("llama")
+    tokenizer = build_tokenizer(bos=bos)
+    bank = extract(model, tokenizer, PAIRS, progress=False)
+    vectors, _ = reference(model, tokenizer, PAIRS, **wrong)
+    assert float((bank.vector("joy") - vectors["joy"].float()).abs().max()) > 1e-3
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_batch_size_does_not_change_the_result(arch: str, tokenizer) -> None:
+    model = build_model(arch)
+    banks = [extract(model, tokenizer, PAIRS, batch_size=b, progress=False) for b in (1, 7, 64)]
+    for other in banks[1:]:
+        for emotion in PAIRS:
+            torch.testing.assert_close(other.vector(emotion), banks[0].vector(emotion),
+                                       rtol=0, atol=1e-5)
+        torch.testing.assert_close(other.hidden_norms, banks[0].hidden_norms, rtol=1e-6,
+                                   atol=1e-5)
+
+
+def test_pair_order_does_not_change_the_result(tokenizer) -> None:
+    model = build_model("llama")
+    forward = extract(model, tokenizer, PAIRS, batch_size=3, progress=False)
+    backward = extract(model, tokenizer, {e: p[::-1] for e, p in PAIRS.items()},
+                       batch_size=3, progress=False)
+    for emotion in PAIRS:
+        torch.testing.assert_close(forward.vector(emotion), backward.vector(emotion),
+                                   rtol=0, atol=1e-5)
+
+
+def test_chat_template_averages_only_over_the_reply() -> None:
+    model = build_model("llama")
+    tokenizer = build_tokenizer(bos=True)
+    tokenizer.chat_template = (
+        "{% for m in messages %}<bos> {{ m['role'] }} : {{ m['content'] }} <eos> {% endfor %}"
+    )
+    pairs = {"joy": PAIRS["joy"][:3]}
+    bank = extract(model, tokenizer, pairs, template="chat", progress=False)
+    assert bank.settings["template"] == "chat"
+
+    def reply_mean(text: str) -> list[torch.Tensor]:
+        rendered = tokenizer.apply_chat_template(
+            [{"role": "user", "content": _CHAT_PROMPT},
+             {"role": "assistant", "content": text}],
+            tokenize=False,
+        )
+        ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+        assert ids[-1] == tokenizer.eos_token_id
+        # Word-level tokenisation is context free: the reply is the k tokens before <eos>.
+        k = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        outputs = _block_outputs(model, ids)
+        return [out[len(ids) - 1 - k : len(ids) - 1].double().mean(0) for out in outputs]
+
+    expected = torch.stack([
+        torch.stack([e - n for e, n in zip(reply_mean(emo), reply_mean(neu), strict=True)])
+        for emo, neu in pairs["joy"]
+    ]).mean(0)
+    torch.testing.assert_close(bank.vector("joy"), expected.float(), rtol=0, atol=1e-5)
+    plain = extract(model, tokenizer, pairs, template="plain", progress=False)
+    assert not torch.allclose(plain.vector("joy"), bank.vector("joy"), atol=1e-3)
+
+
+def test_chat_template_that_trims_the_reply() -> None:
+    # Gemma's chat templates write ``message['content'] | trim``; a story with a trailing
+    # space or newline (as read from a file) must still be found in the rendered chat.
+    model = build_model("llama")
+    tokenizer = build_tokenizer(bos=True)
+    tokenizer.chat_template = (
+        "{% for m in messages %}<bos> {{ m['role'] }} : {{ m['content'] | trim }} <eos> "
+        "{% endfor %}"
+    )
+    clean = {"joy": PAIRS["joy"][:2]}
+    padded = {"joy": [(emotional + "\n", " " + neutral) for emotional, neutral in clean["joy"]]}
+    expected = extract(model, tokenizer, clean, template="chat", progress=False)
+    bank = extract(model, tokenizer, padded, template="chat", progress=False)
+    torch.testing.assert_close(bank.vector("joy"), expected.vector("joy"), rtol=0, atol=1e-5)
+
+
+def test_chat_template_requested_without_one_is_not_silently_different(tokenizer) -> None:
+    """template="chat" on a tokenizer with no chat template must either refuse (ValueError)
+    or do exactly what template="plain" does; not quietly drop the special tokens."""
+    model = build_model("llama")
+    assert getattr(tokenizer, "chat_template", None) is None
+    plain = extract(model, tokenizer, PAIRS, template="plain", progress=False)
+    try:
+        chat = extract(model, tokenizer, PAIRS, template="chat", progress=False)
+    except ValueError as err:
+        assert "chat" in str(err)
+        return
+    for emotion in PAIRS:
+        torch.testing.assert_close(chat.vector(emotion), plain.vector(emotion), rtol=0,
+                                   atol=1e-5)
+
+
+# --- inputs ---------------------------------------------------------------------------
+
+
+def test_custom_emotion_accepts_tuples_prompt_pairs_and_dicts(tokenizer) -> None:
+    model = build_model("llama")
+    raw = make_text_pairs("joy", 3, seed=7)
+    as_tuples = extract(model, tokenizer, {"pride": raw}, progress=False)
+    mixed = [
+        raw[0],
+        PromptPair(*raw[1]),
+        {"emotional": raw[2][0], "neutral": raw[2][1]},
+    ]
+    as_mixed = extract(model, tokenizer, {"pride": mixed}, progress=False,
+                       model_name="custom-name", recommended_layers=[0, 2])
+    assert as_mixed.emotions == ["pride"]
+    assert torch.equal(as_mixed.vector("pride"), as_tuples.vector("pride"))
+    assert as_mixed.model_name == "custom-name"
+    assert as_mixed.layers == (0, 2)
+    as_generator = extract(model, tokenizer, {"pride": (p for p in raw)}, progress=False)
+    assert torch.equal(as_generator.vector("pride"), as_tuples.vector("pride"))
+
+
+@pytest.mark.parametrize(
+    ("pairs", "match"),
+    [
+        ({}, "No pairs"),
+        ({"joy": []}, "no pairs"),
+        ({"joy": [("", "i was at home")]}, "empty"),
+        ({"joy": [("i was happy", "   ")]}, "empty"),
+        ({"joy": [("i was at home", "i was at home")]}, "identical"),
+        ({"joy": [("i was at home ", " i was at home")]}, "identical"),
+        ({"joy": [("i was happy", "i was calm", "extra")]}, "expected"),
+        ({"joy": [{"emotional": "i was happy"}]}, "neutral"),
+    ],
+)
+def test_invalid_pairs_are_rejected(pairs: dict, match: str, tokenizer) -> None:
+    model = build_model("llama")
+    with pytest.raises(ValueError, match=match):
+        extract(model, tokenizer, pairs, progress=False)
+
+
+def test_text_longer_than_max_length_is_rejected(tokenizer) -> None:
+    model = build_model("llama")
+    long_text = "i walked to the store and then saw my friend at the park"
+    assert len(tokenizer(long_text)["input_ids"]) == 14
+    with pytest.raises(ValueError, match="max_length=8"):
+        extract(model, tokenizer, {"joy": [(long_text, "i was calm")]}, max_length=8,
+                progress=False)
+    # Exactly max_length tokens is fine.
+    bank = extract(model, tokenizer, {"joy": [(long_text, "i was calm")]}, max_length=14,
+                   progress=False)
+    assert bank.emotions == ["joy"]
+
+
+def test_text_without_content_tokens_is_rejected(tokenizer_no_bos) -> None:
+    model = build_model("llama")
+    # Without <bos>, a one-word text has only position 0, which is never averaged over.
+    with pytest.raises(ValueError, match="no tokens"):
+        extract(model, tokenizer_no_bos, {"joy": [("happy", "i was calm")]}, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"), [({"template": "story"}, "template"), ({"batch_size": 0}, "batch_size")]
+)
+def test_bad_settings_are_rejected(kwargs: dict, match: str, tokenizer) -> None:
+    model = build_model("llama")
+    with pytest.raises(ValueError, match=match):
+        extract(model, tokenizer, PAIRS, progress=False, **kwargs)
+
+
+# --- what runs ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt_neox"])
+def test_lm_head_is_never_called_and_hooks_are_removed(arch: str, tokenizer) -> None:
+    model = build_model(arch)
+    calls: list[int] = []
+    head = model.get_output_embeddings()
+    handle = head.register_forward_hook(lambda *_: calls.append(1))
+    blocks = find_layers(model)
+    last_calls: list[int] = []
+    last = blocks[-1].register_forward_hook(lambda *_: last_calls.append(1))
+    try:
+        extract(model, tokenizer, PAIRS, batch_size=4, progress=False)
+        assert last_calls  # the hooks themselves do fire
+        assert calls == []
+        model(input_ids=torch.tensor([[2, 5, 6]]))
+        assert calls == [1]  # and the head hook would have seen a call
+    finally:
+        handle.remove()
+        last.remove()
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+def _live_tensor_bytes() -> int:
+    return sum(
+        obj.numel() * obj.element_size()
+        for obj in gc.get_objects()
+        if issubclass(type(obj), torch.Tensor)  # not isinstance: no __class__ lookups
+    )
+
+
+def _peak_tensor_bytes(model: nn.Module, tokenizer, pairs: int) -> tuple[int, int]:
+    """Peak (over forward passes) of live tensor bytes above the baseline, and the passes."""
+    data = {"joy": make_text_pairs("joy", pairs, seed=11)}
+    peaks: list[int] = []
+    gc.collect()
+    baseline = _live_tensor_bytes()
+    handle = find_layers(model)[-1].register_forward_hook(
+        lambda *_: peaks.append(_live_tensor_bytes())
+    )
+    try:
+        bank = extract(model, tokenizer, data, batch_size=16, progress=False)
+    finally:
+        handle.remove()
+    assert bank.settings["pairs_per_emotion"] == {"joy": pairs}
+    del bank
+    return max(peaks) - baseline, len(peaks)
+
+
+def test_memory_does_not_grow_with_the_number_of_pairs(tokenizer) -> None:
+    model = build_model("llama")
+    few, few_passes = _peak_tensor_bytes(model, tokenizer, 8)
+    many, many_passes = _peak_tensor_bytes(model, tokenizer, 200)
+    assert (few_passes, many_passes) == (1, 25)
+    assert few > 0
+    # One stored [layers, hidden] float tensor per text would add 400 * 3 * 32 * 4 = 150 KB.
+    assert abs(many - few) <= 4096, (few, many)
+
+
+# --- shipped data ---------------------------------------------------------------------
+
+
+def test_default_pairs_ship_for_the_basic_emotions() -> None:
+    pairs = emovec.default_pairs()
+    assert list(pairs) == list(BASIC_EMOTIONS)
+    for emotion in BASIC_EMOTIONS:
+        assert len(pairs[emotion]) >= 50, emotion
+        for pair in pairs[emotion]:
+            assert isinstance(pair, PromptPair)
+            assert pair.emotional.strip() and pair.neutral.strip()
+            assert pair.emotional.strip() != pair.neutral.strip()
+    assert emovec.default_pairs(["joy"]).keys() == {"joy"}
