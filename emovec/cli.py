@@ -8,6 +8,9 @@ import textwrap
 import time
 from collections.abc import Sequence
 
+from transformers import PreTrainedModel
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
 from emovec.datasets import BASIC_EMOTIONS, read_pairs
 from emovec.generation import generate_answers
 from emovec.models import DEFAULT_MODEL, load_model
@@ -41,17 +44,22 @@ def _parse_layers(text: str) -> list[int]:
             return list(range(int(start), int(stop) + 1))
         return [int(part) for part in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a range 10-19 or a list 10,12, got {text!r}")\
-            from None
+        raise argparse.ArgumentTypeError(
+            f"expected a range 10-19 or a list 10,12, got {text!r}"
+        ) from None
 
 
-def _load(args: argparse.Namespace) -> tuple[object, object, EmotionVectors]:
+def _load(
+    args: argparse.Namespace,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, EmotionVectors]:
     from emovec.prebuilt import vectors_for
 
     started = time.perf_counter()
     model, tokenizer = load_model(args.model)
-    print(f"loaded {args.model or DEFAULT_MODEL} in {time.perf_counter() - started:.1f} s",
-          file=sys.stderr)
+    print(
+        f"loaded {args.model or DEFAULT_MODEL} in {time.perf_counter() - started:.1f} s",
+        file=sys.stderr,
+    )
     if args.vectors:
         vectors = EmotionVectors.load(args.vectors)
     else:
@@ -75,16 +83,16 @@ def _demo(args: argparse.Namespace) -> None:
         "plain": generate_answers(model, tokenizer, prompts, max_new_tokens=args.max_new_tokens)
     }
     for emotion in emotions:
-        with steer(model, vectors, layers=args.layers, scale=args.scale,
-                   **{emotion: args.alpha}):
+        with steer(model, vectors, layers=args.layers, scale=args.scale, **{emotion: args.alpha}):
             columns[f"{emotion} {args.alpha:+g}"] = generate_answers(
                 model, tokenizer, prompts, max_new_tokens=args.max_new_tokens
             )
     for i, prompt in enumerate(prompts):
         print(f"\n=== {prompt}")
         for label, answers in columns.items():
-            body = textwrap.fill(answers[i], width=96, initial_indent=" " * 12,
-                                 subsequent_indent=" " * 12)
+            body = textwrap.fill(
+                answers[i], width=96, initial_indent=" " * 12, subsequent_indent=" " * 12
+            )
             print(f"{label:>11} {body[12:]}")
 
 
@@ -93,8 +101,13 @@ def _generate(args: argparse.Namespace) -> None:
     strengths = dict(args.emotion or [])
     with steer(model, vectors, layers=args.layers, scale=args.scale, **strengths):
         answers = generate_answers(
-            model, tokenizer, [args.prompt], max_new_tokens=args.max_new_tokens,
-            do_sample=args.sample, temperature=args.temperature, seed=args.seed,
+            model,
+            tokenizer,
+            [args.prompt],
+            max_new_tokens=args.max_new_tokens,
+            do_sample=args.sample,
+            temperature=args.temperature,
+            seed=args.seed,
         )
     print(answers[0])
 
@@ -113,8 +126,13 @@ def _extract(args: argparse.Namespace) -> None:
             pairs[emotion] = read_pairs(path)
     started = time.perf_counter()
     vectors = extract(
-        model, tokenizer, pairs, emotions=args.emotions, template=args.template,
-        batch_size=args.batch_size, model_name=args.model or DEFAULT_MODEL,
+        model,
+        tokenizer,
+        pairs,
+        emotions=args.emotions,
+        template=args.template,
+        batch_size=args.batch_size,
+        model_name=args.model or DEFAULT_MODEL,
     )
     seconds = time.perf_counter() - started
     if args.center and len(vectors) > 1:
@@ -137,8 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen = commands.add_parser("generate", help="answer one prompt with steering")
     gen.add_argument("prompt")
     _add_model_options(gen)
-    gen.add_argument("--emotion", type=_parse_strength, action="append",
-                     metavar="EMOTION=ALPHA", help="e.g. joy=1 or fear=-0.5 (repeatable)")
+    gen.add_argument(
+        "--emotion",
+        type=_parse_strength,
+        action="append",
+        metavar="EMOTION=ALPHA",
+        help="e.g. joy=1 or fear=-0.5 (repeatable)",
+    )
     gen.add_argument("--sample", action="store_true", help="sample instead of greedy")
     gen.add_argument("--temperature", type=float, default=0.7)
     gen.add_argument("--seed", type=int, default=0)
@@ -148,12 +171,20 @@ def build_parser() -> argparse.ArgumentParser:
     ext.add_argument("--model", help=f"model id or path (default: {DEFAULT_MODEL})")
     ext.add_argument("--out", required=True, help="output .safetensors file")
     ext.add_argument("--emotions", nargs="+", help="shipped emotions to use")
-    ext.add_argument("--pairs", action="append", metavar="EMOTION=FILE",
-                     help="your own pairs (.jsonl/.json/.csv), repeatable")
+    ext.add_argument(
+        "--pairs",
+        action="append",
+        metavar="EMOTION=FILE",
+        help="your own pairs (.jsonl/.json/.csv), repeatable",
+    )
     ext.add_argument("--template", choices=["plain", "chat"], default="plain")
     ext.add_argument("--batch-size", type=int, default=32)
-    ext.add_argument("--no-center", dest="center", action="store_false",
-                     help="keep the shared emotional-vs-neutral component")
+    ext.add_argument(
+        "--no-center",
+        dest="center",
+        action="store_false",
+        help="keep the shared emotional-vs-neutral component",
+    )
     ext.set_defaults(run=_extract)
     return parser
 

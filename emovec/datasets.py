@@ -16,8 +16,8 @@ from typing import NamedTuple
 
 __all__ = [
     "BASIC_EMOTIONS",
-    "PromptPair",
     "Pairs",
+    "PromptPair",
     "available_emotions",
     "default_pairs",
     "read_pairs",
@@ -67,8 +67,9 @@ def _pair_from_record(record: object, where: str) -> PromptPair:
     if isinstance(record, Mapping):
         missing = [k for k in ("emotional", "neutral") if record.get(k) is None]
         if missing:
-            raise ValueError(f"{where}: missing key {missing[0]!r}; need 'emotional' and "
-                             "'neutral'.")
+            raise ValueError(
+                f"{where}: missing key {missing[0]!r}; need 'emotional' and 'neutral'."
+            )
         texts = (record["emotional"], record["neutral"])
     elif isinstance(record, Sequence) and not isinstance(record, str) and len(record) == 2:
         texts = (record[0], record[1])
@@ -114,8 +115,9 @@ def validate_pairs(pairs: Mapping[str, Iterable[object]]) -> dict[str, list[Prom
         raise ValueError("No pairs given: pass {emotion: [(emotional, neutral), ...]}.")
     checked: dict[str, list[PromptPair]] = {}
     for emotion, items in pairs.items():
-        normalised = [_pair_from_record(item, f"{emotion!r} pair {i}") for i, item in
-                      enumerate(items, 1)]
+        normalised = [
+            _pair_from_record(item, f"{emotion!r} pair {i}") for i, item in enumerate(items, 1)
+        ]
         if not normalised:
             raise ValueError(f"Emotion {emotion!r} has no pairs.")
         for i, pair in enumerate(normalised, 1):

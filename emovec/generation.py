@@ -8,6 +8,8 @@ import torch
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from emovec.models import input_device
+
 __all__ = ["format_prompts", "generate_answers"]
 
 
@@ -15,9 +17,11 @@ def format_prompts(tokenizer: PreTrainedTokenizerBase, queries: Sequence[str]) -
     """Wrap queries as a user turn in the chat template, or as ``Q: … A:`` without one."""
     if getattr(tokenizer, "chat_template", None):
         return [
-            str(tokenizer.apply_chat_template(
-                [{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True
-            ))
+            str(
+                tokenizer.apply_chat_template(
+                    [{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True
+                )
+            )
             for q in queries
         ]
     return [f"Q: {q}\nA:" for q in queries]
@@ -37,10 +41,13 @@ def generate_answers(
 ) -> list[str]:
     """Answer each query (batched, left-padded) and return only the new text."""
     answers: list[str] = []
-    device = model.get_input_embeddings().weight.device
+    device = input_device(model)
     prompts = format_prompts(tokenizer, queries)
-    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample \
+    sampling = (
+        {"do_sample": True, "temperature": temperature, "top_p": top_p}
+        if do_sample
         else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    )
     for start in range(0, len(prompts), batch_size):
         torch.manual_seed(seed + start)
         batch = tokenizer(
@@ -50,7 +57,7 @@ def generate_answers(
             add_special_tokens=False,
         ).to(device)
         with torch.inference_mode():
-            output = model.generate(
+            output = model.generate(  # type: ignore[operator]
                 **batch,
                 max_new_tokens=max_new_tokens,
                 pad_token_id=tokenizer.pad_token_id,

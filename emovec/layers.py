@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["LayerDiscoveryError", "find_layers", "num_layers_of", "hidden_size_of"]
+__all__ = ["LayerDiscoveryError", "find_layers", "hidden_size_of", "num_layers_of"]
 
 
 class LayerDiscoveryError(LookupError):
@@ -53,9 +53,7 @@ def _is_block_stack(modules: nn.ModuleList) -> bool:
     if len(modules) == 0:
         return False
     first = type(modules[0])
-    return all(type(m) is first for m in modules) and any(
-        True for _ in modules[0].parameters()
-    )
+    return all(type(m) is first for m in modules) and any(True for _ in modules[0].parameters())
 
 
 def _parameter_count(module: nn.Module) -> int:

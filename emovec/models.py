@@ -23,7 +23,14 @@ import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-__all__ = ["DEFAULT_MODEL", "EMBEDDED_MODELS", "EmbeddedModel", "cache_dir", "load_model"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "EMBEDDED_MODELS",
+    "EmbeddedModel",
+    "cache_dir",
+    "input_device",
+    "load_model",
+]
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 CACHE_ENV = "EMOVEC_CACHE"
@@ -72,6 +79,12 @@ def cache_dir() -> Path:
     return Path(base) / "emovec"
 
 
+def input_device(model: PreTrainedModel) -> torch.device:
+    """Where input ids must go: the device of the input embeddings (also with device_map)."""
+    weight = model.get_input_embeddings().weight
+    return weight.device if isinstance(weight, torch.Tensor) else torch.device("cpu")
+
+
 def _dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
     # transformers 5 renamed torch_dtype to dtype; 4.5x only knows the old name.
     major = int(transformers.__version__.split(".")[0])
@@ -101,7 +114,7 @@ def _convert_gguf(spec: EmbeddedModel, gguf: Path, target: Path) -> None:
     )
     # The GGUF loader marks the model as quantised, which makes save_pretrained refuse;
     # the weights are already plain float tensors.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -155,7 +168,7 @@ def load_model(
             source, **_dtype_kwarg(dtype), **from_pretrained_kwargs
         )
     if device is not None and "device_map" not in from_pretrained_kwargs:
-        model = model.to(device)
+        model.to(torch.device(device))  # type: ignore[arg-type]
     model.eval()
     model.config.name_or_path = name
     return model, _prepare_tokenizer(tokenizer)

@@ -37,8 +37,7 @@ def vectors_for(
         return EmotionVectors.load(path)
     from emovec.extraction import extract
 
-    _log.warning("No prebuilt vectors for %s; extracting them from the shipped pairs.",
-                 model_name)
+    _log.warning("No prebuilt vectors for %s; extracting them from the shipped pairs.", model_name)
     vectors = extract(model, tokenizer, model_name=model_name)
     vectors.save(cache_dir() / "vectors" / f"{model_name}.safetensors")
     return vectors

@@ -14,8 +14,7 @@ from emovec.datasets import BASIC_EMOTIONS
 
 __all__ = ["NadeScorer", "distinct_n"]
 
-_NADE_EMOTIONS = ("anger", "anticipation", "disgust", "fear", "joy", "sadness", "surprise",
-                  "trust")
+_NADE_EMOTIONS = ("anger", "anticipation", "disgust", "fear", "joy", "sadness", "surprise", "trust")
 
 
 class NadeScorer:

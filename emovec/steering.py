@@ -17,7 +17,7 @@ Scales:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -25,6 +25,8 @@ from torch.utils.hooks import RemovableHandle
 
 from emovec.layers import find_layers, hidden_size_of, layer_output, replace_layer_output
 from emovec.vectors import EmotionVectors, Scale, SteeringVector
+
+Positions = Literal["all", "last"]
 
 __all__ = ["RELATIVE_DOSE", "Steering", "VectorModelMismatchError", "steer"]
 
@@ -51,7 +53,15 @@ class Steering:
     where ``with`` does not fit, such as notebook cells. Build it with :func:`steer`.
     """
 
-    def __init__(self, blocks: Sequence[nn.Module], deltas: dict[int, torch.Tensor]) -> None:
+    def __init__(
+        self,
+        blocks: Sequence[nn.Module],
+        deltas: dict[int, torch.Tensor],
+        positions: Positions = "all",
+    ) -> None:
+        if positions not in ("all", "last"):
+            raise ValueError(f"positions must be 'all' or 'last', not {positions!r}.")
+        self.positions = positions
         self._targets: list[tuple[int, nn.Module, torch.Tensor]] = []
         for index, delta in sorted(deltas.items()):
             device, dtype = _block_placement(blocks[index])
@@ -78,7 +88,9 @@ class Steering:
             raise RuntimeError("This steering is already applied; remove() it first.")
         try:
             for _, block, delta in self._targets:
-                self._handles.append(block.register_forward_hook(_adding_hook(delta)))
+                self._handles.append(
+                    block.register_forward_hook(_adding_hook(delta, self.positions))
+                )
         except Exception:
             self.remove()
             raise
@@ -96,9 +108,16 @@ class Steering:
         self.remove()
 
 
-def _adding_hook(delta: torch.Tensor) -> Any:
+def _adding_hook(delta: torch.Tensor, positions: Positions) -> Any:
     def hook(_module: nn.Module, _args: Any, output: Any) -> Any:
-        return replace_layer_output(output, layer_output(output) + delta)
+        hidden = layer_output(output)
+        if positions == "last":
+            # Only the newest position of each forward call: the last prompt token at
+            # prefill, then each generated token (earlier ones come from the KV cache).
+            hidden = torch.cat([hidden[:, :-1], hidden[:, -1:] + delta], dim=1)
+        else:
+            hidden = hidden + delta
+        return replace_layer_output(output, hidden)
 
     return hook
 
@@ -134,6 +153,7 @@ def steer(
     *,
     layers: Sequence[int] | None = None,
     scale: Scale = "relative",
+    positions: Positions = "all",
     block_layers: str | Sequence[nn.Module] | None = None,
     **alphas: float,
 ) -> Steering:
@@ -147,6 +167,8 @@ def steer(
             bank's recommended band.
         scale: ``"relative"`` (α = 1 is the everyday strength on any model) or ``"raw"``
             (α times the raw mean difference). See the module docstring.
+        positions: ``"all"`` steers every position; ``"last"`` only the newest position of
+            each forward call (the paper's released mode).
         block_layers: Where the decoder blocks are, for models :func:`find_layers` misses.
         **alphas: Strength per emotion when ``vectors`` is a bank. Negative suppresses.
 
@@ -172,4 +194,4 @@ def steer(
     tensor = combination.tensor(scale)
     weight = RELATIVE_DOSE / len(chosen) if scale == "relative" else 1.0
     deltas = {i: tensor[i] * weight for i in chosen if bool(tensor[i].any())}
-    return Steering(blocks, deltas)
+    return Steering(blocks, deltas, positions)

@@ -119,9 +119,7 @@ class EmotionVectors(Mapping[str, "SteeringVector"]):
         try:
             return self._vectors[emotion]
         except KeyError:
-            raise KeyError(
-                f"Unknown emotion {emotion!r}; this bank has {self.emotions}."
-            ) from None
+            raise KeyError(f"Unknown emotion {emotion!r}; this bank has {self.emotions}.") from None
 
     def unit_vector(self, emotion: str) -> torch.Tensor:
         """``emotion``'s vector rescaled, per layer, to the norm of that layer's hidden states.
@@ -157,8 +155,7 @@ class EmotionVectors(Mapping[str, "SteeringVector"]):
         if len(self) < 2:
             raise ValueError("Centering needs at least two emotions.")
         mean = self.mean_vector()
-        return self._replace({name: v - mean for name, v in self._vectors.items()},
-                             centered=True)
+        return self._replace({name: v - mean for name, v in self._vectors.items()}, centered=True)
 
     def select(self, emotions: Sequence[str]) -> EmotionVectors:
         """A bank with only ``emotions``."""

@@ -233,42 +233,78 @@ ARCHITECTURES: dict[str, tuple[Callable[..., object], type[nn.Module], str]] = {
     ),
     "gpt2": (
         lambda **o: tf.GPT2Config(
-            **{"n_embd": 32, "n_layer": 3, "n_head": 4, "vocab_size": MODEL_VOCAB_SIZE,
-               "n_positions": 128, **_IDS, **o}
+            **{
+                "n_embd": 32,
+                "n_layer": 3,
+                "n_head": 4,
+                "vocab_size": MODEL_VOCAB_SIZE,
+                "n_positions": 128,
+                **_IDS,
+                **o,
+            }
         ),
         tf.GPT2LMHeadModel,
         "transformer.h",
     ),
     "gpt_neox": (
         lambda **o: tf.GPTNeoXConfig(
-            **{"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3,
-               "num_attention_heads": 4, "vocab_size": MODEL_VOCAB_SIZE,
-               "max_position_embeddings": 128, **_IDS, **o}
+            **{
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 3,
+                "num_attention_heads": 4,
+                "vocab_size": MODEL_VOCAB_SIZE,
+                "max_position_embeddings": 128,
+                **_IDS,
+                **o,
+            }
         ),
         tf.GPTNeoXForCausalLM,
         "gpt_neox.layers",
     ),
     "gptj": (
         lambda **o: tf.GPTJConfig(
-            **{"n_embd": 32, "n_layer": 3, "n_head": 4, "rotary_dim": 4,
-               "vocab_size": MODEL_VOCAB_SIZE, "n_positions": 128, **_IDS, **o}
+            **{
+                "n_embd": 32,
+                "n_layer": 3,
+                "n_head": 4,
+                "rotary_dim": 4,
+                "vocab_size": MODEL_VOCAB_SIZE,
+                "n_positions": 128,
+                **_IDS,
+                **o,
+            }
         ),
         tf.GPTJForCausalLM,
         "transformer.h",
     ),
     "opt": (
         lambda **o: tf.OPTConfig(
-            **{"hidden_size": 32, "ffn_dim": 64, "num_hidden_layers": 3,
-               "num_attention_heads": 4, "word_embed_proj_dim": 32,
-               "vocab_size": MODEL_VOCAB_SIZE, "max_position_embeddings": 128, **_IDS, **o}
+            **{
+                "hidden_size": 32,
+                "ffn_dim": 64,
+                "num_hidden_layers": 3,
+                "num_attention_heads": 4,
+                "word_embed_proj_dim": 32,
+                "vocab_size": MODEL_VOCAB_SIZE,
+                "max_position_embeddings": 128,
+                **_IDS,
+                **o,
+            }
         ),
         tf.OPTForCausalLM,
         "model.decoder.layers",
     ),
     "falcon": (
         lambda **o: tf.FalconConfig(
-            **{"hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 4,
-               "vocab_size": MODEL_VOCAB_SIZE, **_IDS, **o}
+            **{
+                "hidden_size": 32,
+                "num_hidden_layers": 3,
+                "num_attention_heads": 4,
+                "vocab_size": MODEL_VOCAB_SIZE,
+                **_IDS,
+                **o,
+            }
         ),
         tf.FalconForCausalLM,
         "transformer.h",

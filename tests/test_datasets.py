@@ -95,16 +95,18 @@ def test_read_csv_missing_column(tmp_path: Path) -> None:
 def test_bad_json_line_names_the_line(tmp_path: Path) -> None:
     path = tmp_path / "pairs.jsonl"
     good = json.dumps(PAIRS[0]._asdict())
-    path.write_text("\n".join([good, "", good, '{"emotional": "a", "neutral": ', good]),
-                    encoding="utf-8")
+    path.write_text(
+        "\n".join([good, "", good, '{"emotional": "a", "neutral": ', good]), encoding="utf-8"
+    )
     with pytest.raises(ValueError, match=r"pairs\.jsonl:4: not valid JSON"):
         read_pairs(path)
 
 
 def test_record_without_neutral_names_the_item(tmp_path: Path) -> None:
     path = tmp_path / "pairs.jsonl"
-    path.write_text(json.dumps(PAIRS[0]._asdict()) + "\n" + json.dumps({"emotional": "x"}),
-                    encoding="utf-8")
+    path.write_text(
+        json.dumps(PAIRS[0]._asdict()) + "\n" + json.dumps({"emotional": "x"}), encoding="utf-8"
+    )
     with pytest.raises(ValueError, match=r"item 2: missing key 'neutral'"):
         read_pairs(path)
 

@@ -127,8 +127,9 @@ def test_vectors_match_the_by_hand_reference(arch: str, bos: bool) -> None:
     assert bank.emotions == ["joy", "anger"]
     assert bank.num_layers == 3 and bank.hidden_size == 32
     for emotion in PAIRS:
-        torch.testing.assert_close(bank.vector(emotion), expected[emotion].float(),
-                                   rtol=0, atol=1e-5)
+        torch.testing.assert_close(
+            bank.vector(emotion), expected[emotion].float(), rtol=0, atol=1e-5
+        )
         assert float(bank.vector(emotion).norm()) > 1e-2
     torch.testing.assert_close(bank.hidden_norms, norms.float(), rtol=1e-5, atol=1e-5)
     assert bank.layers == tuple(default_layer_band(3))
@@ -160,20 +161,22 @@ def test_batch_size_does_not_change_the_result(arch: str, tokenizer) -> None:
     banks = [extract(model, tokenizer, PAIRS, batch_size=b, progress=False) for b in (1, 7, 64)]
     for other in banks[1:]:
         for emotion in PAIRS:
-            torch.testing.assert_close(other.vector(emotion), banks[0].vector(emotion),
-                                       rtol=0, atol=1e-5)
-        torch.testing.assert_close(other.hidden_norms, banks[0].hidden_norms, rtol=1e-6,
-                                   atol=1e-5)
+            torch.testing.assert_close(
+                other.vector(emotion), banks[0].vector(emotion), rtol=0, atol=1e-5
+            )
+        torch.testing.assert_close(other.hidden_norms, banks[0].hidden_norms, rtol=1e-6, atol=1e-5)
 
 
 def test_pair_order_does_not_change_the_result(tokenizer) -> None:
     model = build_model("llama")
     forward = extract(model, tokenizer, PAIRS, batch_size=3, progress=False)
-    backward = extract(model, tokenizer, {e: p[::-1] for e, p in PAIRS.items()},
-                       batch_size=3, progress=False)
+    backward = extract(
+        model, tokenizer, {e: p[::-1] for e, p in PAIRS.items()}, batch_size=3, progress=False
+    )
     for emotion in PAIRS:
-        torch.testing.assert_close(forward.vector(emotion), backward.vector(emotion),
-                                   rtol=0, atol=1e-5)
+        torch.testing.assert_close(
+            forward.vector(emotion), backward.vector(emotion), rtol=0, atol=1e-5
+        )
 
 
 def test_chat_template_averages_only_over_the_reply() -> None:
@@ -188,8 +191,7 @@ def test_chat_template_averages_only_over_the_reply() -> None:
 
     def reply_mean(text: str) -> list[torch.Tensor]:
         rendered = tokenizer.apply_chat_template(
-            [{"role": "user", "content": _CHAT_PROMPT},
-             {"role": "assistant", "content": text}],
+            [{"role": "user", "content": _CHAT_PROMPT}, {"role": "assistant", "content": text}],
             tokenize=False,
         )
         ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
@@ -199,10 +201,12 @@ def test_chat_template_averages_only_over_the_reply() -> None:
         outputs = _block_outputs(model, ids)
         return [out[len(ids) - 1 - k : len(ids) - 1].double().mean(0) for out in outputs]
 
-    expected = torch.stack([
-        torch.stack([e - n for e, n in zip(reply_mean(emo), reply_mean(neu), strict=True)])
-        for emo, neu in pairs["joy"]
-    ]).mean(0)
+    expected = torch.stack(
+        [
+            torch.stack([e - n for e, n in zip(reply_mean(emo), reply_mean(neu), strict=True)])
+            for emo, neu in pairs["joy"]
+        ]
+    ).mean(0)
     torch.testing.assert_close(bank.vector("joy"), expected.float(), rtol=0, atol=1e-5)
     plain = extract(model, tokenizer, pairs, template="plain", progress=False)
     assert not torch.allclose(plain.vector("joy"), bank.vector("joy"), atol=1e-3)
@@ -236,8 +240,7 @@ def test_chat_template_requested_without_one_is_not_silently_different(tokenizer
         assert "chat" in str(err)
         return
     for emotion in PAIRS:
-        torch.testing.assert_close(chat.vector(emotion), plain.vector(emotion), rtol=0,
-                                   atol=1e-5)
+        torch.testing.assert_close(chat.vector(emotion), plain.vector(emotion), rtol=0, atol=1e-5)
 
 
 # --- inputs ---------------------------------------------------------------------------
@@ -252,8 +255,14 @@ def test_custom_emotion_accepts_tuples_prompt_pairs_and_dicts(tokenizer) -> None
         PromptPair(*raw[1]),
         {"emotional": raw[2][0], "neutral": raw[2][1]},
     ]
-    as_mixed = extract(model, tokenizer, {"pride": mixed}, progress=False,
-                       model_name="custom-name", recommended_layers=[0, 2])
+    as_mixed = extract(
+        model,
+        tokenizer,
+        {"pride": mixed},
+        progress=False,
+        model_name="custom-name",
+        recommended_layers=[0, 2],
+    )
     assert as_mixed.emotions == ["pride"]
     assert torch.equal(as_mixed.vector("pride"), as_tuples.vector("pride"))
     assert as_mixed.model_name == "custom-name"
@@ -286,11 +295,13 @@ def test_text_longer_than_max_length_is_rejected(tokenizer) -> None:
     long_text = "i walked to the store and then saw my friend at the park"
     assert len(tokenizer(long_text)["input_ids"]) == 14
     with pytest.raises(ValueError, match="max_length=8"):
-        extract(model, tokenizer, {"joy": [(long_text, "i was calm")]}, max_length=8,
-                progress=False)
+        extract(
+            model, tokenizer, {"joy": [(long_text, "i was calm")]}, max_length=8, progress=False
+        )
     # Exactly max_length tokens is fine.
-    bank = extract(model, tokenizer, {"joy": [(long_text, "i was calm")]}, max_length=14,
-                   progress=False)
+    bank = extract(
+        model, tokenizer, {"joy": [(long_text, "i was calm")]}, max_length=14, progress=False
+    )
     assert bank.emotions == ["joy"]
 
 

@@ -27,6 +27,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerFast
 
 from emovec import EmotionVectors, Steering, VectorModelMismatchError, find_layers, steer
+from emovec.extraction import default_layer_band
 from emovec.steering import RELATIVE_DOSE
 
 CORE_ARCHS = ["llama", "qwen2", "gemma2", "gpt2", "gpt_neox"]
@@ -60,9 +61,7 @@ def capture(blocks: list[nn.Module]) -> Iterator[dict[int, torch.Tensor]]:
 
 
 def _no_hooks_anywhere(model: nn.Module) -> bool:
-    return all(
-        not m._forward_hooks and not m._forward_pre_hooks for m in model.modules()
-    )
+    return all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
 
 
 def _ids(tokenizer: PreTrainedTokenizerFast, text: str = PROMPT) -> torch.Tensor:
@@ -70,9 +69,7 @@ def _ids(tokenizer: PreTrainedTokenizerFast, text: str = PROMPT) -> torch.Tensor
 
 
 def _encode(tokenizer: PreTrainedTokenizerFast, text: str | list[str]) -> dict[str, torch.Tensor]:
-    return dict(
-        tokenizer(text, return_tensors="pt", padding=True, return_token_type_ids=False)
-    )
+    return dict(tokenizer(text, return_tensors="pt", padding=True, return_token_type_ids=False))
 
 
 def _logits(model: nn.Module, ids: torch.Tensor, **kwargs: object) -> torch.Tensor:
@@ -121,9 +118,7 @@ def test_each_layer_alone_gets_exactly_its_delta(
         assert float(delta.norm()) > 0.1
         for before in range(layer):
             assert torch.equal(steered[before], plain[before])
-        torch.testing.assert_close(
-            steered[layer], plain[layer] + delta, rtol=1e-6, atol=1e-5
-        )
+        torch.testing.assert_close(steered[layer], plain[layer] + delta, rtol=1e-6, atol=1e-5)
         for after in range(layer + 1, len(blocks)):
             assert not torch.allclose(steered[after], plain[after])
         assert not torch.allclose(steered_logits, plain_logits)
@@ -157,8 +152,9 @@ def test_several_layers_each_get_their_delta_and_others_none(
     for layer in range(len(blocks)):
         if layer in chosen:
             delta = _expected_delta(bank, alphas, layer, scale, n_layers=len(chosen))
-            torch.testing.assert_close(post[layer] - pre[layer], delta.expand_as(pre[layer]),
-                                       rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(
+                post[layer] - pre[layer], delta.expand_as(pre[layer]), rtol=1e-5, atol=1e-5
+            )
             assert not torch.equal(post[layer], pre[layer])
         else:
             assert torch.equal(post[layer], pre[layer])
@@ -251,14 +247,15 @@ def test_left_padded_batch_is_steered_on_every_row(
     assert torch.equal(post[0], pre[0]) and torch.equal(post[2], pre[2])
 
     new = 6
-    settings = {"max_new_tokens": new, "min_new_tokens": new, "do_sample": False,
-                "pad_token_id": PAD_ID}
+    settings = {
+        "max_new_tokens": new,
+        "min_new_tokens": new,
+        "do_sample": False,
+        "pad_token_id": PAD_ID,
+    }
     with steer(model, bank, layers=[0, 1], **alphas):
         together = model.generate(**batch, **settings)[:, -new:]
-        alone = [
-            model.generate(**_encode(tokenizer, p), **settings)[0, -new:]
-            for p in PROMPTS
-        ]
+        alone = [model.generate(**_encode(tokenizer, p), **settings)[0, -new:] for p in PROMPTS]
     plain = model.generate(**batch, **settings)[:, -new:]
     for row, single in enumerate(alone):
         assert torch.equal(together[row], single), (row, together[row], single)
@@ -273,8 +270,7 @@ def test_hooks_are_removed_when_the_body_raises(tokenizer: PreTrainedTokenizerFa
     bank = _bank_for(model)
     ids = _ids(tokenizer)
     plain = _logits(model, ids)
-    with pytest.raises(RuntimeError, match="boom"), steer(model, bank, joy=1.0,
-                                                          layers=[0, 1, 2]):
+    with pytest.raises(RuntimeError, match="boom"), steer(model, bank, joy=1.0, layers=[0, 1, 2]):
         assert not torch.equal(_logits(model, ids), plain)
         raise RuntimeError("boom")
     assert _no_hooks_anywhere(model)
@@ -338,12 +334,13 @@ def test_nested_steerings_add_up(tokenizer: PreTrainedTokenizerFast) -> None:
     with capture(blocks) as plain:
         _logits(model, ids)
     both = bank.vector("joy")[1] + 0.5 * bank.vector("anger")[1]
-    torch.testing.assert_close(post[1] - plain[1], both.expand_as(pre[1]), rtol=1e-5,
-                               atol=1e-5)
-    torch.testing.assert_close(post[1] - pre[1], (0.5 * bank.vector("anger")[1]).expand_as(
-        pre[1]), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(post[2] - pre[2], (0.5 * bank.vector("anger")[2]).expand_as(
-        pre[2]), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(post[1] - plain[1], both.expand_as(pre[1]), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        post[1] - pre[1], (0.5 * bank.vector("anger")[1]).expand_as(pre[1]), rtol=1e-5, atol=1e-5
+    )
+    torch.testing.assert_close(
+        post[2] - pre[2], (0.5 * bank.vector("anger")[2]).expand_as(pre[2]), rtol=1e-5, atol=1e-5
+    )
     assert torch.equal(post[0], pre[0])
     assert _no_hooks_anywhere(model)
 
@@ -356,7 +353,7 @@ def test_default_layers_come_from_the_bank() -> None:
     bank = random_bank(4, 32, layers=[2, 3])
     assert steer(model, bank, joy=1.0).layers == [2, 3]
     no_band = random_bank(4, 32)
-    assert steer(model, no_band, joy=1.0).layers == [1, 2]  # the middle third of 4 layers
+    assert steer(model, no_band, joy=1.0).layers == default_layer_band(4) == [2]
 
 
 def test_negative_layers_count_from_the_end() -> None:

