@@ -71,6 +71,28 @@ def main() -> None:
             f"batch {batch_size}: plain {p:.1f} tok/s, steered {s:.1f} tok/s, "
             f"ratio steered/plain {s / p:.3f} (median of {args.repeats})"
         )
+    per_row_mixes(model, tokenizer, vectors, args.tokens)
+
+
+def per_row_mixes(model, tokenizer, vectors, new_tokens: int) -> None:  # type: ignore[no-untyped-def]
+    """Eight (emotion, α) mixes for one query: one batched call with rows= vs one call each."""
+    mixes = [{e: a} for e in ("joy", "anger", "fear", "sadness") for a in (0.5, 1.0)]
+    prompt = format_prompts(tokenizer, QUERIES[:1])
+    single = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    batch = tokenizer(prompt * len(mixes), return_tensors="pt", add_special_tokens=False)
+    started = time.perf_counter()
+    for mix in mixes:
+        with steer(model, vectors, **mix):
+            _tokens_per_second(model, single, new_tokens)
+    one_by_one = len(mixes) / (time.perf_counter() - started)
+    started = time.perf_counter()
+    with steer(model, vectors, rows=mixes):
+        _tokens_per_second(model, batch, new_tokens)
+    batched = len(mixes) / (time.perf_counter() - started)
+    print(
+        f"per-row mixes ({len(mixes)} rows): one call per mix {one_by_one:.2f} rows/s, "
+        f"one batched call {batched:.2f} rows/s, speed-up {batched / one_by_one:.2f}x"
+    )
 
 
 if __name__ == "__main__":

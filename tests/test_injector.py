@@ -1,0 +1,887 @@
+"""The injector: positions, per-row mixes, layer weights, presets, the dose guard, nesting.
+
+How positions are observed. PyTorch runs a module's forward hooks in registration order, and a
+hook that returns a value replaces the output seen by the hooks after it. So on block ``l``, a
+recording hook registered BEFORE ``steer`` is entered sees the block's own output ``h`` and one
+registered AFTER sees what steering passes on, ``h + mask * delta``. Both run in the same
+forward call, so for every call of a ``generate`` the positions where the two recordings differ
+are exactly the positions that were steered.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import threading
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import pytest
+import torch
+from conftest import PAD_ID, build_model, random_bank
+from torch import nn
+from transformers import PreTrainedTokenizerFast, TextIteratorStreamer, pipeline
+
+from emovec import EmotionVectors, Steering, find_layers, steer
+from emovec.steering import MAX_DOSE, PRESETS, RELATIVE_DOSE, DoseError
+
+PROMPTS = ["i was happy today", "the dog ran home and then ate bread with my sister"]
+THREE_PROMPTS = [*PROMPTS, "we"]
+NEW = 4
+GREEDY = {
+    "max_new_tokens": NEW,
+    "min_new_tokens": NEW,  # no early EOS: every generate makes the same number of calls
+    "do_sample": False,
+    "pad_token_id": PAD_ID,
+}
+NO_GUARD = {"max_dose": math.inf}  # raw random vectors are far above MAX_DOSE
+
+
+@pytest.fixture(autouse=True)
+def _one_cpu_thread() -> Iterator[None]:
+    """Tiny tensors: one intra-op thread is much faster on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# --- helpers --------------------------------------------------------------------------
+
+
+def _hidden(output: object) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple) else output  # type: ignore[index,return-value]
+
+
+@contextmanager
+def recording(block: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Record a copy of ``block``'s output, as seen when this hook runs, for every call."""
+    calls: list[torch.Tensor] = []
+
+    def hook(_module: nn.Module, _args: object, output: object) -> None:
+        calls.append(_hidden(output).detach().clone())
+
+    handle = block.register_forward_hook(hook)
+    try:
+        yield calls
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def capture_all(blocks: list[nn.Module]) -> Iterator[dict[int, torch.Tensor]]:
+    """Record the last output of every block (one forward call)."""
+    seen: dict[int, torch.Tensor] = {}
+
+    def make(index: int) -> Callable[[nn.Module, object, object], None]:
+        def hook(_module: nn.Module, _args: object, output: object) -> None:
+            seen[index] = _hidden(output).detach().clone()
+
+        return hook
+
+    handles = [block.register_forward_hook(make(i)) for i, block in enumerate(blocks)]
+    try:
+        yield seen
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _no_hooks_anywhere(model: nn.Module) -> bool:
+    return all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+def _encode(tokenizer: PreTrainedTokenizerFast, text: str | list[str]) -> dict[str, torch.Tensor]:
+    return dict(tokenizer(text, return_tensors="pt", padding=True, return_token_type_ids=False))
+
+
+def _bank_for(model: nn.Module, **kwargs: object) -> EmotionVectors:
+    hidden = model.get_input_embeddings().weight.shape[1]
+    return random_bank(len(find_layers(model)), hidden, **kwargs)  # type: ignore[arg-type]
+
+
+def _logits(model: nn.Module, **batch: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(**batch).logits
+
+
+def _expected_masks(mode: str, widths: list[int], prompt: int, cache: bool) -> list[torch.Tensor]:
+    """Which positions of each forward call ``mode`` steers.
+
+    ``widths`` are the calls' sequence lengths, ``prompt`` the padded prompt width. With a KV
+    cache, call ``i > 0`` holds the single position ``prompt + i - 1``; without one every call
+    starts at position 0.
+    """
+    masks = []
+    for i, width in enumerate(widths):
+        start = prompt + i - 1 if cache and i > 0 else 0
+        absolute = torch.arange(start, start + width)
+        if mode == "all":
+            mask = torch.ones(width, dtype=torch.bool)
+        elif mode == "last":
+            mask = absolute == start + width - 1
+        elif mode == "prompt":
+            mask = absolute < prompt
+        else:
+            mask = absolute >= prompt
+        masks.append(mask)
+    return masks
+
+
+def _positions(mask: torch.Tensor) -> list[int]:
+    return mask.nonzero().flatten().tolist()
+
+
+def _check_calls(
+    pre: list[torch.Tensor],
+    post: list[torch.Tensor],
+    masks: list[torch.Tensor],
+    delta: torch.Tensor,
+    *,
+    atol: float = 1e-5,
+    what: str = "generate",
+) -> None:
+    """Each call changed exactly ``masks[i]``'s positions (all rows), by exactly ``delta``."""
+    assert len(pre) == len(post) == len(masks)
+    for call, (before, after, mask) in enumerate(zip(pre, post, masks, strict=True)):
+        assert before.shape == after.shape
+        rows, width = before.shape[:2]
+        changed = (after != before).any(dim=-1)
+        if not torch.equal(changed, mask.expand(rows, width)):
+            pytest.fail(
+                f"{what}, forward call {call} (width {width}): steered positions "
+                f"{[_positions(row) for row in changed]}, expected {_positions(mask)} in every row"
+            )
+        expected = mask[None, :, None].to(delta.dtype) * delta
+        torch.testing.assert_close(
+            (after.float() - before.float()),
+            expected.float().expand_as(before),
+            rtol=0,
+            atol=atol,
+            msg=lambda m, call=call: f"{what}, forward call {call}: {m}",
+        )
+
+
+def _steered_calls(
+    model: nn.Module,
+    bank: EmotionVectors,
+    layer: int,
+    mode: str,
+    batch: dict[str, torch.Tensor],
+    **generate: object,
+) -> tuple[list[torch.Tensor], list[torch.Tensor], Steering, torch.Tensor]:
+    block = find_layers(model)[layer]
+    with (
+        recording(block) as pre,
+        steer(
+            model, bank, joy=1.0, layers=[layer], positions=mode, scale="raw", **NO_GUARD
+        ) as steering,
+        recording(block) as post,
+    ):
+        tokens = model.generate(**batch, **generate)
+    assert _no_hooks_anywhere(model)
+    return pre, post, steering, tokens
+
+
+# --- shared models --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def llama() -> nn.Module:
+    return build_model("llama", num_layers=3)
+
+
+@pytest.fixture(scope="module")
+def gpt2() -> nn.Module:
+    return build_model("gpt2", num_layers=2)
+
+
+# --- 1. position modes ----------------------------------------------------------------
+
+POSITION_CASES = [
+    *[("llama", mode) for mode in ("all", "last", "prompt", "generated")],
+    ("gpt2", "prompt"),
+    ("gpt2", "generated"),
+    ("gpt2", "last"),
+]
+
+
+@pytest.mark.parametrize("use_cache", [True, False], ids=["cache", "no_cache"])
+@pytest.mark.parametrize(("arch", "mode"), POSITION_CASES)
+def test_position_modes_steer_exactly_their_positions(
+    arch: str,
+    mode: str,
+    use_cache: bool,
+    request: pytest.FixtureRequest,
+    tokenizer: PreTrainedTokenizerFast,
+) -> None:
+    model = request.getfixturevalue(arch)
+    bank = _bank_for(model)
+    layer = 1
+    batch = _encode(tokenizer, PROMPTS)
+    assert (batch["attention_mask"][:, 0] == 0).any()  # really left-padded
+    prompt = batch["input_ids"].shape[1]
+
+    pre, post, steering, tokens = _steered_calls(
+        model, bank, layer, mode, batch, use_cache=use_cache, **GREEDY
+    )
+
+    assert tokens.shape == (2, prompt + NEW)
+    widths = [p.shape[1] for p in pre]
+    if use_cache:
+        assert widths == [prompt] + [1] * (NEW - 1)
+    else:
+        assert widths == [prompt + i for i in range(NEW)]
+    (delta,) = steering.deltas()
+    assert steering.layers == [layer]
+    assert torch.equal(delta, 1.0 * bank.vector("joy")[layer])
+    _check_calls(pre, post, _expected_masks(mode, widths, prompt, use_cache), delta)
+
+
+def test_position_mode_with_seeded_sampling(
+    llama: nn.Module, tokenizer: PreTrainedTokenizerFast
+) -> None:
+    bank = _bank_for(llama)
+    batch = _encode(tokenizer, PROMPTS)
+    prompt = batch["input_ids"].shape[1]
+    sampling = {**GREEDY, "do_sample": True, "top_k": 0}
+    results = []
+    for _ in range(2):
+        torch.manual_seed(1234)
+        results.append(_steered_calls(llama, bank, 2, "generated", batch, **sampling))
+    (pre, post, steering, tokens), (_, _, _, again) = results
+    assert torch.equal(tokens, again)  # the seed fixes the sample
+    widths = [p.shape[1] for p in pre]
+    assert widths == [prompt] + [1] * (NEW - 1)
+    masks = _expected_masks("generated", widths, prompt, cache=True)
+    _check_calls(pre, post, masks, steering.deltas()[0])
+
+
+def test_paper_preset_steers_the_last_position_of_every_layer(
+    llama: nn.Module, tokenizer: PreTrainedTokenizerFast
+) -> None:
+    bank = _bank_for(llama)
+    blocks = find_layers(llama)
+    batch = _encode(tokenizer, PROMPTS)
+    with (
+        capture_all(blocks) as pre,
+        steer(llama, bank, joy=0.5, preset="paper", **NO_GUARD),
+        capture_all(blocks) as post,
+    ):
+        _logits(llama, **batch)
+    for layer in range(len(blocks)):
+        width = pre[layer].shape[1]
+        mask = torch.arange(width) == width - 1
+        _check_calls([pre[layer]], [post[layer]], [mask], 0.5 * bank.vector("joy")[layer])
+
+
+# --- 2. a second generate in the same block -------------------------------------------
+
+
+def _two_generates(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerFast,
+    mode: str,
+    use_cache: bool,
+    second: Callable[[dict[str, torch.Tensor], torch.Tensor], dict[str, torch.Tensor]],
+) -> None:
+    """Two ``generate`` calls in one ``with``; each is steered by its own prompt length."""
+    bank = _bank_for(model)
+    layer = 1
+    block = find_layers(model)[layer]
+    first = _encode(tokenizer, PROMPTS)
+    settings = {**GREEDY, "use_cache": use_cache}
+    with (
+        recording(block) as pre,
+        steer(
+            model, bank, joy=1.0, layers=[layer], positions=mode, scale="raw", **NO_GUARD
+        ) as steering,
+        recording(block) as post,
+    ):
+        out = model.generate(**first, **settings)
+        split = len(pre)
+        batch = second(first, out)
+        model.generate(**batch, **settings)
+    assert _no_hooks_anywhere(model)
+
+    segments = [(first["input_ids"].shape[1], 0, split)]
+    segments.append((batch["input_ids"].shape[1], split, len(pre)))
+    for number, (prompt, start, end) in enumerate(segments):
+        widths = [p.shape[1] for p in pre[start:end]]
+        assert widths[0] == prompt  # the prefill call sees the whole new prompt
+        masks = _expected_masks(mode, widths, prompt, use_cache)
+        if mode == "prompt":
+            assert masks[0].all()  # the full prompt is steered at prefill
+        _check_calls(
+            pre[start:end], post[start:end], masks, steering.deltas()[0], what=f"generate {number}"
+        )
+
+
+@pytest.mark.parametrize("mode", ["prompt", "generated"])
+@pytest.mark.parametrize("use_cache", [True, False], ids=["cache", "no_cache"])
+def test_second_generate_with_a_longer_extended_prompt(
+    mode: str, use_cache: bool, llama: nn.Module, tokenizer: PreTrainedTokenizerFast
+) -> None:
+    """The second prompts extend the first ones word for word, and are longer."""
+
+    def longer(first: dict[str, torch.Tensor], _out: torch.Tensor) -> dict[str, torch.Tensor]:
+        batch = _encode(tokenizer, [p + " and then saw my friend at the park" for p in PROMPTS])
+        assert batch["input_ids"].shape[1] > first["input_ids"].shape[1]
+        return batch
+
+    _two_generates(llama, tokenizer, mode, use_cache, longer)
+
+
+# Without a KV cache, a prompt that is exactly the previous forward call plus one token is
+# indistinguishable from the next step of the same generation (the tracker's documented
+# limit); re-entering the steering resets it, which the test below checks.
+@pytest.mark.parametrize("mode", ["prompt", "generated"])
+@pytest.mark.parametrize("use_cache", [True], ids=["cache"])
+def test_second_generate_continuing_the_first_output(
+    mode: str, use_cache: bool, llama: nn.Module, tokenizer: PreTrainedTokenizerFast
+) -> None:
+    """Continue the conversation: the first generate's whole output is the next prompt."""
+
+    def continued(first: dict[str, torch.Tensor], out: torch.Tensor) -> dict[str, torch.Tensor]:
+        ones = torch.ones(out.shape[0], NEW, dtype=torch.long)
+        return {"input_ids": out, "attention_mask": torch.cat([first["attention_mask"], ones], 1)}
+
+    _two_generates(llama, tokenizer, mode, use_cache, continued)
+
+
+# --- 3. per-row mixes -----------------------------------------------------------------
+
+
+def _rows_match_single_steers(
+    model: nn.Module,
+    bank: EmotionVectors,
+    tokenizer: PreTrainedTokenizerFast,
+    rows: list[object],
+    singles: list[Callable[[], Steering] | None],
+    layers: list[int],
+) -> None:
+    blocks = find_layers(model)
+    batch = _encode(tokenizer, THREE_PROMPTS)
+    steering = steer(model, bank, rows=rows, layers=layers)  # type: ignore[arg-type]
+    assert len(steering.dose) == 3
+    assert all(d.shape == (3, bank.hidden_size) for d in steering.deltas())
+
+    # Each row of each hooked layer gets its own mix's delta.
+    with capture_all(blocks) as pre, steering, capture_all(blocks) as post:
+        _logits(model, **batch)
+    for k, layer in enumerate(steering.layers):
+        for row, single in enumerate(singles):
+            expected = torch.zeros(bank.hidden_size)
+            if single is not None:
+                alone = single()
+                expected = alone.deltas()[alone.layers.index(layer)]
+            torch.testing.assert_close(steering.deltas()[k][row], expected, rtol=1e-6, atol=1e-6)
+            torch.testing.assert_close(
+                post[layer][row] - pre[layer][row],
+                expected.expand_as(pre[layer][row]),
+                rtol=0,
+                atol=1e-5,
+            )
+
+    with steering:
+        together = model.generate(**batch, **GREEDY)[:, -NEW:]
+    for row, (prompt, single) in enumerate(zip(THREE_PROMPTS, singles, strict=True)):
+        encoded = _encode(tokenizer, prompt)
+        if single is None:
+            alone = model.generate(**encoded, **GREEDY)[0, -NEW:]
+        else:
+            with single():
+                alone = model.generate(**encoded, **GREEDY)[0, -NEW:]
+        assert torch.equal(together[row], alone), (row, together[row], alone)
+    assert _no_hooks_anywhere(model)
+
+
+def test_rows_of_keyword_mixes_match_prompts_steered_alone(
+    llama: nn.Module, tokenizer: PreTrainedTokenizerFast
+) -> None:
+    bank = _bank_for(llama)
+    layers = [0, 1]
+    _rows_match_single_steers(
+        llama,
+        bank,
+        tokenizer,
+        [{"joy": 1}, {"anger": 0.8}, {}],
+        [
+            lambda: steer(llama, bank, joy=1, layers=layers),
+            lambda: steer(llama, bank, anger=0.8, layers=layers),
+            None,
+        ],
+        layers,
+    )
+
+
+def test_rows_of_steering_vectors_match_prompts_steered_alone(
+    llama: nn.Module, tokenizer: PreTrainedTokenizerFast
+) -> None:
+    bank = _bank_for(llama)
+    layers = [1, 2]
+    mixed = 0.7 * bank["joy"] - 0.3 * bank["fear"]
+    _rows_match_single_steers(
+        llama,
+        bank,
+        tokenizer,
+        [mixed, bank["anger"] * 0.5, {"fear": 0.5}],
+        [
+            lambda: steer(llama, mixed, layers=layers),
+            lambda: steer(llama, 0.5 * bank["anger"], layers=layers),
+            lambda: steer(llama, bank, fear=0.5, layers=layers),
+        ],
+        layers,
+    )
+
+
+def test_rows_errors(llama: nn.Module, tokenizer: PreTrainedTokenizerFast) -> None:
+    bank = _bank_for(llama)
+    batch = _encode(tokenizer, PROMPTS)  # two rows
+    with (
+        pytest.raises(ValueError, match=r"rows.*3 rows but the batch has 2"),
+        steer(llama, bank, rows=[{"joy": 1}, {"anger": 1}, {}], layers=[1]),
+    ):
+        _logits(llama, **batch)
+    assert _no_hooks_anywhere(llama)
+    with pytest.raises(ValueError, match="rows"):
+        steer(llama, bank, rows=[], layers=[1])
+    with pytest.raises(TypeError):
+        steer(llama, bank, rows=[{"joy": 1}, {}], joy=1.0)
+    with pytest.raises(TypeError):
+        steer(llama, bank["joy"], rows=[{"joy": 1}, {}])
+    other = _bank_for(llama, seed=1)
+    with pytest.raises(ValueError, match="same bank"):
+        steer(llama, bank, rows=[other["joy"], {}])
+    assert _no_hooks_anywhere(llama)
+
+
+# --- 4. scales, layer weights, "all", presets -----------------------------------------
+
+
+def test_relative_and_raw_deltas_and_layer_weights() -> None:
+    model = build_model("llama", num_layers=4)
+    bank = _bank_for(model)
+    alpha = 0.6
+    for layers, weights in (([1, 2], {1: 1.0, 2: 1.0}), ({1: 2.0, 2: 0.5}, {1: 2.0, 2: 0.5})):
+        relative = steer(model, bank, joy=alpha, layers=layers)
+        raw = steer(model, bank, joy=alpha, layers=layers, scale="raw", **NO_GUARD)
+        assert relative.layers == raw.layers == [1, 2]
+        for i, layer in enumerate([1, 2]):
+            w = weights[layer]
+            torch.testing.assert_close(
+                relative.deltas()[i],
+                w * alpha * RELATIVE_DOSE / 2 * bank.unit_vector("joy")[layer],
+                rtol=1e-6,
+                atol=1e-6,
+            )
+            torch.testing.assert_close(
+                raw.deltas()[i], w * alpha * bank.vector("joy")[layer], rtol=1e-6, atol=1e-6
+            )
+            # Relative and raw differ by a per-layer scalar only.
+            gain = RELATIVE_DOSE / 2 * bank.hidden_norms[layer] / bank.vector("joy")[layer].norm()
+            torch.testing.assert_close(relative.deltas()[i], gain * raw.deltas()[i])
+
+
+def test_layers_all_hooks_every_layer(tokenizer: PreTrainedTokenizerFast) -> None:
+    model = build_model("llama", num_layers=4)
+    blocks = find_layers(model)
+    bank = _bank_for(model)
+    steering = steer(model, bank, joy=1.0, layers="all")
+    assert steering.layers == [0, 1, 2, 3]
+    for layer, delta in zip(steering.layers, steering.deltas(), strict=True):
+        expected = RELATIVE_DOSE / 4 * bank.unit_vector("joy")[layer]
+        torch.testing.assert_close(delta, expected, rtol=1e-6, atol=1e-6)
+    with steering:
+        assert all(len(block._forward_hooks) == 1 for block in blocks)
+    assert _no_hooks_anywhere(model)
+    with pytest.raises(ValueError, match="layers"):
+        steer(model, bank, joy=1.0, layers="most")
+
+
+def test_paper_preset_and_overrides() -> None:
+    model = build_model("llama", num_layers=4)
+    bank = _bank_for(model)
+    assert PRESETS["paper"] == {"layers": "all", "scale": "raw", "positions": "last"}
+    paper = steer(model, bank, joy=0.5, preset="paper", **NO_GUARD)
+    assert paper.layers == [0, 1, 2, 3]
+    assert paper.positions == "last"
+    for layer, delta in zip(paper.layers, paper.deltas(), strict=True):
+        torch.testing.assert_close(delta, 0.5 * bank.vector("joy")[layer], rtol=1e-6, atol=1e-6)
+
+    overridden = steer(model, bank, joy=0.5, preset="paper", positions="all", **NO_GUARD)
+    assert overridden.positions == "all" and overridden.layers == [0, 1, 2, 3]
+    narrowed = steer(model, bank, joy=0.5, preset="paper", layers=[2], scale="relative")
+    assert narrowed.layers == [2] and narrowed.positions == "last"
+    torch.testing.assert_close(
+        narrowed.deltas()[0], 0.5 * RELATIVE_DOSE * bank.unit_vector("joy")[2]
+    )
+    with pytest.raises(ValueError, match="preset"):
+        steer(model, bank, joy=0.5, preset="dong")
+
+
+# --- 5. dose guard --------------------------------------------------------------------
+
+
+def _dose_by_hand(steering: Steering, bank: EmotionVectors, row: int | None = None) -> float:
+    total = 0.0
+    for layer, delta in zip(steering.layers, steering.deltas(), strict=True):
+        vector = delta if row is None else delta[row]
+        total += float(vector.float().norm()) / float(bank.hidden_norms[layer])
+    return total
+
+
+def test_dose_is_the_sum_of_relative_norms() -> None:
+    model = build_model("llama", num_layers=4)
+    bank = _bank_for(model)
+    raw = steer(model, bank, joy=0.3, anger=-0.2, layers=[0, 2, 3], scale="raw", **NO_GUARD)
+    by_hand = sum(
+        float((0.3 * bank.vector("joy")[l] - 0.2 * bank.vector("anger")[l]).norm())
+        / float(bank.hidden_norms[l])
+        for l in (0, 2, 3)  # noqa: E741
+    )
+    assert raw.dose == pytest.approx([by_hand], rel=1e-5)
+    assert raw.dose[0] == pytest.approx(_dose_by_hand(raw, bank), rel=1e-5)
+    for layers in ([1], [0, 1, 2], "all"):
+        for emotion in ("joy", "fear"):
+            relative = steer(model, bank, layers=layers, **{emotion: 1.0})
+            assert relative.dose == pytest.approx([RELATIVE_DOSE], rel=1e-5)
+            assert _dose_by_hand(relative, bank) == pytest.approx(RELATIVE_DOSE, rel=1e-5)
+
+
+def test_below_max_dose_is_silent() -> None:
+    model = build_model("llama", num_layers=4)
+    bank = _bank_for(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        steering = steer(model, bank, joy=1.0, layers=[1, 2])
+        assert steering.dose[0] < MAX_DOSE
+        steer(model, bank, joy=1.4, anger=0.0, layers=[1, 2], guard="raise")
+        steer(model, bank, joy=0.2, layers=[1], scale="raw", max_dose=10.0, guard="clamp")
+
+
+def test_over_max_dose_warns_by_default() -> None:
+    model = build_model("llama", num_layers=4)
+    bank = _bank_for(model)
+    with pytest.warns(UserWarning, match=r"max_dose=0\.75") as record:
+        steering = steer(model, bank, joy=2.0, layers=[1, 2])
+    assert steering.dose == pytest.approx([2 * RELATIVE_DOSE], rel=1e-5)
+    assert record[0].filename == __file__  # points at the caller of steer()
+    torch.testing.assert_close(
+        steering.deltas()[0], 2.0 * RELATIVE_DOSE / 2 * bank.unit_vector("joy")[1]
+    )
+    with pytest.warns(UserWarning, match=r"max_dose=0\.3"):
+        steer(model, bank, joy=1.0, layers=[1, 2], max_dose=0.3)
+
+
+def test_clamp_scales_down_to_max_dose_keeping_direction() -> None:
+    model = build_model("llama", num_layers=4)
+    bank = _bank_for(model)
+    unclamped = steer(model, bank, joy=1.0, fear=-0.5, layers=[0, 3], scale="raw", **NO_GUARD)
+    assert unclamped.dose[0] > MAX_DOSE
+    with pytest.warns(UserWarning, match="max_dose"):
+        clamped = steer(model, bank, joy=1.0, fear=-0.5, layers=[0, 3], scale="raw", guard="clamp")
+    assert clamped.dose == pytest.approx([MAX_DOSE], rel=1e-5)
+    assert _dose_by_hand(clamped, bank) == pytest.approx(MAX_DOSE, rel=1e-5)
+    factor = MAX_DOSE / unclamped.dose[0]
+    for small, big in zip(clamped.deltas(), unclamped.deltas(), strict=True):
+        torch.testing.assert_close(small, factor * big, rtol=1e-5, atol=1e-6)
+        cosine = torch.nn.functional.cosine_similarity(small, big, dim=0)
+        assert float(cosine) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_raise_guard_raises_before_hooking() -> None:
+    model = build_model("llama", num_layers=4)
+    bank = _bank_for(model)
+    with (
+        pytest.raises(DoseError, match="max_dose") as info,
+        steer(model, bank, joy=3.0, layers=[1, 2], guard="raise"),
+    ):
+        pytest.fail("the body must not run")  # pragma: no cover
+    assert isinstance(info.value, ValueError)
+    assert _no_hooks_anywhere(model)
+    with pytest.raises(DoseError):
+        steer(model, bank, rows=[{"joy": 0.1}, {"joy": 3.0}], layers=[1], guard="raise")
+    assert _no_hooks_anywhere(model)
+
+
+def test_invalid_guard_is_rejected_even_below_max_dose() -> None:
+    model = build_model("llama", num_layers=4)
+    bank = _bank_for(model)
+    with pytest.raises(ValueError, match="guard"):
+        steer(model, bank, joy=5.0, layers=[1], guard="ignore")  # type: ignore[arg-type]
+    # A typo in guard= must not pass silently just because this dose happens to be low.
+    with pytest.raises(ValueError, match="guard"):
+        steer(model, bank, joy=0.1, layers=[1], guard="ignore")  # type: ignore[arg-type]
+
+
+def test_clamp_is_per_row(tokenizer: PreTrainedTokenizerFast) -> None:
+    model = build_model("llama", num_layers=4)
+    bank = _bank_for(model)
+    rows = [{"joy": 3.0}, {"joy": 1.0}, {"anger": -2.0}, {}]
+    with pytest.warns(UserWarning, match="max_dose"):
+        clamped = steer(model, bank, rows=rows, layers=[1, 2], guard="clamp")  # type: ignore[arg-type]
+    assert clamped.dose == pytest.approx([MAX_DOSE, RELATIVE_DOSE, MAX_DOSE, 0.0], rel=1e-5)
+    for row in range(4):
+        assert _dose_by_hand(clamped, bank, row) == pytest.approx(clamped.dose[row], abs=1e-6)
+    for k, layer in enumerate(clamped.layers):
+        unit = RELATIVE_DOSE / 2
+        torch.testing.assert_close(
+            clamped.deltas()[k][1], unit * bank.unit_vector("joy")[layer]
+        )  # under the limit: untouched
+        torch.testing.assert_close(
+            clamped.deltas()[k][0], MAX_DOSE / 1.5 * 3.0 * unit * bank.unit_vector("joy")[layer]
+        )
+        torch.testing.assert_close(
+            clamped.deltas()[k][2], MAX_DOSE / 1.0 * -2.0 * unit * bank.unit_vector("anger")[layer]
+        )
+        assert not clamped.deltas()[k][3].any()
+
+
+# --- 6. nesting and several models ----------------------------------------------------
+
+
+def test_nested_steers_add_up_and_unwind(
+    llama: nn.Module, tokenizer: PreTrainedTokenizerFast
+) -> None:
+    blocks = find_layers(llama)
+    bank = _bank_for(llama)
+    batch = _encode(tokenizer, PROMPTS)
+    plain = _logits(llama, **batch)
+
+    # Same layers: the nest equals one steer of the combined strengths.
+    with steer(llama, bank, joy=0.7, anger=-0.4, layers=[0, 2]), capture_all(blocks) as combined:
+        combined_logits = _logits(llama, **batch)
+    with steer(llama, bank, joy=0.7, layers=[0, 2]):
+        outer_only = _logits(llama, **batch)
+        with steer(llama, bank, anger=-0.4, layers=[0, 2]), capture_all(blocks) as nested:
+            nested_logits = _logits(llama, **batch)
+        assert torch.equal(_logits(llama, **batch), outer_only)  # inner exit leaves the outer
+    assert torch.equal(_logits(llama, **batch), plain)
+    torch.testing.assert_close(nested_logits, combined_logits, rtol=1e-5, atol=1e-5)
+    for layer in range(len(blocks)):
+        torch.testing.assert_close(nested[layer], combined[layer], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(outer_only, combined_logits)
+
+    # Different emotions and layers: at each layer, exactly the sum of what each adds.
+    outer = steer(llama, bank, joy=1.0, layers=[0, 1], scale="raw", **NO_GUARD)
+    inner = steer(llama, bank, fear=0.5, layers=[1, 2], scale="raw", **NO_GUARD)
+    with capture_all(blocks) as pre, outer, inner, capture_all(blocks) as post:
+        _logits(llama, **batch)
+    expected = {
+        0: bank.vector("joy")[0],
+        1: bank.vector("joy")[1] + 0.5 * bank.vector("fear")[1],
+        2: 0.5 * bank.vector("fear")[2],
+    }
+    for layer, delta in expected.items():
+        torch.testing.assert_close(
+            post[layer] - pre[layer], delta.expand_as(pre[layer]), rtol=0, atol=1e-5
+        )
+    assert _no_hooks_anywhere(llama)
+
+
+def test_steering_reentered_sequentially_and_apply_twice(
+    llama: nn.Module, tokenizer: PreTrainedTokenizerFast
+) -> None:
+    bank = _bank_for(llama)
+    batch = _encode(tokenizer, PROMPTS)
+    plain = llama.generate(**batch, **GREEDY)
+    steering = steer(
+        llama, bank, joy=2.0, layers=[1], positions="generated", scale="raw", **NO_GUARD
+    )
+    outputs = []
+    for _ in range(2):
+        with steering:
+            outputs.append(llama.generate(**batch, **GREEDY))
+        assert not steering.active and _no_hooks_anywhere(llama)
+    assert torch.equal(outputs[0], outputs[1])
+    assert not torch.equal(outputs[0], plain)
+    assert torch.equal(llama.generate(**batch, **GREEDY), plain)
+
+    steering.apply()
+    try:
+        with pytest.raises(RuntimeError, match="already applied"):
+            steering.apply()
+        assert torch.equal(llama.generate(**batch, **GREEDY), outputs[0])  # applied once
+    finally:
+        steering.remove()
+    assert _no_hooks_anywhere(llama)
+
+
+def test_two_models_steered_at_once_keep_their_own_vectors(
+    llama: nn.Module, gpt2: nn.Module, tokenizer: PreTrainedTokenizerFast
+) -> None:
+    other = build_model("llama", seed=1)
+    banks = {"a": _bank_for(llama), "b": _bank_for(other, seed=2), "c": _bank_for(gpt2, seed=3)}
+    batch = _encode(tokenizer, PROMPTS)
+
+    def steerings() -> dict[str, Steering]:
+        return {
+            "a": steer(llama, banks["a"], joy=1.0, layers=[1], positions="prompt"),
+            "b": steer(other, banks["b"], anger=1.0, layers=[0, 2]),
+            "c": steer(gpt2, banks["c"], fear=-1.0, layers=[1], positions="generated"),
+        }
+
+    models = {"a": llama, "b": other, "c": gpt2}
+    alone = {}
+    for name, steering in steerings().items():
+        with steering:
+            alone[name] = (
+                _logits(models[name], **batch),
+                models[name].generate(**batch, **GREEDY),
+            )
+    plain = {name: _logits(m, **batch) for name, m in models.items()}
+
+    together = steerings()
+    with together["a"], together["b"], together["c"]:
+        for name, model in models.items():
+            assert torch.equal(_logits(model, **batch), alone[name][0])
+            assert torch.equal(model.generate(**batch, **GREEDY), alone[name][1])
+    for name, model in models.items():
+        assert torch.equal(_logits(model, **batch), plain[name])
+        assert _no_hooks_anywhere(model)
+    assert not torch.equal(alone["a"][0], plain["a"])
+    assert not torch.equal(alone["b"][0], plain["b"])
+
+
+# --- 7. pipeline and streaming --------------------------------------------------------
+
+
+def test_pipeline_is_steered_like_generate(
+    llama: nn.Module, tokenizer: PreTrainedTokenizerFast
+) -> None:
+    bank = _bank_for(llama)
+    generator = pipeline("text-generation", model=llama, tokenizer=tokenizer)
+    prompt = PROMPTS[1]
+    encoded = _encode(tokenizer, prompt)
+    width = encoded["input_ids"].shape[1]
+    settings = {"max_new_tokens": NEW, "min_new_tokens": NEW, "do_sample": False}
+
+    plain_text = generator(prompt, **settings)[0]["generated_text"]
+    steering = steer(llama, bank, joy=2.0, anger=1.0, layers=[0, 1, 2], scale="raw", **NO_GUARD)
+    with steering:
+        steered_text = generator(prompt, **settings)[0]["generated_text"]
+        steered_ids = generator(prompt, return_tensors=True, **settings)[0]["generated_token_ids"]
+        expected = llama.generate(**encoded, **GREEDY)[0]
+    assert _no_hooks_anywhere(llama)
+    assert steered_text != plain_text
+    assert list(steered_ids) == expected.tolist()
+    new_text = tokenizer.decode(expected[width:], skip_special_tokens=True)
+    assert steered_text.startswith(prompt) and steered_text.endswith(new_text)
+    assert generator(prompt, **settings)[0]["generated_text"] == plain_text
+
+
+@pytest.mark.parametrize("mode", ["all", "generated"])
+def test_streamed_generation_is_steered_like_plain_generate(
+    mode: str, llama: nn.Module, tokenizer: PreTrainedTokenizerFast
+) -> None:
+    bank = _bank_for(llama)
+    encoded = _encode(tokenizer, PROMPTS[0])
+    width = encoded["input_ids"].shape[1]
+    plain = llama.generate(**encoded, **GREEDY)[0, width:]
+    steering = steer(
+        llama, bank, joy=2.0, anger=1.0, layers=[0, 1, 2], positions=mode, scale="raw", **NO_GUARD
+    )
+    with steering:
+        expected = llama.generate(**encoded, **GREEDY)[0, width:]
+        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            torch.set_num_threads(1)
+            try:
+                llama.generate(**encoded, **GREEDY, streamer=streamer)
+            except BaseException as err:  # pragma: no cover - reported below
+                errors.append(err)
+                streamer.end()
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        streamed = "".join(streamer)
+        thread.join(timeout=60)
+    assert not errors and not thread.is_alive()
+    assert not torch.equal(expected, plain)
+    assert streamed == tokenizer.decode(expected, skip_special_tokens=True)
+    assert streamed != tokenizer.decode(plain, skip_special_tokens=True)
+
+
+# --- 8. half precision ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_generated_positions(
+    dtype: torch.dtype, llama: nn.Module, tokenizer: PreTrainedTokenizerFast
+) -> None:
+    model = copy.deepcopy(llama).to(dtype)
+    bank = _bank_for(model)
+    batch = _encode(tokenizer, PROMPTS)
+    prompt = batch["input_ids"].shape[1]
+    pre, post, steering, tokens = _steered_calls(model, bank, 1, "generated", batch, **GREEDY)
+    (delta,) = steering.deltas()
+    assert delta.dtype == dtype
+    torch.testing.assert_close(delta, bank.vector("joy")[1].to(dtype))
+    assert all(p.dtype == dtype for p in post)
+    assert tokens.shape == (2, prompt + NEW)
+    widths = [p.shape[1] for p in pre]
+    assert widths == [prompt] + [1] * (NEW - 1)
+    masks = _expected_masks("generated", widths, prompt, cache=True)
+    for before, after, mask in zip(pre, post, masks, strict=True):
+        # Exactly what the model's dtype gives for h + delta at steered positions.
+        expected = torch.where(mask[None, :, None], before + delta, before)
+        assert torch.equal(after, expected)
+    _check_calls(pre, post, masks, delta, atol=0.1)
+    relative = steer(model, bank, joy=1.0, layers=[0, 1])
+    assert all(d.dtype == dtype for d in relative.deltas())
+
+
+# --- 9. errors ------------------------------------------------------------------------
+
+
+def test_bad_positions_raise(llama: nn.Module) -> None:
+    bank = _bank_for(llama)
+    with pytest.raises(ValueError, match="positions"):
+        steer(llama, bank, joy=1.0, positions="bogus")  # type: ignore[arg-type]
+    assert _no_hooks_anywhere(llama)
+
+
+@pytest.mark.parametrize("mode", ["prompt", "generated"])
+def test_prompt_positions_need_the_top_level_model(
+    mode: str, llama: nn.Module, tokenizer: PreTrainedTokenizerFast
+) -> None:
+    bank = _bank_for(llama)
+    batch = _encode(tokenizer, PROMPTS)
+    with (
+        steer(llama, bank, joy=1.0, layers=[1], positions=mode),  # type: ignore[arg-type]
+        pytest.raises(RuntimeError, match=rf"positions='{mode}'.*model given to steer"),
+        torch.no_grad(),
+    ):
+        llama.model(**batch)
+    assert _no_hooks_anywhere(llama)
+    # The position-free modes work on the bare decoder.
+    with steer(llama, bank, joy=1.0, layers=[1], positions="last"), torch.no_grad():
+        llama.model(**batch)
+
+
+@pytest.mark.parametrize("mode", ["prompt", "generated"])
+def test_reentering_resets_prompt_length_without_cache(
+    mode: str, llama: nn.Module, tokenizer: PreTrainedTokenizerFast
+) -> None:
+    bank = _bank_for(llama)
+    block = find_layers(llama)[1]
+    first = _encode(tokenizer, PROMPTS)
+    settings = {**GREEDY, "use_cache": False}
+    steering = steer(llama, bank, joy=1.0, layers=[1], positions=mode, scale="raw", **NO_GUARD)
+    with steering:
+        out = llama.generate(**first, **settings)
+    ones = torch.ones(out.shape[0], NEW, dtype=torch.long)
+    second = {"input_ids": out, "attention_mask": torch.cat([first["attention_mask"], ones], 1)}
+    with recording(block) as pre, steering, recording(block) as post:
+        llama.generate(**second, **settings)
+    widths = [p.shape[1] for p in pre]
+    prompt = out.shape[1]
+    assert widths[0] == prompt
+    masks = _expected_masks(mode, widths, prompt, False)
+    _check_calls(pre, post, masks, steering.deltas()[0], what="re-entered generate")
