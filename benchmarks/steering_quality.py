@@ -19,7 +19,8 @@ import numpy as np
 
 from emovec import EmotionVectors, load_model, steer
 from emovec.generation import generate_answers
-from emovec.scoring import NadeScorer, distinct_n
+from emovec.metrics import distinct_n
+from emovec.scoring import NadeScorer
 
 VECTORS = Path(__file__).resolve().parent.parent / "vectors" / "smollm2-135m-instruct.safetensors"
 

@@ -1,4 +1,4 @@
-"""The ``emovec`` command line: ``demo``, ``generate`` and ``extract``."""
+"""The ``emovec`` command line: ``demo``, ``generate``, ``eval`` and ``extract``."""
 
 from __future__ import annotations
 
@@ -141,6 +141,57 @@ def _extract(args: argparse.Namespace) -> None:
     print(f"{vectors}\nextracted in {seconds:.1f} s, saved to {args.out}")
 
 
+def _queries(spec: str | None) -> list[str]:
+    from emovec.datasets import default_queries, read_queries
+
+    if spec is None:
+        return default_queries()
+    if spec.isdigit():
+        return default_queries()[: int(spec)]
+    return read_queries(spec)
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from emovec.evaluation import Decoding, evaluate, recommend_alpha
+    from emovec.prebuilt import prebuilt_path
+
+    model, tokenizer, vectors = _load(args)
+    report = evaluate(
+        model,
+        tokenizer,
+        vectors,
+        emotions=args.emotions,
+        alphas=args.alphas,
+        queries=_queries(args.queries),
+        scorer=args.scorer,
+        batch_size=args.batch_size,
+        prompt_baseline=args.prompt_baseline,
+        layers=args.layers,
+        decoding=Decoding(
+            max_new_tokens=args.max_new_tokens,
+            do_sample=args.sample,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            seed=args.seed,
+        ),
+    )
+    out = Path(args.out or f"out/eval-{args.model or DEFAULT_MODEL}".replace("/", "--"))
+    report.to_json(out / "report.json")
+    (out / "report.md").write_text(report.to_markdown(), encoding="utf-8")
+    report.plot(out / "report.png")
+    recommended = recommend_alpha(report)
+    print(report.to_markdown())
+    print(f"recommended α: {recommended}\nwrote {out}/report.json, report.md, report.png")
+    if args.store_recommendation:
+        target = args.vectors or prebuilt_path(args.model or DEFAULT_MODEL)
+        if target is None:
+            raise ValueError("No vector file to store the recommendation in; pass --vectors.")
+        vectors.with_settings(recommended_alpha=recommended).save(target)
+        print(f"stored recommended α in {target}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emovec", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -166,6 +217,31 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--temperature", type=float, default=0.7)
     gen.add_argument("--seed", type=int, default=0)
     gen.set_defaults(run=_generate)
+
+    ev = commands.add_parser("eval", help="score steering over an α sweep (EPS, topic, fluency)")
+    _add_model_options(ev)
+    ev.set_defaults(max_new_tokens=48)
+    ev.add_argument("--alphas", type=float, nargs="+", default=[-1.0, 0.0, 1.0, 2.0, 4.0])
+    ev.add_argument("--emotions", nargs="+")
+    ev.add_argument("--queries", help="N (first N shipped queries) or a file (.txt/.json/.jsonl)")
+    ev.add_argument("--scorer", help="'nade' (default) or a text-classification model id/path")
+    ev.add_argument(
+        "--prompt-baseline",
+        action="store_true",
+        help="also ask for the emotion in the prompt, without a vector",
+    )
+    ev.add_argument("--batch-size", type=int, default=8)
+    ev.add_argument("--sample", action="store_true", help="sample instead of greedy")
+    ev.add_argument("--temperature", type=float, default=0.7)
+    ev.add_argument("--top-p", type=float, default=0.9)
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--out", help="output folder (default out/eval-MODEL)")
+    ev.add_argument(
+        "--store-recommendation",
+        action="store_true",
+        help="write the recommended α per emotion into the vector file",
+    )
+    ev.set_defaults(run=_evaluate)
 
     ext = commands.add_parser("extract", help="extract emotion vectors to a file")
     ext.add_argument("--model", help=f"model id or path (default: {DEFAULT_MODEL})")

@@ -20,7 +20,9 @@ __all__ = [
     "PromptPair",
     "available_emotions",
     "default_pairs",
+    "default_queries",
     "read_pairs",
+    "read_queries",
     "validate_pairs",
 ]
 
@@ -130,3 +132,28 @@ def validate_pairs(pairs: Mapping[str, Iterable[object]]) -> dict[str, list[Prom
                 )
         checked[emotion] = normalised
     return checked
+
+
+def default_queries() -> list[str]:
+    """The shipped evaluation queries: everyday neutral requests, none used for extraction."""
+    text = (resources.files("emovec") / "data" / "queries.txt").read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def read_queries(path: str | Path) -> list[str]:
+    """Queries from a text file (one per line), JSON list, or JSON Lines with a ``query`` key.
+
+    Raises:
+        ValueError: when the file holds no queries.
+    """
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        queries = [str(q) for q in json.loads(text)]
+    elif path.suffix == ".jsonl":
+        queries = [str(json.loads(line)["query"]) for line in text.splitlines() if line.strip()]
+    else:
+        queries = [line.strip() for line in text.splitlines() if line.strip()]
+    if not queries:
+        raise ValueError(f"{path} holds no queries.")
+    return queries

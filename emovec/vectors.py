@@ -162,6 +162,10 @@ class EmotionVectors(Mapping[str, "SteeringVector"]):
         """A bank with only ``emotions``."""
         return self._replace({e: self.vector(e) for e in emotions})
 
+    def with_settings(self, **settings: Any) -> EmotionVectors:
+        """A copy whose settings are updated (e.g. ``recommended_alpha`` from an evaluation)."""
+        return self._replace(dict(self._vectors), **settings)
+
     def _replace(self, vectors: Mapping[str, torch.Tensor], **settings: Any) -> EmotionVectors:
         return EmotionVectors(
             vectors,

@@ -1,0 +1,257 @@
+"""Tests of the evaluation sweep: shape of the report, its files, and α recommendation.
+
+The sweep runs a tiny random llama with the real offline scorer (nade) and the real MiniLM
+embedder; the metrics themselves are tested on hand-made texts in test_metrics.py.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import build_model, build_tokenizer, random_bank
+
+from emovec.cli import main
+from emovec.evaluation import Decoding, EvaluationReport, evaluate, recommend_alpha
+from emovec.metrics import SentenceEmbedder
+from emovec.scoring import NadeScorer
+from emovec.vectors import EmotionVectors
+
+QUERIES = ["i walked to the store today", "my sister called me", "the dog ran in the park"]
+EMOTIONS = ["joy", "anger"]
+ALPHAS = [-1.0, 0.0, 1.0]
+DECODING = Decoding(max_new_tokens=4)
+
+
+@pytest.fixture(autouse=True)
+def _one_cpu_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def setup() -> tuple[torch.nn.Module, object, EmotionVectors]:
+    model = build_model("llama")
+    bank = random_bank(
+        model.config.num_hidden_layers,
+        model.config.hidden_size,
+        ("joy", "anger", "fear"),
+        layers=[1, 2],
+    )
+    return model, build_tokenizer(), bank
+
+
+@pytest.fixture(scope="module")
+def scorer() -> NadeScorer:
+    return NadeScorer()
+
+
+@pytest.fixture(scope="module")
+def embedder() -> SentenceEmbedder:
+    return SentenceEmbedder()
+
+
+@pytest.fixture(scope="module")
+def report(setup: tuple, scorer: NadeScorer, embedder: SentenceEmbedder) -> EvaluationReport:
+    model, tokenizer, bank = setup
+    return evaluate(
+        model,
+        tokenizer,
+        bank,
+        emotions=EMOTIONS,
+        alphas=ALPHAS,
+        queries=QUERIES,
+        decoding=DECODING,
+        scorer=scorer,
+        embedder=embedder,
+        prompt_baseline=True,
+        progress=False,
+    )
+
+
+def test_report_has_one_record_per_query_condition_and_target(report: EvaluationReport) -> None:
+    per_query = len(EMOTIONS) * (1 + 2 + 1)  # plain scored per emotion, α = ±1, prompt
+    assert len(report.records) == len(QUERIES) * per_query
+    keys = {(r["query"], r["method"], r["target"], r["alpha"]) for r in report.records}
+    assert len(keys) == len(report.records)
+    for record in report.records:
+        assert 0.0 <= record["eps"] <= 1.0
+        assert record["success"] in (0.0, 1.0)
+        assert record["degenerate"] in (0.0, 1.0)
+        assert set(record["scores"]) == set(NadeScorer().emotions)
+
+
+def test_summary_rows_are_means_over_queries(report: EvaluationReport) -> None:
+    summary = report.summary()
+    assert {(r["method"], r["emotion"], r["alpha"]) for r in summary} == {
+        (m, e, a)
+        for e in EMOTIONS
+        for m, a in [("plain", 0.0), ("vector", -1.0), ("vector", 1.0), ("prompt", 1.0)]
+    }
+    row = next(
+        r for r in summary if (r["method"], r["emotion"], r["alpha"]) == ("vector", "joy", 1.0)
+    )
+    records = [
+        r
+        for r in report.records
+        if (r["target"], r["alpha"], r["method"]) == ("joy", 1.0, "vector")
+    ]
+    assert row["n"] == len(QUERIES)
+    assert row["eps"] == pytest.approx(sum(r["eps"] for r in records) / len(records))
+
+
+def test_plain_answers_are_shared_and_similar_to_themselves(report: EvaluationReport) -> None:
+    plain = [r for r in report.records if r["method"] == "plain"]
+    for record in plain:
+        assert record["sim_plain"] == pytest.approx(1.0, abs=1e-4)
+    by_query = {}
+    for record in plain:
+        by_query.setdefault(record["query"], set()).add(record["answer"])
+    assert all(len(answers) == 1 for answers in by_query.values())
+
+
+def test_batched_rows_equal_one_condition_at_a_time(
+    setup: tuple, report: EvaluationReport, scorer: NadeScorer, embedder: SentenceEmbedder
+) -> None:
+    model, tokenizer, bank = setup
+    alone = evaluate(
+        model,
+        tokenizer,
+        bank,
+        emotions=EMOTIONS,
+        alphas=ALPHAS,
+        queries=QUERIES,
+        decoding=DECODING,
+        scorer=scorer,
+        embedder=embedder,
+        prompt_baseline=True,
+        batch_size=1,
+        progress=False,
+    )
+    assert [r["answer"] for r in alone.records] == [r["answer"] for r in report.records]
+
+
+def test_steering_changes_the_answers(report: EvaluationReport) -> None:
+    plain = {r["query"]: r["answer"] for r in report.records if r["method"] == "plain"}
+    steered = [r for r in report.records if r["method"] == "vector" and r["alpha"] == 1.0]
+    assert any(r["answer"] != plain[r["query"]] for r in steered)
+
+
+def test_outputs_json_markdown_and_plot(report: EvaluationReport, tmp_path: Path) -> None:
+    payload = json.loads(report.to_json(tmp_path / "r.json").read_text())
+    assert len(payload["records"]) == len(report.records)
+    assert payload["settings"]["alphas"] == ALPHAS
+    markdown = report.to_markdown()
+    for emotion in EMOTIONS:
+        assert f"**{emotion}**" in markdown
+    assert markdown.count("| vector | +1 |") == len(EMOTIONS)
+    assert markdown.count("| prompt | +1 |") == len(EMOTIONS)
+    png = report.plot(tmp_path / "r.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+
+
+def test_unknown_emotion_and_empty_queries_are_rejected(
+    setup: tuple, scorer: NadeScorer, embedder: SentenceEmbedder
+) -> None:
+    model, tokenizer, bank = setup
+    with pytest.raises(ValueError, match="sadness"):
+        evaluate(
+            model,
+            tokenizer,
+            bank,
+            emotions=["sadness"],
+            queries=QUERIES,
+            scorer=scorer,
+            embedder=embedder,
+            progress=False,
+        )
+    with pytest.raises(ValueError, match="No queries"):
+        evaluate(
+            model,
+            tokenizer,
+            bank,
+            emotions=["joy"],
+            queries=[],
+            scorer=scorer,
+            embedder=embedder,
+            progress=False,
+        )
+
+
+def _record(method: str, alpha: float, degenerate: float, ppl: float) -> dict[str, object]:
+    return {
+        "query": "q",
+        "method": method,
+        "target": "joy",
+        "alpha": alpha,
+        "answer": "a",
+        "eps": 0.5,
+        "success": 1.0,
+        "intensity": 0.0,
+        "sim_query": 0.5,
+        "sim_plain": 0.5,
+        "perplexity": ppl,
+        "distinct_1": 1.0,
+        "distinct_2": 1.0,
+        "degenerate": degenerate,
+    }
+
+
+def test_recommend_alpha_picks_the_largest_fluent_alpha() -> None:
+    report = EvaluationReport(
+        [
+            _record("plain", 0.0, 0.0, 10.0),
+            _record("vector", 1.0, 0.0, 12.0),
+            _record("vector", 2.0, 0.05, 14.9),  # within both tolerances
+            _record("vector", 4.0, 0.6, 40.0),  # degenerate
+            _record("vector", -1.0, 0.0, 11.0),  # negative α is never recommended
+        ]
+    )
+    assert recommend_alpha(report) == {"joy": 2.0}
+    assert recommend_alpha(report, max_perplexity_ratio=1.3) == {"joy": 1.0}
+    assert recommend_alpha(report, max_perplexity_ratio=1.1) == {"joy": 0.0}
+
+
+def test_cli_eval_writes_reports_and_stores_the_recommendation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("EMOVEC_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "tiny"
+    build_model("llama").save_pretrained(folder)
+    build_tokenizer().save_pretrained(folder)
+    vectors = tmp_path / "v.safetensors"
+    random_bank(3, 32, ("joy", "anger"), layers=[1]).save(vectors)
+    queries = tmp_path / "q.txt"
+    queries.write_text("\n".join(QUERIES), encoding="utf-8")
+    out = tmp_path / "out"
+    code = main(
+        [
+            "eval",
+            "--model",
+            str(folder),
+            "--vectors",
+            str(vectors),
+            "--queries",
+            str(queries),
+            "--alphas",
+            "0",
+            "1",
+            "--max-new-tokens",
+            "3",
+            "--out",
+            str(out),
+            "--store-recommendation",
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    assert {p.name for p in out.iterdir()} == {"report.json", "report.md", "report.png"}
+    stored = EmotionVectors.load(vectors).settings["recommended_alpha"]
+    assert set(stored) == {"joy", "anger"}
+    assert "recommended α" in capsys.readouterr().out

