@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
@@ -304,11 +305,17 @@ def evaluate(
         model, tokenizer, vectors, jobs, decoding, batch_size, steer_options, progress
     )
 
-    scores = scorer([a for a in answers])
-    plain_of = {q: a for (q, c), a in zip(jobs, answers, strict=True) if c.method == "plain"}
+    scores = scorer(answers)
     job_queries = [q for q, _ in jobs]
-    sim_query = embedder.similarity(answers, job_queries)
-    sim_plain = embedder.similarity(answers, [plain_of[q] for q in job_queries])
+    # Embed every answer and query once; plain answers are rows of the answer embeddings.
+    answer_vectors = embedder(answers)
+    query_vectors = embedder(queries)
+    query_row = {q: i for i, q in enumerate(queries)}
+    plain_row = {q: i for i, (q, c) in enumerate(jobs) if c.method == "plain"}
+    rows_of_query = torch.tensor([query_row[q] for q in job_queries])
+    rows_of_plain = torch.tensor([plain_row[q] for q in job_queries])
+    sim_query = (answer_vectors * query_vectors[rows_of_query]).sum(-1).numpy()
+    sim_plain = (answer_vectors * answer_vectors[rows_of_plain]).sum(-1).numpy()
     ppl = perplexity(
         model, tokenizer, format_prompts(tokenizer, job_queries), answers, batch_size=batch_size
     )
