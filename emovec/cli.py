@@ -169,6 +169,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
         prompt_baseline=args.prompt_baseline,
         layers=args.layers,
+        positions=args.positions,
         decoding=Decoding(
             max_new_tokens=args.max_new_tokens,
             do_sample=args.sample,
@@ -231,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also ask for the emotion in the prompt, without a vector",
     )
     ev.add_argument("--batch-size", type=int, default=8)
+    ev.add_argument("--positions", choices=["all", "prompt", "generated", "last"], default="all")
     ev.add_argument("--sample", action="store_true", help="sample instead of greedy")
     ev.add_argument("--temperature", type=float, default=0.7)
     ev.add_argument("--top-p", type=float, default=0.9)

@@ -39,7 +39,7 @@ from emovec.metrics import (
     perplexity,
 )
 from emovec.scoring import EmotionScorer, load_scorer
-from emovec.steering import steer
+from emovec.steering import Positions, steer
 from emovec.vectors import EmotionVectors
 
 __all__ = [
@@ -173,6 +173,8 @@ class EvaluationReport:
             for emotion in emotions:
                 points = sorted((r["alpha"], r[metric]) for r in rows if r["emotion"] == emotion)
                 axis.plot(*zip(*points, strict=True), marker="o", label=emotion)
+            if metric == "median_perplexity":
+                axis.set_yscale("log")  # broken text reaches 10^4 while fluent text is ~2-20
             axis.set_xlabel("α")
             axis.set_title(title)
             axis.grid(alpha=0.3)
@@ -257,6 +259,7 @@ def evaluate(
     prompt_baseline: bool = False,
     batch_size: int = 8,
     layers: Sequence[int] | None = None,
+    positions: Positions = "all",
     progress: bool = True,
 ) -> EvaluationReport:
     """Generate and score answers under every (emotion, α) (and optional prompt baselines).
@@ -276,6 +279,7 @@ def evaluate(
         prompt_baseline: Also answer with the emotion asked for in the prompt, no vector.
         batch_size: Rows per ``generate`` call.
         layers: Layers to steer; default: the bank's band.
+        positions: Which positions to steer (see :func:`emovec.steer`).
         progress: Show progress bars.
 
     Returns:
@@ -300,7 +304,7 @@ def evaluate(
     embedder = embedder or SentenceEmbedder()
     conditions = _conditions(wanted, alphas, prompt_baseline)
     jobs = [(q, c) for q in queries for c in conditions]
-    steer_options: dict[str, Any] = {"layers": layers} if layers is not None else {}
+    steer_options: dict[str, Any] = {"layers": layers, "positions": positions}
     answers = _generate_all(
         model, tokenizer, vectors, jobs, decoding, batch_size, steer_options, progress
     )
@@ -336,14 +340,18 @@ def evaluate(
                     "alpha": condition.alpha,
                     "answer": answer,
                     "eps": float(scores[i, column]),
-                    "success": float(int(np.argmax(scores[i, evaluated])) == wanted.index(target)),
+                    # An empty answer shows no emotion, whatever a scorer makes of "".
+                    "success": float(
+                        bool(answer.strip())
+                        and int(np.argmax(scores[i, evaluated])) == wanted.index(target)
+                    ),
                     "intensity": float(lexicon_intensity([answer], target)[0]),
                     "sim_query": float(sim_query[i]),
                     "sim_plain": float(sim_plain[i]),
                     "perplexity": float(ppl[i]),
                     "distinct_1": distinct_n(answer, 1),
                     "distinct_2": distinct_n(answer, 2),
-                    "degenerate": float(is_degenerate(answer)),
+                    "degenerate": float(not answer.strip() or is_degenerate(answer)),
                     "scores": dict(zip(scorer.emotions, map(float, scores[i]), strict=True)),
                 }
             )
@@ -358,6 +366,7 @@ def evaluate(
             "scorer": type(scorer).__name__,
             "layers": list(layers) if layers is not None else list(vectors.layers or []),
             "prompt_baseline": prompt_baseline,
+            "positions": positions,
         },
     )
 
@@ -366,13 +375,15 @@ def recommend_alpha(
     report: EvaluationReport,
     *,
     max_degenerate_increase: float = 0.1,
-    max_perplexity_ratio: float = 1.5,
+    max_perplexity_ratio: float = 10.0,
 ) -> dict[str, float]:
     """Per emotion, the largest evaluated α > 0 whose fluency stays close to plain.
 
     An α qualifies when its degeneration rate is at most ``max_degenerate_increase`` above
     plain's and its median perplexity at most ``max_perplexity_ratio`` times plain's.
-    Emotions where no α qualifies get 0.
+    Emotions where no α qualifies get 0. The perplexity is under the unsteered model, so any
+    emotional answer scores higher than the plain one (2.5–6× at α = 1 on SmolLM2); the
+    default ratio rules out broken text (≥ 10×), not the change of tone itself.
     """
     summary = report.summary()
     recommended: dict[str, float] = {}
