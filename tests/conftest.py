@@ -20,13 +20,8 @@ from emovec import EmotionVectors
 
 # --- speed ----------------------------------------------------------------------------
 
-_TINY_MODEL_TEST_FILES = {
-    "test_datasets.py",
-    "test_extraction.py",
-    "test_layers.py",
-    "test_steering.py",
-    "test_vectors.py",
-}
+# The real model's tests keep torch's default threads: there the maths dominates.
+_DEFAULT_THREAD_FILES = {"test_real_model.py"}
 
 
 @pytest.fixture(autouse=True)
@@ -35,9 +30,9 @@ def _one_cpu_thread(request: pytest.FixtureRequest) -> Iterator[None]:
 
     On a busy 2-core machine, thread-pool hand-offs dominate ops on tensors this small
     (a [2, 32] ``index_add_`` took ~25 ms with 2 threads, ~3 µs with 1). Results do not
-    depend on it; the real-model tests (another file) keep the default.
+    depend on it.
     """
-    if request.path.name not in _TINY_MODEL_TEST_FILES:
+    if request.path.name in _DEFAULT_THREAD_FILES:
         yield
         return
     before = torch.get_num_threads()

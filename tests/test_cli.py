@@ -11,7 +11,6 @@ import csv
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,17 +24,6 @@ from emovec.generation import generate_answers
 from emovec.models import load_model
 
 NUM_LAYERS, HIDDEN = 3, 32  # the tiny llama of conftest
-
-
-@pytest.fixture(autouse=True)
-def _one_cpu_thread() -> Iterator[None]:
-    # Tiny tensors: thread hand-offs cost more than the maths (see conftest).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)

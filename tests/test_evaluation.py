@@ -7,7 +7,6 @@ embedder; the metrics themselves are tested on hand-made texts in test_metrics.p
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,16 +23,6 @@ QUERIES = ["i walked to the store today", "my sister called me", "the dog ran in
 EMOTIONS = ["joy", "anger"]
 ALPHAS = [-1.0, 0.0, 1.0]
 DECODING = Decoding(max_new_tokens=4)
-
-
-@pytest.fixture(autouse=True)
-def _one_cpu_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -38,17 +38,6 @@ GREEDY = {
 NO_GUARD = {"max_dose": math.inf}  # raw random vectors are far above MAX_DOSE
 
 
-@pytest.fixture(autouse=True)
-def _one_cpu_thread() -> Iterator[None]:
-    """Tiny tensors: one intra-op thread is much faster on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 # --- helpers --------------------------------------------------------------------------
 
 

@@ -13,7 +13,6 @@ import json
 import re
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -31,17 +30,6 @@ from emovec.models import (
     input_device,
     load_model,
 )
-
-
-@pytest.fixture(autouse=True)
-def _one_cpu_thread() -> Iterator[None]:
-    # Tiny tensors: thread hand-offs cost more than the maths (see conftest).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
