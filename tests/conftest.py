@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -369,3 +370,33 @@ def random_bank(
     vectors = {e: torch.randn(num_layers, hidden_size, generator=generator) for e in emotions}
     norms = torch.rand(num_layers, generator=generator) * 5 + 1
     return EmotionVectors(vectors, norms, model_name=model_name, layers=layers)
+
+
+# --- hooks ----------------------------------------------------------------------------
+
+
+def hidden_of(output: object) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple) else output  # type: ignore[index,return-value]
+
+
+@contextmanager
+def capture_outputs(blocks: list[nn.Module]) -> Iterator[dict[int, torch.Tensor]]:
+    """Record (a copy of) each block's output as seen at the time this hook runs."""
+    seen: dict[int, torch.Tensor] = {}
+
+    def make(index: int) -> Callable[[nn.Module, object, object], None]:
+        def hook(_module: nn.Module, _args: object, output: object) -> None:
+            seen[index] = hidden_of(output).detach().clone()
+
+        return hook
+
+    handles = [block.register_forward_hook(make(i)) for i, block in enumerate(blocks)]
+    try:
+        yield seen
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def no_hooks_anywhere(model: nn.Module) -> bool:
+    return all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())

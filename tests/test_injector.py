@@ -20,6 +20,9 @@ from contextlib import contextmanager
 import pytest
 import torch
 from conftest import PAD_ID, build_model, random_bank
+from conftest import capture_outputs as capture_all
+from conftest import hidden_of as _hidden
+from conftest import no_hooks_anywhere as _no_hooks_anywhere
 from torch import nn
 from transformers import PreTrainedTokenizerFast, TextIteratorStreamer, pipeline
 
@@ -41,10 +44,6 @@ NO_GUARD = {"max_dose": math.inf}  # raw random vectors are far above MAX_DOSE
 # --- helpers --------------------------------------------------------------------------
 
 
-def _hidden(output: object) -> torch.Tensor:
-    return output[0] if isinstance(output, tuple) else output  # type: ignore[index,return-value]
-
-
 @contextmanager
 def recording(block: nn.Module) -> Iterator[list[torch.Tensor]]:
     """Record a copy of ``block``'s output, as seen when this hook runs, for every call."""
@@ -58,29 +57,6 @@ def recording(block: nn.Module) -> Iterator[list[torch.Tensor]]:
         yield calls
     finally:
         handle.remove()
-
-
-@contextmanager
-def capture_all(blocks: list[nn.Module]) -> Iterator[dict[int, torch.Tensor]]:
-    """Record the last output of every block (one forward call)."""
-    seen: dict[int, torch.Tensor] = {}
-
-    def make(index: int) -> Callable[[nn.Module, object, object], None]:
-        def hook(_module: nn.Module, _args: object, output: object) -> None:
-            seen[index] = _hidden(output).detach().clone()
-
-        return hook
-
-    handles = [block.register_forward_hook(make(i)) for i, block in enumerate(blocks)]
-    try:
-        yield seen
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def _no_hooks_anywhere(model: nn.Module) -> bool:
-    return all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
 
 
 def _encode(tokenizer: PreTrainedTokenizerFast, text: str | list[str]) -> dict[str, torch.Tensor]:

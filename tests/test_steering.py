@@ -17,12 +17,12 @@ bit-for-bit unchanged" compare the post-steering captures with a separate plain 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 
 import pytest
 import torch
 from conftest import PAD_ID, build_model, random_bank
+from conftest import capture_outputs as capture
+from conftest import no_hooks_anywhere as _no_hooks_anywhere
 from torch import nn
 from transformers import PreTrainedTokenizerFast
 
@@ -35,33 +35,6 @@ MORE_ARCHS = [*CORE_ARCHS, "phi3", "opt", "falcon", "gemma3_multimodal"]
 
 PROMPT = "i walked to the store and then saw my friend at the park"
 PROMPTS = ["i was happy today", "the dog ran home and then ate bread with my sister", "we"]
-
-
-def _hidden(output: object) -> torch.Tensor:
-    return output[0] if isinstance(output, tuple) else output  # type: ignore[index,return-value]
-
-
-@contextmanager
-def capture(blocks: list[nn.Module]) -> Iterator[dict[int, torch.Tensor]]:
-    """Record (a copy of) each block's output as seen at the time this hook runs."""
-    seen: dict[int, torch.Tensor] = {}
-
-    def make(index: int) -> Callable[[nn.Module, object, object], None]:
-        def hook(_module: nn.Module, _args: object, output: object) -> None:
-            seen[index] = _hidden(output).detach().clone()
-
-        return hook
-
-    handles = [block.register_forward_hook(make(i)) for i, block in enumerate(blocks)]
-    try:
-        yield seen
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def _no_hooks_anywhere(model: nn.Module) -> bool:
-    return all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
 
 
 def _ids(tokenizer: PreTrainedTokenizerFast, text: str = PROMPT) -> torch.Tensor:
