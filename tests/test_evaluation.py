@@ -244,3 +244,28 @@ def test_cli_eval_writes_reports_and_stores_the_recommendation(
     stored = EmotionVectors.load(vectors).settings["recommended_alpha"]
     assert set(stored) == {"joy", "anger"}
     assert "recommended α" in capsys.readouterr().out
+
+
+def test_a_hugging_face_classifier_plugs_in(setup: tuple, embedder: SentenceEmbedder) -> None:
+    from test_scoring import build_classifier
+
+    from emovec.scoring import ClassifierScorer
+
+    model, tokenizer, bank = setup
+    scorer = ClassifierScorer(build_classifier(), build_tokenizer(), emotions=EMOTIONS)
+    report = evaluate(
+        model,
+        tokenizer,
+        bank,
+        alphas=[0.0, 1.0],
+        queries=QUERIES[:2],
+        decoding=DECODING,
+        scorer=scorer,
+        embedder=embedder,
+        progress=False,
+    )
+    assert report.settings["scorer"] == "ClassifierScorer"
+    assert report.settings["emotions"] == EMOTIONS  # the bank's emotions the classifier knows
+    for record in report.records:
+        expected = scorer([record["answer"]])[0, EMOTIONS.index(record["target"])]
+        assert record["eps"] == pytest.approx(float(expected), abs=1e-6)
