@@ -122,7 +122,11 @@ class EvaluationReport:
             for metric in _METRICS:
                 values = np.array([r[metric] for r in records], dtype=float)
                 row[metric] = float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
-            row["median_perplexity"] = float(np.nanmedian([r["perplexity"] for r in records]))
+            ppl = np.array([r["perplexity"] for r in records], dtype=float)
+            # All-empty answers have no perplexity: keep the nan, it fails every tolerance.
+            row["median_perplexity"] = (
+                float(np.nanmedian(ppl)) if np.isfinite(ppl).any() else math.nan
+            )
             rows.append(row)
         return rows
 
@@ -376,11 +380,14 @@ def recommend_alpha(
     *,
     max_degenerate_increase: float = 0.1,
     max_perplexity_ratio: float = 10.0,
+    min_topic_ratio: float = 0.2,
 ) -> dict[str, float]:
     """Per emotion, the largest evaluated α > 0 whose fluency stays close to plain.
 
     An α qualifies when its degeneration rate is at most ``max_degenerate_increase`` above
-    plain's and its median perplexity at most ``max_perplexity_ratio`` times plain's.
+    plain's, its median perplexity at most ``max_perplexity_ratio`` times plain's, and its
+    answer–query similarity at least ``min_topic_ratio`` times plain's. The last one catches
+    text too broken to repeat itself (emoji, fragments), which the first two can miss.
     Emotions where no α qualifies get 0. The perplexity is under the unsteered model, so any
     emotional answer scores higher than the plain one (2.5–6× at α = 1 on SmolLM2); the
     default ratio rules out broken text (≥ 10×), not the change of tone itself.
@@ -397,6 +404,7 @@ def recommend_alpha(
             and r["alpha"] > 0
             and r["degenerate"] <= plain["degenerate"] + max_degenerate_increase
             and r["median_perplexity"] <= plain["median_perplexity"] * max_perplexity_ratio
+            and r["sim_query"] >= plain["sim_query"] * min_topic_ratio
         ]
         recommended[emotion] = max(fine, default=0.0)
     return recommended

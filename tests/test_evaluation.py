@@ -174,7 +174,9 @@ def test_unknown_emotion_and_empty_queries_are_rejected(
         )
 
 
-def _record(method: str, alpha: float, degenerate: float, ppl: float) -> dict[str, object]:
+def _record(
+    method: str, alpha: float, degenerate: float, ppl: float, sim_query: float = 0.5
+) -> dict[str, object]:
     return {
         "query": "q",
         "method": method,
@@ -184,7 +186,7 @@ def _record(method: str, alpha: float, degenerate: float, ppl: float) -> dict[st
         "eps": 0.5,
         "success": 1.0,
         "intensity": 0.0,
-        "sim_query": 0.5,
+        "sim_query": sim_query,
         "sim_plain": 0.5,
         "perplexity": ppl,
         "distinct_1": 1.0,
@@ -199,6 +201,7 @@ def test_recommend_alpha_picks_the_largest_fluent_alpha() -> None:
             _record("plain", 0.0, 0.0, 10.0),
             _record("vector", 1.0, 0.0, 12.0),
             _record("vector", 2.0, 0.05, 14.9),  # within both tolerances
+            _record("vector", 3.0, 0.0, 12.0, sim_query=0.05),  # fluent-looking but off topic
             _record("vector", 4.0, 0.6, 40.0),  # degenerate
             _record("vector", -1.0, 0.0, 11.0),  # negative α is never recommended
         ]
@@ -206,6 +209,7 @@ def test_recommend_alpha_picks_the_largest_fluent_alpha() -> None:
     assert recommend_alpha(report) == {"joy": 2.0}
     assert recommend_alpha(report, max_perplexity_ratio=1.3) == {"joy": 1.0}
     assert recommend_alpha(report, max_perplexity_ratio=1.1) == {"joy": 0.0}
+    assert recommend_alpha(report, min_topic_ratio=0.0) == {"joy": 3.0}
 
 
 def test_cli_eval_writes_reports_and_stores_the_recommendation(
