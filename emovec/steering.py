@@ -69,11 +69,14 @@ class DoseError(ValueError):
     """Raised by ``guard="raise"`` when the steering dose exceeds ``max_dose``."""
 
 
-def _block_placement(block: nn.Module) -> tuple[torch.device, torch.dtype]:
+def _block_placement(block: nn.Module) -> tuple[torch.device, torch.dtype] | None:
+    """Where the block computes, if its parameters say so (not for offloaded "meta" ones)."""
     for parameter in block.parameters():
         if parameter.is_floating_point():
+            if parameter.device.type == "meta":
+                return None
             return parameter.device, parameter.dtype
-    return torch.device("cpu"), torch.float32
+    return None
 
 
 def _past_length(kwargs: Mapping[str, Any]) -> int:
@@ -169,9 +172,12 @@ class Steering:
         self._tracker = _CallTracker()
         self._targets: list[tuple[int, nn.Module, torch.Tensor]] = []
         for index, delta in sorted(deltas.items()):
-            device, dtype = _block_placement(blocks[index])
-            # Cast and move once here, not on every forward step.
-            self._targets.append((index, blocks[index], delta.to(device=device, dtype=dtype)))
+            placement = _block_placement(blocks[index])
+            # Cast and move once here, not on every forward step (the hook corrects it once
+            # more for blocks whose weights arrive at call time, e.g. accelerate offloading).
+            if placement is not None:
+                delta = delta.to(device=placement[0], dtype=placement[1])
+            self._targets.append((index, blocks[index], delta))
         self._handles: list[RemovableHandle] = []
 
     @property
@@ -220,8 +226,13 @@ class Steering:
     def _hook(self, delta: torch.Tensor) -> Any:
         positions, tracker = self.positions, self._tracker
 
+        placed = {"delta": delta}
+
         def hook(_module: nn.Module, _args: Any, output: Any) -> Any:
             hidden = layer_output(output)
+            delta = placed["delta"]
+            if delta.device != hidden.device or delta.dtype != hidden.dtype:
+                delta = placed["delta"] = delta.to(device=hidden.device, dtype=hidden.dtype)
             added = delta
             if delta.dim() == 2:  # one mix per batch row
                 if delta.shape[0] != hidden.shape[0]:

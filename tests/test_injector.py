@@ -850,3 +850,22 @@ def test_reentering_resets_prompt_length_without_cache(
     assert widths[0] == prompt
     masks = _expected_masks(mode, widths, prompt, False)
     _check_calls(pre, post, masks, steering.deltas()[0], what="re-entered generate")
+
+
+def test_offloaded_model_is_steered_like_the_original(
+    llama: nn.Module, tokenizer: PreTrainedTokenizerFast
+) -> None:
+    """accelerate offloading keeps weights on "meta" until each call; the vector follows."""
+    from accelerate import cpu_offload
+
+    bank = _bank_for(llama)
+    batch = _encode(tokenizer, PROMPTS)
+    with steer(llama, bank, joy=1.0, layers=[1, 2], **NO_GUARD):
+        expected = llama.generate(**batch, **GREEDY)
+    offloaded = copy.deepcopy(llama)
+    cpu_offload(offloaded, execution_device=torch.device("cpu"))
+    assert next(find_layers(offloaded)[1].parameters()).device.type == "meta"
+    with steer(offloaded, bank, joy=1.0, layers=[1, 2], **NO_GUARD) as steering:
+        got = offloaded.generate(**batch, **GREEDY)
+    assert torch.equal(got, expected)
+    assert all(d.device.type == "cpu" for d in steering.deltas())
