@@ -38,6 +38,7 @@ __all__ = [
     "RELATIVE_DOSE",
     "DoseError",
     "DoseGuard",
+    "DoseWarning",
     "Positions",
     "Steering",
     "VectorModelMismatchError",
@@ -67,6 +68,10 @@ class VectorModelMismatchError(ValueError):
 
 class DoseError(ValueError):
     """Raised by ``guard="raise"`` when the steering dose exceeds ``max_dose``."""
+
+
+class DoseWarning(UserWarning):
+    """Warned when the steering dose exceeds ``max_dose`` (and when it is clamped)."""
 
 
 def _block_placement(block: nn.Module) -> tuple[torch.device, torch.dtype] | None:
@@ -308,9 +313,9 @@ def _guard(doses: torch.Tensor, max_dose: float, guard: DoseGuard) -> torch.Tens
     if guard == "raise":
         raise DoseError(message)
     if guard == "clamp":
-        warnings.warn(message + f" Clamped to {max_dose:g}.", stacklevel=3)
+        warnings.warn(message + f" Clamped to {max_dose:g}.", DoseWarning, stacklevel=3)
         return torch.where(over, max_dose / doses, torch.ones_like(doses))
-    warnings.warn(message, stacklevel=3)
+    warnings.warn(message, DoseWarning, stacklevel=3)
     return torch.ones_like(doses)
 
 

@@ -30,6 +30,9 @@ from emovec import EmotionVectors, Steering, VectorModelMismatchError, find_laye
 from emovec.extraction import default_layer_band
 from emovec.steering import RELATIVE_DOSE
 
+# Random vectors are far above the dose guard; its warnings are tested in test_injector.py.
+pytestmark = pytest.mark.filterwarnings("ignore::emovec.steering.DoseWarning")
+
 CORE_ARCHS = ["llama", "qwen2", "gemma2", "gpt2", "gpt_neox"]
 MORE_ARCHS = [*CORE_ARCHS, "phi3", "opt", "falcon", "gemma3_multimodal"]
 
