@@ -47,22 +47,25 @@ def embedder() -> SentenceEmbedder:
     return SentenceEmbedder()
 
 
+def _sweep(
+    setup: tuple, scorer: NadeScorer, embedder: SentenceEmbedder, **options: object
+) -> EvaluationReport:
+    model, tokenizer, bank = setup
+    settings: dict[str, object] = {
+        "emotions": EMOTIONS,
+        "alphas": ALPHAS,
+        "queries": QUERIES,
+        "decoding": DECODING,
+        "prompt_baseline": True,
+        "progress": False,
+        **options,
+    }
+    return evaluate(model, tokenizer, bank, scorer=scorer, embedder=embedder, **settings)  # type: ignore[arg-type]
+
+
 @pytest.fixture(scope="module")
 def report(setup: tuple, scorer: NadeScorer, embedder: SentenceEmbedder) -> EvaluationReport:
-    model, tokenizer, bank = setup
-    return evaluate(
-        model,
-        tokenizer,
-        bank,
-        emotions=EMOTIONS,
-        alphas=ALPHAS,
-        queries=QUERIES,
-        decoding=DECODING,
-        scorer=scorer,
-        embedder=embedder,
-        prompt_baseline=True,
-        progress=False,
-    )
+    return _sweep(setup, scorer, embedder)
 
 
 def test_report_has_one_record_per_query_condition_and_target(report: EvaluationReport) -> None:
@@ -109,21 +112,7 @@ def test_plain_answers_are_shared_and_similar_to_themselves(report: EvaluationRe
 def test_batched_rows_equal_one_condition_at_a_time(
     setup: tuple, report: EvaluationReport, scorer: NadeScorer, embedder: SentenceEmbedder
 ) -> None:
-    model, tokenizer, bank = setup
-    alone = evaluate(
-        model,
-        tokenizer,
-        bank,
-        emotions=EMOTIONS,
-        alphas=ALPHAS,
-        queries=QUERIES,
-        decoding=DECODING,
-        scorer=scorer,
-        embedder=embedder,
-        prompt_baseline=True,
-        batch_size=1,
-        progress=False,
-    )
+    alone = _sweep(setup, scorer, embedder, batch_size=1)
     assert [r["answer"] for r in alone.records] == [r["answer"] for r in report.records]
 
 
