@@ -12,12 +12,12 @@ For every emotion and α, answers the first N shipped evaluation queries (greedy
 from __future__ import annotations
 
 import argparse
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
 from emovec import EmotionVectors, load_model, steer
+from emovec.datasets import default_queries
 from emovec.generation import generate_answers
 from emovec.metrics import distinct_n
 from emovec.scoring import NadeScorer
@@ -34,8 +34,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, nargs="+", help="default: the file's band")
     args = parser.parse_args()
 
-    text = (resources.files("emovec") / "data" / "queries.txt").read_text(encoding="utf-8")
-    queries = [line.strip() for line in text.splitlines() if line.strip()][: args.queries]
+    queries = default_queries()[: args.queries]
     model, tokenizer = load_model()
     vectors = EmotionVectors.load(args.vectors)
     scorer = NadeScorer()
