@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import textwrap
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
@@ -112,10 +115,22 @@ def _generate(args: argparse.Namespace) -> None:
     print(answers[0])
 
 
-def _extract(args: argparse.Namespace) -> None:
-    from emovec.extraction import extract
+def _process_state() -> tuple[int, int, str | None]:
+    """Rank, world size and device when started by ``accelerate launch`` / ``torchrun``."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1, None
+    import torch.distributed as dist
+    from accelerate import PartialState
 
-    model, tokenizer = load_model(args.model)
+    state = PartialState()  # initialises torch.distributed from the launcher's environment
+    return dist.get_rank(), dist.get_world_size(), str(state.device)
+
+
+def _extract(args: argparse.Namespace) -> None:
+    from emovec.extraction import extract, extract_activations, vectors_from_activations
+
+    rank, world, device = _process_state()
+    model, tokenizer = load_model(args.model, device=device)
     pairs = None
     if args.pairs:
         pairs = {}
@@ -124,21 +139,58 @@ def _extract(args: argparse.Namespace) -> None:
             if not path:
                 raise ValueError(f"--pairs expects EMOTION=FILE, got {spec!r}")
             pairs[emotion] = read_pairs(path)
+    name = args.model or DEFAULT_MODEL
     started = time.perf_counter()
-    vectors = extract(
-        model,
-        tokenizer,
-        pairs,
-        emotions=args.emotions,
-        template=args.template,
-        batch_size=args.batch_size,
-        model_name=args.model or DEFAULT_MODEL,
-    )
+    keep = args.estimator != "mean_difference" or args.layers_from == "diagnostics"
+    if keep or args.diagnostics:
+        activations = extract_activations(
+            model,
+            tokenizer,
+            pairs,
+            emotions=args.emotions,
+            reading=args.reading,
+            template=args.template,
+            batch_size=args.batch_size,
+            progress=rank == 0,
+        )
+        vectors = vectors_from_activations(
+            activations,
+            estimator=args.estimator,
+            recommended_layers="diagnostics" if args.layers_from == "diagnostics" else None,
+            model_name=name,
+        )
+    else:
+        vectors = extract(
+            model,
+            tokenizer,
+            pairs,
+            emotions=args.emotions,
+            reading=args.reading,
+            template=args.template,
+            batch_size=args.batch_size,
+            model_name=name,
+            progress=rank == 0,
+        )
     seconds = time.perf_counter() - started
+    if rank > 0:
+        return
     if args.center and len(vectors) > 1:
         vectors = vectors.center()
+    if world > 1:
+        vectors = vectors.with_settings(processes=world)
     vectors.save(args.out)
-    print(f"{vectors}\nextracted in {seconds:.1f} s, saved to {args.out}")
+    print(f"{vectors}\nextracted in {seconds:.1f} s on {world} process(es), saved to {args.out}")
+    if args.diagnostics:
+        from emovec.diagnostics import diagnose
+
+        report = diagnose(activations.pairs, token_norms=activations.token_norms)
+        folder = Path(args.diagnostics)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "diagnostics.json").write_text(json.dumps(report.to_dict(), indent=1))
+        (folder / "diagnostics.md").write_text(report.to_markdown())
+        report.plot(folder / "diagnostics.png")
+        print(report.to_markdown())
+        print(f"diagnostics written to {folder}")
 
 
 def _queries(spec: str | None) -> list[str]:
@@ -256,6 +308,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="your own pairs (.jsonl/.json/.csv), repeatable",
     )
     ext.add_argument("--template", choices=["plain", "chat"], default="plain")
+    ext.add_argument(
+        "--reading",
+        choices=["mean", "last", "response"],
+        default="mean",
+        help="average each text's tokens, read its last token, or read the model's own "
+        "answers under emotional vs neutral instructions (generated once, cached)",
+    )
+    ext.add_argument(
+        "--estimator", choices=["mean_difference", "pca", "lda"], default="mean_difference"
+    )
+    ext.add_argument(
+        "--layers-from",
+        choices=["default", "diagnostics"],
+        default="default",
+        help="recommended steering band: the fixed default band or the layer diagnostics' one",
+    )
+    ext.add_argument(
+        "--diagnostics", metavar="DIR", help="write layer diagnostics (JSON, markdown, plot) here"
+    )
     ext.add_argument("--batch-size", type=int, default=32)
     ext.add_argument(
         "--no-center",

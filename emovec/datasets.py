@@ -1,7 +1,9 @@
 """Paired neutral / emotional texts for extraction, and the shipped data.
 
 A pair tells the same first-person story twice: once flatly, once with the emotion. Only the
-emotion differs, so the mean hidden-state difference over many pairs isolates it.
+emotion differs, so the mean hidden-state difference over many pairs isolates it. A
+:class:`ResponsePair` is the response-conditioned variant: two answers to one query, read after
+the query so that only the answer's tokens are averaged.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ __all__ = [
     "BASIC_EMOTIONS",
     "Pairs",
     "PromptPair",
+    "ResponsePair",
     "available_emotions",
+    "default_extraction_queries",
     "default_pairs",
     "default_queries",
     "read_pairs",
@@ -36,7 +40,16 @@ class PromptPair(NamedTuple):
     neutral: str
 
 
-Pairs = Mapping[str, Sequence[PromptPair]]
+class ResponsePair(NamedTuple):
+    """Two answers to one query: one given with the emotion, one given neutrally."""
+
+    query: str
+    emotional: str
+    neutral: str
+
+
+Pair = PromptPair | ResponsePair
+Pairs = Mapping[str, Sequence[Pair]]
 
 
 def _data_dir() -> Path:
@@ -48,7 +61,7 @@ def available_emotions() -> list[str]:
     return sorted(p.stem for p in _data_dir().glob("*.jsonl"))
 
 
-def default_pairs(emotions: Iterable[str] | None = None) -> dict[str, list[PromptPair]]:
+def default_pairs(emotions: Iterable[str] | None = None) -> dict[str, list[Pair]]:
     """The shipped pairs, for ``emotions`` (default: the five basic emotions).
 
     Raises:
@@ -65,7 +78,16 @@ def default_pairs(emotions: Iterable[str] | None = None) -> dict[str, list[Promp
     return {e: read_pairs(_data_dir() / f"{e}.jsonl") for e in wanted}
 
 
-def _pair_from_record(record: object, where: str) -> PromptPair:
+def _pair_from_record(record: object, where: str) -> Pair:
+    if isinstance(record, ResponsePair):
+        return record
+    if isinstance(record, Mapping) and record.get("query") is not None:
+        texts3 = (record.get("query"), record.get("emotional"), record.get("neutral"))
+        if all(isinstance(t, str) for t in texts3):
+            return ResponsePair(*(str(t) for t in texts3))
+        raise ValueError(
+            f"{where}: a response pair needs 'query', 'emotional' and 'neutral' texts."
+        )
     if isinstance(record, Mapping):
         missing = [k for k in ("emotional", "neutral") if record.get(k) is None]
         if missing:
@@ -85,8 +107,11 @@ def _pair_from_record(record: object, where: str) -> PromptPair:
     )
 
 
-def read_pairs(path: str | Path) -> list[PromptPair]:
-    """Read pairs from JSON Lines, a JSON list, or CSV with ``emotional,neutral`` columns."""
+def read_pairs(path: str | Path) -> list[Pair]:
+    """Read pairs from JSON Lines, a JSON list, or CSV with ``emotional,neutral`` columns.
+
+    Records with a ``query`` field (or column) become :class:`ResponsePair` items.
+    """
     path = Path(path)
     text = path.read_text(encoding="utf-8")
     if path.suffix == ".csv":
@@ -107,24 +132,40 @@ def read_pairs(path: str | Path) -> list[PromptPair]:
     return [_pair_from_record(r, f"{path} item {i}") for i, r in enumerate(records, 1)]
 
 
-def validate_pairs(pairs: Mapping[str, Iterable[object]]) -> dict[str, list[PromptPair]]:
-    """Normalise user pairs to :class:`PromptPair` lists, rejecting unusable data.
+def _key(text: str) -> str:
+    return " ".join(text.split()).casefold()
+
+
+def validate_pairs(pairs: Mapping[str, Iterable[object]]) -> dict[str, list[Pair]]:
+    """Normalise user pairs to :class:`PromptPair` / :class:`ResponsePair` lists, rejecting
+    unusable data.
 
     Raises:
-        ValueError: on no emotions, an emotion without pairs, empty or identical texts.
+        ValueError: on no emotions, an emotion without pairs, empty or identical texts, or an
+            emotional text given twice for one emotion (a duplicate counts double in the mean).
     """
     if not pairs:
         raise ValueError("No pairs given: pass {emotion: [(emotional, neutral), ...]}.")
-    checked: dict[str, list[PromptPair]] = {}
+    checked: dict[str, list[Pair]] = {}
     for emotion, items in pairs.items():
         normalised = [
             _pair_from_record(item, f"{emotion!r} pair {i}") for i, item in enumerate(items, 1)
         ]
         if not normalised:
             raise ValueError(f"Emotion {emotion!r} has no pairs.")
+        seen: dict[str, int] = {}
         for i, pair in enumerate(normalised, 1):
             if not pair.emotional.strip() or not pair.neutral.strip():
                 raise ValueError(f"{emotion!r} pair {i} has an empty text.")
+            if isinstance(pair, ResponsePair) and not pair.query.strip():
+                raise ValueError(f"{emotion!r} pair {i} has an empty query.")
+            key = _key(pair.emotional)
+            if key in seen:
+                raise ValueError(
+                    f"{emotion!r} pair {i} repeats the emotional text of pair {seen[key]} "
+                    f"({pair.emotional[:60]!r}); remove the duplicate."
+                )
+            seen[key] = i
             if pair.emotional.strip() == pair.neutral.strip():
                 raise ValueError(
                     f"{emotion!r} pair {i}: emotional and neutral texts are identical, so the "
@@ -137,6 +178,14 @@ def validate_pairs(pairs: Mapping[str, Iterable[object]]) -> dict[str, list[Prom
 def default_queries() -> list[str]:
     """The shipped evaluation queries: everyday neutral requests, none used for extraction."""
     text = (resources.files("emovec") / "data" / "queries.txt").read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def default_extraction_queries() -> list[str]:
+    """Queries answered for response-conditioned extraction; disjoint from the evaluation set."""
+    text = (resources.files("emovec") / "data" / "extraction_queries.txt").read_text(
+        encoding="utf-8"
+    )
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 

@@ -13,8 +13,23 @@ from emovec.models import input_device
 __all__ = ["format_prompts", "generate_answers"]
 
 
+def _bos_prefix(tokenizer: PreTrainedTokenizerBase) -> str:
+    """The BOS token's text if the tokenizer adds one on its own, else ``""``."""
+    bos, bos_id = tokenizer.bos_token, tokenizer.bos_token_id
+    if not bos or bos_id is None:
+        return ""
+    ids = tokenizer("", add_special_tokens=True)["input_ids"]
+    return str(bos) if ids[:1] == [bos_id] else ""
+
+
 def format_prompts(tokenizer: PreTrainedTokenizerBase, queries: Sequence[str]) -> list[str]:
-    """Wrap queries as a user turn in the chat template, or as ``Q: … A:`` without one."""
+    """Wrap queries as a user turn in the chat template, or as ``Q: … A:`` without one.
+
+    The prompts carry their own special tokens and are tokenised with
+    ``add_special_tokens=False``: a chat template writes them itself; without one, the BOS
+    token leads when the tokenizer would add it (base models such as Gemma 3 degenerate
+    without it: "A\nA\nA…").
+    """
     if getattr(tokenizer, "chat_template", None):
         return [
             str(
@@ -24,7 +39,8 @@ def format_prompts(tokenizer: PreTrainedTokenizerBase, queries: Sequence[str]) -
             )
             for q in queries
         ]
-    return [f"Q: {q}\nA:" for q in queries]
+    bos = _bos_prefix(tokenizer)
+    return [f"{bos}Q: {q}\nA:" for q in queries]
 
 
 def generate_answers(

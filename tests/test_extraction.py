@@ -14,7 +14,10 @@ from transformers import PreTrainedTokenizerFast
 
 import emovec
 from emovec import BASIC_EMOTIONS, PromptPair, extract, find_layers
-from emovec.extraction import _CHAT_PROMPT, default_layer_band
+from emovec.datasets import ResponsePair
+from emovec.diagnostics import diagnose
+from emovec.estimators import mean_difference
+from emovec.extraction import _CHAT_PROMPT, default_layer_band, extract_activations
 
 # Texts of several lengths (so batches are padded), one with a word the tokenizer does not
 # know (an <unk> token, which is special and so excluded) and punctuation.
@@ -282,6 +285,8 @@ def test_custom_emotion_accepts_tuples_prompt_pairs_and_dicts(tokenizer) -> None
         ({"joy": [("i was at home ", " i was at home")]}, "identical"),
         ({"joy": [("i was happy", "i was calm", "extra")]}, "expected"),
         ({"joy": [{"emotional": "i was happy"}]}, "neutral"),
+        ({"joy": [("i was happy", "i was calm"), ("i  was Happy", "i was home")]}, "repeats"),
+        ({"joy": [{"query": "", "emotional": "i was happy", "neutral": "i was"}]}, "query"),
     ],
 )
 def test_invalid_pairs_are_rejected(pairs: dict, match: str, tokenizer) -> None:
@@ -294,7 +299,7 @@ def test_text_longer_than_max_length_is_rejected(tokenizer) -> None:
     model = build_model("llama")
     long_text = "i walked to the store and then saw my friend at the park"
     assert len(tokenizer(long_text)["input_ids"]) == 14
-    with pytest.raises(ValueError, match="max_length=8"):
+    with pytest.raises(ValueError, match="limit of 8"):
         extract(
             model, tokenizer, {"joy": [(long_text, "i was calm")]}, max_length=8, progress=False
         )
@@ -303,6 +308,14 @@ def test_text_longer_than_max_length_is_rejected(tokenizer) -> None:
         model, tokenizer, {"joy": [(long_text, "i was calm")]}, max_length=14, progress=False
     )
     assert bank.emotions == ["joy"]
+
+
+def test_the_model_context_is_the_default_length_limit(tokenizer) -> None:
+    model = build_model("llama")
+    assert model.config.max_position_embeddings == 128
+    too_long = " ".join(["i walked to the store"] * 26)  # 130 tokens with <bos>
+    with pytest.raises(ValueError, match="limit of 128"):
+        extract(model, tokenizer, {"joy": [(too_long, "i was calm")]}, progress=False)
 
 
 def test_text_without_content_tokens_is_rejected(tokenizer_no_bos) -> None:
@@ -319,6 +332,131 @@ def test_bad_settings_are_rejected(kwargs: dict, match: str, tokenizer) -> None:
     model = build_model("llama")
     with pytest.raises(ValueError, match=match):
         extract(model, tokenizer, PAIRS, progress=False, **kwargs)
+
+
+# --- reading modes -------------------------------------------------------------------
+
+
+def test_last_reading_takes_each_texts_last_token(tokenizer) -> None:
+    model = build_model("llama")
+    pairs = {"joy": PAIRS["joy"][:4]}
+    bank = extract(model, tokenizer, pairs, reading="last", batch_size=3, progress=False)
+    expected = torch.stack(
+        [
+            torch.stack(
+                [
+                    e[-1].double() - n[-1].double()
+                    for e, n in zip(
+                        _block_outputs(model, tokenizer(emo)["input_ids"]),
+                        _block_outputs(model, tokenizer(neu)["input_ids"]),
+                        strict=True,
+                    )
+                ]
+            )
+            for emo, neu in pairs["joy"]
+        ]
+    ).mean(0)
+    torch.testing.assert_close(bank.vector("joy"), expected.float(), rtol=0, atol=1e-5)
+    assert bank.settings["reading"] == "last_text_token"
+
+
+RESPONSES = [
+    ResponsePair("i called my friend", "i was so happy and then we laughed", "i was at home"),
+    ResponsePair("the bus came", "we smiled , so glad !", "we took the bus to the office"),
+    ResponsePair("my sister", "she was thrilled and proud", "she was at school"),
+]
+
+
+def test_response_reading_averages_exactly_the_answer_tokens(tokenizer) -> None:
+    model = build_model("llama")
+    bank = extract(model, tokenizer, {"joy": RESPONSES}, reading="response", progress=False)
+
+    def answer_mean(query: str, answer: str) -> list[torch.Tensor]:
+        prompt = f"Q: {query}\nA:"  # no chat template: the plain prompt generation uses
+        ids = tokenizer(f"{prompt} {answer}")["input_ids"]
+        k = len(tokenizer(answer, add_special_tokens=False)["input_ids"])
+        assert ids[-k:] == tokenizer(answer, add_special_tokens=False)["input_ids"]
+        return [out[-k:].double().mean(0) for out in _block_outputs(model, ids)]
+
+    expected = torch.stack(
+        [
+            torch.stack(
+                [
+                    e - n
+                    for e, n in zip(
+                        answer_mean(p.query, p.emotional),
+                        answer_mean(p.query, p.neutral),
+                        strict=True,
+                    )
+                ]
+            )
+            for p in RESPONSES
+        ]
+    ).mean(0)
+    torch.testing.assert_close(bank.vector("joy"), expected.float(), rtol=0, atol=1e-5)
+    assert bank.settings["reading"] == "mean_over_answer_tokens"
+    # The query is context only: the same answers after other queries give another vector.
+    other = [ResponsePair("the rain", p.emotional, p.neutral) for p in RESPONSES]
+    moved = extract(model, tokenizer, {"joy": other}, reading="response", progress=False)
+    assert not torch.allclose(moved.vector("joy"), bank.vector("joy"), atol=1e-4)
+
+
+def test_response_reading_needs_response_pairs(tokenizer) -> None:
+    model = build_model("llama")
+    with pytest.raises(ValueError, match="ResponsePair"):
+        extract(model, tokenizer, PAIRS, reading="response", progress=False)
+    with pytest.raises(ValueError, match="reading"):
+        extract(model, tokenizer, PAIRS, reading="first", progress=False)  # type: ignore[arg-type]
+
+
+# --- activations, estimators, diagnostics ----------------------------------------------
+
+
+def test_activations_hold_every_pair_and_agree_with_extract(tokenizer) -> None:
+    model = build_model("llama")
+    activations = extract_activations(model, tokenizer, PAIRS, batch_size=5, progress=False)
+    bank = extract(model, tokenizer, PAIRS, batch_size=5, progress=False)
+    assert activations.emotions == ["joy", "anger"] and activations.num_layers == 3
+    for emotion, items in PAIRS.items():
+        emotional, neutral = activations.pairs[emotion]
+        assert emotional.shape == neutral.shape == (len(items), 3, 32)
+        torch.testing.assert_close(
+            mean_difference(emotional, neutral), bank.vector(emotion), rtol=0, atol=1e-5
+        )
+    torch.testing.assert_close(activations.token_norms, bank.hidden_norms)
+    # Row i is pair i: its own reading, taken alone.
+    emo, _ = PAIRS["anger"][2]
+    alone = _block_outputs(model, tokenizer(emo)["input_ids"])
+    by_hand = torch.stack([out[1:].double().mean(0) for out in alone]).float()
+    torch.testing.assert_close(activations.pairs["anger"][0][2], by_hand, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("estimator", ["pca", "lda"])
+def test_other_estimators_keep_the_mean_difference_scale(estimator: str, tokenizer) -> None:
+    model = build_model("llama")
+    mean = extract(model, tokenizer, PAIRS, progress=False)
+    other = extract(model, tokenizer, PAIRS, estimator=estimator, progress=False)
+    assert other.settings["method"] == estimator and mean.settings["method"] == "mean_difference"
+    for emotion in PAIRS:
+        torch.testing.assert_close(
+            other.vector(emotion).norm(dim=-1),
+            mean.vector(emotion).norm(dim=-1),
+            rtol=1e-4,
+            atol=1e-5,
+        )
+        cosine = torch.nn.functional.cosine_similarity(other.vector(emotion), mean.vector(emotion))
+        assert bool((cosine > 0).all())  # sign convention: the emotional side is positive
+    with pytest.raises(ValueError, match="estimator"):
+        extract(model, tokenizer, PAIRS, estimator="median", progress=False)
+
+
+def test_diagnostics_choose_the_stored_band(tokenizer) -> None:
+    model = build_model("llama")
+    bank = extract(model, tokenizer, PAIRS, recommended_layers="diagnostics", progress=False)
+    diagnostics = diagnose(extract_activations(model, tokenizer, PAIRS, progress=False).pairs)
+    assert list(bank.layers or ()) == diagnostics.recommended_layers()
+    assert bank.settings["layers_from"] == "diagnostics"
+    assert set(bank.settings["recommended_layers_per_emotion"]) == {"joy", "anger"}
 
 
 # --- what runs ------------------------------------------------------------------------
