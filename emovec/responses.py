@@ -53,6 +53,9 @@ def _write_atomically(path: Path, payload: object) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump(payload, handle, ensure_ascii=False)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o666 & ~umask)  # mkstemp's 0600 would make a shared cache private
         os.replace(staging, path)
     finally:
         if os.path.exists(staging):

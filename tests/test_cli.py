@@ -155,6 +155,38 @@ def test_extract_no_center_keeps_the_raw_vectors(
     assert not torch.allclose(bank.mean_vector(), torch.zeros(NUM_LAYERS, HIDDEN), atol=1e-4)
 
 
+def test_extract_with_an_estimator_and_diagnostics(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    model_dir: Path,
+    pair_files: dict[str, Path],
+) -> None:
+    out, report = tmp_path / "lda.safetensors", tmp_path / "diagnostics"
+    argv = [*_extract_argv(model_dir, pair_files, out), "--no-center", "--estimator", "lda"]
+    code, stdout, _ = run(
+        capsys, *argv, "--reading", "last", "--layers-from", "diagnostics", "--diagnostics", report
+    )
+    assert code == 0
+    bank = EmotionVectors.load(out)
+    assert bank.settings["method"] == "lda"
+    assert bank.settings["reading"] == "last_text_token"
+    assert bank.settings["layers_from"] == "diagnostics"
+    written = json.loads((report / "diagnostics.json").read_text())
+    assert written["emotions"] == ["joy", "anger"]
+    assert list(bank.layers or ()) == written["recommended_layers"]
+    assert (report / "diagnostics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| layer |" in (report / "diagnostics.md").read_text()
+    assert "Recommended layers" in stdout
+    # The estimator changes the direction but keeps the mean difference's per-layer norm.
+    model, tokenizer = load_model(str(model_dir))
+    pairs = {"joy": make_text_pairs("joy", 6), "anger": make_text_pairs("anger", 5)}
+    mean = extract(model, tokenizer, pairs, reading="last", progress=False)
+    torch.testing.assert_close(
+        bank.vector("joy").norm(dim=-1), mean.vector("joy").norm(dim=-1), rtol=1e-4, atol=1e-6
+    )
+    assert not torch.allclose(bank.vector("joy"), mean.vector("joy"), atol=1e-4)
+
+
 def test_extract_rejects_pairs_without_a_file(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, model_dir: Path
 ) -> None:
