@@ -120,6 +120,27 @@ def test_window_width_and_fallbacks(diag: LayerDiagnostics) -> None:
     assert diag.recommended_layers("joy", width=L + 3) == list(range(L))
 
 
+def test_the_shallowest_saturated_band_is_recommended() -> None:
+    """Separability that forms at layer 2 and creeps up afterwards: the band starts where it
+    has formed, not where it peaks; saturation=1 picks the peak."""
+    g = torch.Generator().manual_seed(3)
+    u = torch.randn(H, generator=g)
+    u /= u.norm()
+    neutral = 0.3 * torch.randn(N, L, H, generator=g)
+    emotional = 0.3 * torch.randn(N, L, H, generator=g)
+    for layer, shift in enumerate([0.0, 0.0, 2.0, 2.1, 2.2, 2.3]):
+        emotional[:, layer] += shift * u
+    creeping = diagnose({"joy": (emotional, neutral)})
+    scores = creeping.score()[0]
+    assert int(scores.argmax()) == 5 and 0.9 <= float(scores[2] / scores[5]) < 0.95
+    assert creeping.recommended_layers(depth=(0.0, 1.0), width=1, saturation=0.9) == [2]
+    first = next(i for i in range(L) if scores[i] >= 0.95 * scores[5])
+    assert first < 5 and creeping.recommended_layers(depth=(0.0, 1.0), width=1) == [first]
+    assert creeping.recommended_layers(depth=(0.0, 1.0), width=1, saturation=1.0) == [5]
+    with pytest.raises(ValueError, match="saturation"):
+        creeping.recommended_layers(saturation=0.0)
+
+
 def test_bad_arguments_to_recommended_layers(diag: LayerDiagnostics) -> None:
     with pytest.raises(ValueError, match="depth"):
         diag.recommended_layers(depth=(0.8, 0.2))
