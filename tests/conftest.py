@@ -22,7 +22,7 @@ from emovec import EmotionVectors
 # --- speed ----------------------------------------------------------------------------
 
 # The real model's tests keep torch's default threads: there the maths dominates.
-_DEFAULT_THREAD_FILES = {"test_real_model.py"}
+_DEFAULT_THREAD_FILES = {"test_real_model.py", "test_real_gemma.py"}
 
 
 @pytest.fixture(autouse=True)

