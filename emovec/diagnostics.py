@@ -21,8 +21,6 @@ to JSON, Markdown and a PNG plot.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +29,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from emovec._files import atomic_path
 from emovec.estimators import layer_cosine, lda_direction
 
 __all__ = ["DEFAULT_DEPTH", "DEFAULT_SATURATION", "LayerDiagnostics", "diagnose"]
@@ -345,17 +344,8 @@ class LayerDiagnostics:
         axes[0].legend(fontsize="small", ncol=max(1, len(self.emotions) // 6))
         fig.suptitle(f"Emotion directions by layer (recommended band: {_format_band(band)})")
 
-        handle, staging = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".png", dir=path.parent)
-        try:
-            with os.fdopen(handle, "wb") as f:
-                fig.savefig(f, format="png", dpi=120)
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(staging, 0o666 & ~umask)  # mkstemp's 0600 would make shared files private
-            os.replace(staging, path)
-        finally:
-            if os.path.exists(staging):
-                os.unlink(staging)
+        with atomic_path(path, suffix=".png") as staging:
+            fig.savefig(staging, format="png", dpi=120)
         return path
 
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
@@ -24,6 +22,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from emovec._files import atomic_path
 from emovec.datasets import BASIC_EMOTIONS, ResponsePair, default_extraction_queries
 from emovec.generation import generate_answers
 from emovec.models import cache_dir
@@ -49,17 +48,8 @@ def _model_fingerprint(model: PreTrainedModel) -> str:
 
 def _write_atomically(path: Path, payload: object) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, staging = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, ensure_ascii=False)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(staging, 0o666 & ~umask)  # mkstemp's 0600 would make a shared cache private
-        os.replace(staging, path)
-    finally:
-        if os.path.exists(staging):
-            os.unlink(staging)
+    with atomic_path(path) as staging:
+        staging.write_text(json.dumps(payload, ensure_ascii=False), encoding="utf-8")
 
 
 def _answers(

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from numbers import Real
 from pathlib import Path
@@ -24,6 +22,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from emovec._files import atomic_path
 from emovec._version import __version__
 
 __all__ = ["FORMAT", "EmotionVectors", "Scale", "SteeringVector"]
@@ -194,17 +193,8 @@ class EmotionVectors(Mapping[str, "SteeringVector"]):
             "layers": json.dumps(list(self.layers) if self.layers is not None else None),
             "settings": json.dumps(self.settings, sort_keys=True),
         }
-        handle, staging = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-        os.close(handle)
-        try:
-            save_file(tensors, staging, metadata=metadata)
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(staging, 0o666 & ~umask)  # mkstemp's 0600 would make shared files private
-            os.replace(staging, path)
-        finally:
-            if os.path.exists(staging):
-                os.unlink(staging)
+        with atomic_path(path) as staging:
+            save_file(tensors, str(staging), metadata=metadata)
         return path
 
     @classmethod
