@@ -127,6 +127,7 @@ def _process_state() -> tuple[int, int, str | None]:
 
 
 def _extract(args: argparse.Namespace) -> None:
+    from emovec.diagnostics import diagnose
     from emovec.extraction import extract, extract_activations, vectors_from_activations
 
     rank, world, device = _process_state()
@@ -141,36 +142,28 @@ def _extract(args: argparse.Namespace) -> None:
             pairs[emotion] = read_pairs(path)
     name = args.model or DEFAULT_MODEL
     started = time.perf_counter()
-    keep = args.estimator != "mean_difference" or args.layers_from == "diagnostics"
-    if keep or args.diagnostics:
-        activations = extract_activations(
-            model,
-            tokenizer,
-            pairs,
-            emotions=args.emotions,
-            reading=args.reading,
-            template=args.template,
-            batch_size=args.batch_size,
-            progress=rank == 0,
-        )
+    reading = {
+        "emotions": args.emotions,
+        "reading": args.reading,
+        "template": args.template,
+        "batch_size": args.batch_size,
+        "progress": rank == 0,
+    }
+    from_diagnostics = args.layers_from == "diagnostics"
+    report = None
+    if args.estimator != "mean_difference" or from_diagnostics or args.diagnostics:
+        activations = extract_activations(model, tokenizer, pairs, **reading)
+        if from_diagnostics or args.diagnostics:
+            report = diagnose(activations.pairs, token_norms=activations.token_norms)
         vectors = vectors_from_activations(
             activations,
             estimator=args.estimator,
-            recommended_layers="diagnostics" if args.layers_from == "diagnostics" else None,
+            recommended_layers="diagnostics" if from_diagnostics else None,
             model_name=name,
+            diagnostics=report,
         )
     else:
-        vectors = extract(
-            model,
-            tokenizer,
-            pairs,
-            emotions=args.emotions,
-            reading=args.reading,
-            template=args.template,
-            batch_size=args.batch_size,
-            model_name=name,
-            progress=rank == 0,
-        )
+        vectors = extract(model, tokenizer, pairs, model_name=name, **reading)
     seconds = time.perf_counter() - started
     if rank > 0:
         return
@@ -180,10 +173,7 @@ def _extract(args: argparse.Namespace) -> None:
         vectors = vectors.with_settings(processes=world)
     vectors.save(args.out)
     print(f"{vectors}\nextracted in {seconds:.1f} s on {world} process(es), saved to {args.out}")
-    if args.diagnostics:
-        from emovec.diagnostics import diagnose
-
-        report = diagnose(activations.pairs, token_norms=activations.token_norms)
+    if args.diagnostics and report is not None:
         folder = Path(args.diagnostics)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "diagnostics.json").write_text(json.dumps(report.to_dict(), indent=1))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
 import torch.distributed as dist
@@ -27,11 +27,14 @@ from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from emovec.datasets import Pair, ResponsePair, default_pairs, validate_pairs
-from emovec.estimators import estimate
+from emovec.estimators import ESTIMATORS, estimate
 from emovec.generation import format_prompts
 from emovec.layers import find_layers, hidden_size_of, layer_output
 from emovec.models import input_device
 from emovec.vectors import EmotionVectors
+
+if TYPE_CHECKING:
+    from emovec.diagnostics import LayerDiagnostics
 
 __all__ = [
     "Activations",
@@ -413,14 +416,18 @@ def _check_options(
         raise ValueError("batch_size must be at least 1.")
 
 
-def _pairs_for(
+def _checked_pairs(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     pairs: Mapping[str, Iterable[object]] | None,
     emotions: Sequence[str] | None,
     reading: Reading,
+    template: Template,
+    batch_size: int,
     progress: bool,
 ) -> dict[str, list[Pair]]:
+    """The options checked, then the pairs to read: validated, shipped, or generated."""
+    _check_options(reading, template, tokenizer, batch_size)
     if pairs is not None:
         checked = validate_pairs(pairs)
         if reading == "response" and not all(
@@ -457,12 +464,10 @@ def extract_activations(
     mean-difference extraction (:func:`extract` with the default estimator) does not need
     this. Arguments as for :func:`extract`.
     """
-    _check_options(reading, template, tokenizer, batch_size)
-    checked = _pairs_for(model, tokenizer, pairs, emotions, reading, progress)
     readings = _read(
         model,
         tokenizer,
-        checked,
+        _checked_pairs(model, tokenizer, pairs, emotions, reading, template, batch_size, progress),
         reading=reading,
         template=template,
         batch_size=batch_size,
@@ -542,6 +547,8 @@ def extract(
     Returns:
         The bank, with per-layer mean neutral hidden norms for relative steering.
     """
+    if estimator not in ESTIMATORS:  # before the forward passes, not after
+        raise ValueError(f"Unknown estimator {estimator!r}; choose one of {sorted(ESTIMATORS)}.")
     keep = estimator != "mean_difference" or recommended_layers == "diagnostics"
     name = model_name or str(getattr(model.config, "name_or_path", "") or "unknown")
     if keep:
@@ -563,12 +570,10 @@ def extract(
             recommended_layers=recommended_layers,
             model_name=name,
         )
-    _check_options(reading, template, tokenizer, batch_size)
-    checked = _pairs_for(model, tokenizer, pairs, emotions, reading, progress)
     readings = _read(
         model,
         tokenizer,
-        checked,
+        _checked_pairs(model, tokenizer, pairs, emotions, reading, template, batch_size, progress),
         reading=reading,
         template=template,
         batch_size=batch_size,
@@ -577,13 +582,12 @@ def extract(
         keep_texts=False,
         progress=progress,
     )
+    assert not isinstance(recommended_layers, str)  # "diagnostics" took the branch above
     return EmotionVectors(
         {e: readings.mean_differences[:, i].float() for i, e in enumerate(readings.names)},
         readings.token_norms,
         model_name=name,
-        layers=default_layer_band(readings.num_layers)
-        if recommended_layers is None
-        else [int(i) for i in recommended_layers],
+        layers=_band(recommended_layers, readings.num_layers),
         settings={
             "method": "mean_difference",
             **_settings(reading, template, readings.counts),
@@ -597,24 +601,36 @@ def vectors_from_activations(
     estimator: str = "mean_difference",
     recommended_layers: Sequence[int] | Literal["diagnostics"] | None = None,
     model_name: str = "unknown",
+    diagnostics: LayerDiagnostics | None = None,
 ) -> EmotionVectors:
-    """A bank from kept readings (see :func:`extract` for the arguments)."""
+    """A bank from kept readings (see :func:`extract` for the arguments).
+
+    ``diagnostics``, when already computed from these readings, saves computing them again
+    for ``recommended_layers="diagnostics"``.
+    """
     vectors = {e: estimate(estimator, *activations.pairs[e]) for e in activations.emotions}
     settings: dict[str, Any] = {"method": estimator, **activations.settings}
-    band: Sequence[int]
+    band: Sequence[int] | None = None
     if recommended_layers == "diagnostics":
-        from emovec.diagnostics import diagnose
+        if diagnostics is None:
+            from emovec.diagnostics import diagnose
 
-        diagnostics = diagnose(activations.pairs, token_norms=activations.token_norms)
+            diagnostics = diagnose(activations.pairs, token_norms=activations.token_norms)
         band = diagnostics.recommended_layers()
         settings["layers_from"] = "diagnostics"
         settings["recommended_layers_per_emotion"] = {
             e: diagnostics.recommended_layers(e) for e in diagnostics.emotions
         }
     elif recommended_layers is not None:
-        band = list(recommended_layers)
-    else:
-        band = default_layer_band(activations.num_layers)
+        band = recommended_layers
     return EmotionVectors(
-        vectors, activations.token_norms, model_name=model_name, layers=band, settings=settings
+        vectors,
+        activations.token_norms,
+        model_name=model_name,
+        layers=_band(band, activations.num_layers),
+        settings=settings,
     )
+
+
+def _band(layers: Sequence[int] | None, num_layers: int) -> list[int]:
+    return default_layer_band(num_layers) if layers is None else [int(i) for i in layers]
