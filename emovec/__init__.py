@@ -13,12 +13,13 @@ from emovec.extraction import extract
 from emovec.layers import LayerDiscoveryError, find_layers
 from emovec.models import load_model
 from emovec.steering import Steering, VectorModelMismatchError, steer
-from emovec.vectors import EmotionVectors, SteeringVector
+from emovec.vectors import EmotionVectors, Placement, SteeringVector
 
 __all__ = [
     "BASIC_EMOTIONS",
     "EmotionVectors",
     "LayerDiscoveryError",
+    "Placement",
     "PromptPair",
     "Steering",
     "SteeringVector",

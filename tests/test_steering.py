@@ -28,7 +28,8 @@ from transformers import PreTrainedTokenizerFast
 
 from emovec import EmotionVectors, Steering, VectorModelMismatchError, find_layers, steer
 from emovec.extraction import default_layer_band
-from emovec.steering import RELATIVE_DOSE
+from emovec.steering import MAX_DOSE, RELATIVE_DOSE, DoseError
+from emovec.vectors import Placement
 
 # Random vectors are far above the dose guard; its warnings are tested in test_injector.py.
 pytestmark = pytest.mark.filterwarnings("ignore::emovec.steering.DoseWarning")
@@ -410,4 +411,197 @@ def test_bf16_model_is_steered_in_bf16(tokenizer: PreTrainedTokenizerFast) -> No
     assert post[1].dtype == torch.bfloat16
     assert torch.equal(post[1], pre[1] + steering.deltas()[0])
     assert not torch.equal(logits, plain)
+    assert _no_hooks_anywhere(model)
+
+
+# --- per-emotion placements -----------------------------------------------------------
+
+
+def _placed_bank(num_layers: int = 6, *, band: list[int] | None = None) -> EmotionVectors:
+    """joy and fear placed (own layers and dose); anger left to the bank's band."""
+    return random_bank(num_layers, 32, ("joy", "anger", "fear"), layers=band).with_placements(
+        {"joy": Placement([4, 1, 2], 0.8), "fear": Placement([2, 5], 0.3)}
+    )
+
+
+def _placed_delta(
+    bank: EmotionVectors, emotion: str, alpha: float, layers: list[int], dose: float
+) -> dict[int, torch.Tensor]:
+    """alpha * dose / len(layers) * the unit vector, at each of ``layers``."""
+    return {i: alpha * dose / len(layers) * bank.unit_vector(emotion)[i] for i in layers}
+
+
+def _dose(bank: EmotionVectors, steering: Steering) -> float:
+    return sum(
+        float(delta.norm()) / float(bank.hidden_norms[layer])
+        for layer, delta in zip(steering.layers, steering.deltas(), strict=True)
+    )
+
+
+def test_placement_gives_an_emotion_its_own_layers_and_dose() -> None:
+    """Without layers=, a placed emotion is steered at its layers with alpha x its dose."""
+    model = build_model("llama", num_layers=6)
+    bank = _placed_bank(band=[3])
+    steering = steer(model, bank, joy=1.5)
+    assert steering.layers == [1, 2, 4]
+    expected = _placed_delta(bank, "joy", 1.5, [1, 2, 4], 0.8)
+    for layer, delta in zip(steering.layers, steering.deltas(), strict=True):
+        torch.testing.assert_close(delta, expected[layer], rtol=1e-6, atol=1e-6)
+    assert steering.dose == [pytest.approx(1.5 * 0.8, rel=1e-5)]
+    assert steering.dose[0] == pytest.approx(_dose(bank, steering), rel=1e-5)
+    # The same bank without placements steers joy at the band, at RELATIVE_DOSE.
+    plain = steer(model, bank.without_placements(), joy=1.5)
+    assert plain.layers == [3]
+    assert plain.dose == [pytest.approx(1.5 * RELATIVE_DOSE, rel=1e-5)]
+
+
+def test_placed_and_unplaced_emotions_add_linearly() -> None:
+    """Each emotion adds its own placed delta (unplaced: the band at RELATIVE_DOSE), the
+    hooked layers are the union, and the dose is sum_l |delta_l| / h_l of the sum."""
+    model = build_model("llama", num_layers=6)
+    for band in ([0, 3], None):
+        bank = _placed_bank(band=band)
+        anger_layers = band if band is not None else default_layer_band(6)
+        alphas = {"joy": 1.0, "anger": -0.5, "fear": 2.0}
+        steering = steer(model, bank, **alphas)
+        parts = [
+            _placed_delta(bank, "joy", 1.0, [1, 2, 4], 0.8),
+            _placed_delta(bank, "anger", -0.5, anger_layers, RELATIVE_DOSE),
+            _placed_delta(bank, "fear", 2.0, [2, 5], 0.3),
+        ]
+        expected: dict[int, torch.Tensor] = {}
+        for part in parts:
+            for layer, delta in part.items():
+                expected[layer] = expected.get(layer, torch.zeros(32)) + delta
+        assert steering.layers == sorted(expected) == sorted({1, 2, 4, 5, *anger_layers})
+        for layer, delta in zip(steering.layers, steering.deltas(), strict=True):
+            torch.testing.assert_close(delta, expected[layer], rtol=1e-5, atol=1e-6)
+        assert len(steering.dose) == 1
+        assert steering.dose[0] == pytest.approx(_dose(bank, steering), rel=1e-5)
+
+
+def test_placed_deltas_reach_the_hidden_states(tokenizer: PreTrainedTokenizerFast) -> None:
+    """In a real forward pass each placed layer's output moves by exactly its delta and the
+    other layers' outputs are not touched by a hook."""
+    model = build_model("llama", num_layers=6)
+    blocks = find_layers(model)
+    bank = _placed_bank(band=[0])
+    alphas = {"joy": 1.0, "anger": 0.7}
+    expected = _placed_delta(bank, "joy", 1.0, [1, 2, 4], 0.8)
+    expected[0] = 0.7 * RELATIVE_DOSE * bank.unit_vector("anger")[0]
+    with (
+        capture(blocks) as pre,
+        steer(model, bank, **alphas) as steering,
+        capture(blocks) as post,
+    ):
+        _logits(model, _ids(tokenizer))
+    assert steering.layers == [0, 1, 2, 4]
+    for layer in range(len(blocks)):
+        if layer in expected:
+            torch.testing.assert_close(
+                post[layer] - pre[layer],
+                expected[layer].expand_as(pre[layer]),
+                rtol=1e-5,
+                atol=1e-5,
+            )
+        else:
+            assert torch.equal(post[layer], pre[layer])
+    assert _no_hooks_anywhere(model)
+
+
+def test_explicit_layers_override_every_placement() -> None:
+    """layers= puts every emotion at those layers with alpha = 1 meaning RELATIVE_DOSE."""
+    model = build_model("llama", num_layers=6)
+    bank = _placed_bank(band=[3])
+    steering = steer(model, bank, joy=1.0, fear=-1.0, layers=[0, 3])
+    assert steering.layers == [0, 3]
+    for layer, delta in zip(steering.layers, steering.deltas(), strict=True):
+        expected = (RELATIVE_DOSE / 2) * (
+            bank.unit_vector("joy")[layer] - bank.unit_vector("fear")[layer]
+        )
+        torch.testing.assert_close(delta, expected, rtol=1e-5, atol=1e-6)
+    unplaced = steer(model, bank.without_placements(), joy=1.0, fear=-1.0, layers=[0, 3])
+    for a, b in zip(steering.deltas(), unplaced.deltas(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_combination_argument_honours_placements() -> None:
+    """steer(model, 2 * vecs["joy"]) is steer(model, vecs, joy=2): the placement applies."""
+    model = build_model("llama", num_layers=6)
+    bank = _placed_bank(band=[3])
+    by_combination = steer(model, 2.0 * bank["joy"] - bank["anger"])
+    by_keywords = steer(model, bank, joy=2.0, anger=-1.0)
+    assert by_combination.layers == by_keywords.layers == [1, 2, 3, 4]
+    for a, b in zip(by_combination.deltas(), by_keywords.deltas(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_rows_honour_placements(tokenizer: PreTrainedTokenizerFast) -> None:
+    """Per-row mixes use each emotion's placement: each row gets its own deltas, zero where
+    its emotions add nothing, and its own dose."""
+    model = build_model("llama", num_layers=6)
+    blocks = find_layers(model)
+    bank = _placed_bank(band=[3])
+    rows = [{"joy": 1.0}, {"anger": 0.5, "fear": 1.0}, {}]
+    steering = steer(model, bank, rows=rows)
+    joy = _placed_delta(bank, "joy", 1.0, [1, 2, 4], 0.8)
+    mixed = _placed_delta(bank, "fear", 1.0, [2, 5], 0.3)
+    mixed[3] = 0.5 * RELATIVE_DOSE * bank.unit_vector("anger")[3]
+    assert steering.layers == [1, 2, 3, 4, 5]
+    expected = {}
+    for layer in steering.layers:
+        expected[layer] = torch.stack(
+            [joy.get(layer, torch.zeros(32)), mixed.get(layer, torch.zeros(32)), torch.zeros(32)]
+        )
+    for layer, delta in zip(steering.layers, steering.deltas(), strict=True):
+        assert delta.shape == (3, 32)
+        torch.testing.assert_close(delta, expected[layer], rtol=1e-5, atol=1e-6)
+    assert steering.dose[0] == pytest.approx(0.8, rel=1e-5)
+    assert steering.dose[1] == pytest.approx(
+        0.5 * RELATIVE_DOSE
+        + sum(float(mixed[i].norm()) / float(bank.hidden_norms[i]) for i in (2, 5)),
+        rel=1e-5,
+    )
+    assert steering.dose[2] == 0.0
+
+    batch = _encode(tokenizer, PROMPTS)
+    with capture(blocks) as pre, steering, capture(blocks) as post, torch.no_grad():
+        model(**batch)
+    for layer in steering.layers:
+        added = post[layer] - pre[layer]
+        torch.testing.assert_close(
+            added, expected[layer][:, None, :].expand_as(added), rtol=1e-5, atol=1e-5
+        )
+    assert torch.equal(post[0], pre[0])
+
+
+def test_raw_scale_uses_placement_layers_but_not_its_dose() -> None:
+    """scale="raw" adds alpha x the raw vector at the placement's layers; the dose (a
+    relative-scale quantity) and the band width do not scale it."""
+    model = build_model("llama", num_layers=6)
+    bank = _placed_bank(band=[3])
+    steering = steer(model, bank, joy=2.0, anger=-1.0, scale="raw")
+    assert steering.layers == [1, 2, 3, 4]
+    for layer, delta in zip(steering.layers, steering.deltas(), strict=True):
+        expected = torch.zeros(32)
+        if layer in (1, 2, 4):
+            expected = expected + 2.0 * bank.vector("joy")[layer]
+        if layer == 3:
+            expected = expected - bank.vector("anger")[layer]
+        torch.testing.assert_close(delta, expected, rtol=1e-6, atol=1e-6)
+    stronger = bank.with_placements({"joy": Placement([1, 2, 4], 5.0)})
+    again = steer(model, stronger, joy=2.0, anger=-1.0, scale="raw")
+    for a, b in zip(steering.deltas(), again.deltas(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_dose_guard_sees_the_placed_dose() -> None:
+    """The guard measures the placement's dose: alpha x dose, not alpha x RELATIVE_DOSE."""
+    model = build_model("llama", num_layers=6)
+    bank = random_bank(6, 32, layers=[3]).with_placements({"joy": Placement([2, 3], 0.7)})
+    assert steer(model, bank, joy=1.0, guard="raise").dose == [pytest.approx(0.7, rel=1e-5)]
+    with pytest.raises(DoseError):
+        steer(model, bank, joy=1.2, guard="raise")  # 0.84 > MAX_DOSE
+    clamped = steer(model, bank, joy=2.0, guard="clamp")
+    assert clamped.dose == [pytest.approx(MAX_DOSE, rel=1e-5)]
     assert _no_hooks_anywhere(model)

@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import random_bank
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 import emovec.vectors
 from emovec import EmotionVectors, SteeringVector
-from emovec.vectors import FORMAT
+from emovec.vectors import FORMAT, Placement
 
 L, H = 4, 8
 
@@ -409,3 +410,138 @@ def test_non_finite_strength_is_rejected(strength: float) -> None:
     bank = random_bank(3, 8)
     with pytest.raises(ValueError, match="must be finite"):
         bank["joy"] * strength
+
+
+# --- placements -----------------------------------------------------------------------
+
+
+def test_placement_sorts_and_deduplicates_its_layers() -> None:
+    """Layers given in any order, with repeats, are stored once each in order, dose as float."""
+    placement = Placement([3, 1, 3, 2], 1)
+    assert placement.layers == (1, 2, 3)
+    assert placement.dose == 1.0 and isinstance(placement.dose, float)
+    assert placement.to_dict() == {"layers": [1, 2, 3], "dose": 1.0}
+    assert placement == Placement((1, 2, 3), 1.0)  # equal once normalised
+
+
+@pytest.mark.parametrize(
+    ("layers", "dose", "match"),
+    [
+        ([], 0.5, "at least one layer"),
+        ([1], 0.0, "finite and positive"),
+        ([1], -0.5, "finite and positive"),
+        ([1], float("nan"), "finite and positive"),
+        ([1], float("inf"), "finite and positive"),
+    ],
+)
+def test_placement_rejects_no_layers_and_bad_doses(
+    layers: list[int], dose: float, match: str
+) -> None:
+    """A placement must steer somewhere, at a finite positive dose: α = 1 must mean something."""
+    with pytest.raises(ValueError, match=match):
+        Placement(layers, dose)
+
+
+def test_bank_stores_its_placements() -> None:
+    """Placements are kept per emotion; a bank built without them has none."""
+    joy = Placement((2, 1), 0.75)
+    bank = EmotionVectors(
+        _vectors("joy", "fear"), _norms(), model_name="m", layers=[1], placements={"joy": joy}
+    )
+    assert bank.placements == {"joy": Placement((1, 2), 0.75)}
+    assert EmotionVectors(_vectors("joy"), _norms(), model_name="m").placements == {}
+
+
+def test_placement_for_an_unknown_emotion_is_rejected() -> None:
+    """A placement naming an emotion the bank lacks is a mistake, not something to ignore."""
+    with pytest.raises(ValueError, match="'love'"):
+        EmotionVectors(
+            _vectors("joy"), _norms(), model_name="m", placements={"love": Placement([1], 0.5)}
+        )
+
+
+@pytest.mark.parametrize("layers", [[L], [0, L + 3], [-1]])
+def test_placement_layers_out_of_range_are_rejected(layers: list[int]) -> None:
+    """Placement layers must exist in the bank (negative indices are not allowed here)."""
+    with pytest.raises(ValueError, match="out of range"):
+        EmotionVectors(
+            _vectors("joy"), _norms(), model_name="m", placements={"joy": Placement(layers, 0.5)}
+        )
+
+
+def test_with_placements_merges_and_without_placements_clears() -> None:
+    """with_placements() adds/replaces per emotion, without_placements() drops them all;
+    neither touches the original bank or the rest of the metadata."""
+    bank = EmotionVectors(
+        _vectors("joy", "anger", "fear"),
+        _norms(),
+        model_name="m",
+        layers=[1, 2],
+        settings={"method": "x"},
+        placements={"joy": Placement([0], 0.3), "anger": Placement([1], 0.4)},
+    )
+    updated = bank.with_placements({"anger": Placement([2, 3], 1.0), "fear": Placement([3], 0.6)})
+    assert updated.placements == {
+        "joy": Placement([0], 0.3),
+        "anger": Placement([2, 3], 1.0),
+        "fear": Placement([3], 0.6),
+    }
+    assert bank.placements == {"joy": Placement([0], 0.3), "anger": Placement([1], 0.4)}
+    assert updated.layers == (1, 2) and updated.settings == {"method": "x"}
+    assert all(torch.equal(updated.vector(e), bank.vector(e)) for e in bank)
+    cleared = updated.without_placements()
+    assert cleared.placements == {} and len(updated.placements) == 3
+    assert cleared.layers == (1, 2) and cleared.settings == {"method": "x"}
+    with pytest.raises(ValueError, match="out of range"):
+        bank.with_placements({"fear": Placement([L], 0.5)})
+
+
+def test_select_center_and_with_settings_keep_placements() -> None:
+    """Derived banks keep placements; select() drops those of the emotions it drops."""
+    placements = {"joy": Placement([1, 2], 0.8), "fear": Placement([3], 0.35)}
+    bank = EmotionVectors(
+        _vectors("joy", "anger", "fear"), _norms(), model_name="m", placements=placements
+    )
+    assert bank.center().placements == placements
+    assert bank.with_settings(recommended_alpha={"joy": 1.0}).placements == placements
+    assert bank.select(["anger", "joy"]).placements == {"joy": Placement([1, 2], 0.8)}
+    assert bank.select(["anger"]).placements == {}
+
+
+def test_placements_round_trip_through_the_file(tmp_path: Path) -> None:
+    """Placements are saved in the "placements" metadata as JSON and load back equal."""
+    placements = {"joy": Placement([2, 1], 0.75), "sadness": Placement([0, 1, 2, 3], 1.25)}
+    bank = _full_bank().with_placements(placements)
+    path = bank.save(tmp_path / "bank.safetensors")
+    with safe_open(str(path), framework="pt") as handle:
+        stored = json.loads(handle.metadata()["placements"])
+    assert stored == {
+        "joy": {"layers": [1, 2], "dose": 0.75},
+        "sadness": {"layers": [0, 1, 2, 3], "dose": 1.25},
+    }
+    loaded = EmotionVectors.load(path)
+    assert loaded.placements == bank.placements
+    assert all(isinstance(p, Placement) for p in loaded.placements.values())
+    assert loaded.settings == bank.settings and loaded.layers == bank.layers
+    empty = EmotionVectors.load(_full_bank().save(tmp_path / "empty.safetensors"))
+    assert empty.placements == {}
+
+
+def test_files_written_before_placements_load_without_them(tmp_path: Path) -> None:
+    """A vector file without the "placements" key (older emovec) loads with no placements."""
+    path = tmp_path / "old.safetensors"
+    metadata = {
+        "format": FORMAT,
+        "emovec_version": "0.1.0",
+        "model_name": "m",
+        "num_layers": str(L),
+        "hidden_size": str(H),
+        "emotions": json.dumps(["joy"]),
+        "layers": json.dumps([1]),
+        "settings": "{}",
+    }
+    vector = torch.randn(L, H)
+    save_file({"emotion.joy": vector, "hidden_norms": _norms()}, str(path), metadata=metadata)
+    loaded = EmotionVectors.load(path)
+    assert loaded.placements == {}
+    assert loaded.layers == (1,) and torch.equal(loaded.vector("joy"), vector)
