@@ -1,4 +1,4 @@
-"""The ``emovec`` command line: ``demo``, ``generate``, ``eval`` and ``extract``."""
+"""The ``emovec`` command line: ``demo``, ``generate``, ``eval``, ``extract`` and ``calibrate``."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pathlib import Path
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from emovec.calibration import DEFAULT_DOSES
 from emovec.datasets import BASIC_EMOTIONS, read_pairs
 from emovec.generation import generate_answers
 from emovec.models import DEFAULT_MODEL, load_model
@@ -235,6 +236,43 @@ def _evaluate(args: argparse.Namespace) -> None:
         print(f"stored recommended α in {target}")
 
 
+def _calibrate(args: argparse.Namespace) -> None:
+    from emovec.calibration import calibrate
+    from emovec.evaluation import Decoding, Tolerance
+    from emovec.prebuilt import prebuilt_path
+
+    model, tokenizer, vectors = _load(args)
+    target = args.out or args.vectors or prebuilt_path(args.model or DEFAULT_MODEL)
+    if target is None:
+        raise ValueError("No vector file to write the placements to; pass --out.")
+    calibration = calibrate(
+        model,
+        tokenizer,
+        vectors,
+        emotions=args.emotions,
+        bands=args.bands,
+        doses=args.doses,
+        num_queries=args.queries,
+        tolerance=Tolerance(max_degenerate_increase=args.max_degenerate_increase),
+        decoding=Decoding(max_new_tokens=args.max_new_tokens),
+        batch_size=args.batch_size,
+    )
+    print(calibration.to_markdown())
+    if args.report:
+        report = Path(args.report)
+        report.mkdir(parents=True, exist_ok=True)
+        (report / "calibration.md").write_text(calibration.to_markdown(), encoding="utf-8")
+        (report / "calibration.json").write_text(
+            json.dumps(calibration.to_dict(), indent=1), encoding="utf-8"
+        )
+    uncalibrated = sorted(set(calibration.emotions) - set(calibration.placements))
+    calibration.apply(vectors).save(target)
+    print(
+        f"wrote placements for {sorted(calibration.placements)} to {target}"
+        + (f"; no acceptable setting for {uncalibrated}" if uncalibrated else "")
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emovec", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -325,6 +363,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the shared emotional-vs-neutral component",
     )
     ext.set_defaults(run=_extract)
+
+    cal = commands.add_parser(
+        "calibrate", help="find each emotion's band and strength, store them in the vector file"
+    )
+    cal.add_argument("--model", help=f"model id or path (default: {DEFAULT_MODEL})")
+    cal.add_argument("--vectors", help="vector file (default: the prebuilt one for the model)")
+    cal.add_argument("--out", help="where to write the calibrated file (default: --vectors)")
+    cal.add_argument("--emotions", nargs="+")
+    cal.add_argument(
+        "--bands", type=_parse_layers, nargs="+", help="candidate bands, e.g. 8-12 12-16"
+    )
+    cal.add_argument("--doses", type=float, nargs="+", default=list(DEFAULT_DOSES))
+    cal.add_argument("--queries", type=int, default=24, help="calibration queries to answer")
+    cal.add_argument("--max-degenerate-increase", type=float, default=0.1)
+    cal.add_argument("--max-new-tokens", type=int, default=40)
+    cal.add_argument("--batch-size", type=int, default=24)
+    cal.add_argument("--report", metavar="DIR", help="write every trial (markdown, JSON) here")
+    cal.set_defaults(run=_calibrate)
     return parser
 
 

@@ -1,0 +1,504 @@
+"""Calibration: candidate bands, the (emotion, band, dose) search, its choice and its record.
+
+The search runs a tiny random llama with the real offline scorer (nade) and the real MiniLM
+embedder, and once with a constant scorer whose scores do not depend on the text, so that
+the choice among ties is known. The choice rule itself is tested on hand-made trials.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from conftest import build_model, build_tokenizer, random_bank
+
+from emovec.calibration import Calibration, Trial, _choose, calibrate, candidate_bands
+from emovec.cli import main
+from emovec.evaluation import Decoding, Tolerance
+from emovec.metrics import SentenceEmbedder
+from emovec.scoring import NadeScorer
+from emovec.steering import RELATIVE_DOSE, steer
+from emovec.vectors import EmotionVectors, Placement
+
+QUERIES = ["i walked to the store today", "my sister called me", "the dog ran in the park"]
+EMOTIONS = ["joy", "anger"]
+BANDS = [(0, 1), (1, 2)]
+DOSES = [0.5, 1.0]
+DECODING = Decoding(max_new_tokens=4)
+
+
+@pytest.fixture(scope="module")
+def setup() -> tuple[torch.nn.Module, object, EmotionVectors]:
+    model = build_model("llama")
+    bank = random_bank(
+        model.config.num_hidden_layers,
+        model.config.hidden_size,
+        ("joy", "anger", "fear"),
+        layers=[2],
+    )
+    return model, build_tokenizer(), bank
+
+
+@pytest.fixture(scope="module")
+def embedder() -> SentenceEmbedder:
+    return SentenceEmbedder()
+
+
+def _calibrate(setup: tuple, embedder: SentenceEmbedder, **options: Any) -> Calibration:
+    model, tokenizer, bank = setup
+    settings: dict[str, Any] = {
+        "emotions": EMOTIONS,
+        "bands": BANDS,
+        "doses": DOSES,
+        "queries": QUERIES,
+        "decoding": DECODING,
+        "scorer": NadeScorer(),
+        "embedder": embedder,
+        "progress": False,
+        **options,
+    }
+    return calibrate(model, tokenizer, bank, **settings)
+
+
+@pytest.fixture(scope="module")
+def calibration(setup: tuple, embedder: SentenceEmbedder) -> Calibration:
+    return _calibrate(setup, embedder)
+
+
+# --- candidate bands ------------------------------------------------------------------
+
+
+def test_candidate_bands_of_a_30_layer_model() -> None:
+    """Width round(30/6) = 5, every 5 // 2 = 2 layers, from round(0.2*30) = 6 to
+    round(0.67*30) - 5 // 2 = 18."""
+    assert candidate_bands(30) == [tuple(range(s, s + 5)) for s in (6, 8, 10, 12, 14, 16, 18)]
+
+
+def test_candidate_bands_other_depths_and_widths() -> None:
+    """The same rule for a given width, a 12-layer stack (step 1) and a 3-layer one (width 1)."""
+    assert candidate_bands(30, width=4) == [
+        tuple(range(s, s + 4)) for s in (6, 8, 10, 12, 14, 16, 18)
+    ]
+    assert candidate_bands(12) == [(s, s + 1) for s in range(2, 8)]
+    assert candidate_bands(3) == [(1,), (2,)]
+
+
+def test_default_candidate_bands_fit_any_depth() -> None:
+    """With the default width every band is contiguous, non-empty and inside the stack."""
+    for n in range(1, 81):
+        bands = candidate_bands(n)
+        assert bands, n
+        for band in bands:
+            assert band == tuple(range(band[0], band[0] + len(band)))
+            assert band[0] >= 0 and band[-1] < n, (n, band)
+
+
+def test_wide_candidate_bands_stay_inside_the_stack() -> None:
+    """Any accepted width must give bands inside the stack (calibrate refuses others)."""
+    for n in range(1, 41):
+        for width in range(1, n + 1):
+            for band in candidate_bands(n, width=width):
+                assert band[0] >= 0 and band[-1] < n, (n, width, band)
+
+
+@pytest.mark.parametrize("width", [-1, 31, 100])
+def test_candidate_bands_reject_a_bad_width(width: int) -> None:
+    """A band cannot be narrower than one layer or wider than the stack."""
+    with pytest.raises(ValueError, match="width"):
+        candidate_bands(30, width=width)
+
+
+def test_candidate_bands_reject_width_zero() -> None:
+    """A zero width is as wrong as a negative one."""
+    with pytest.raises(ValueError, match="width"):
+        candidate_bands(30, width=0)
+
+
+# --- the search -----------------------------------------------------------------------
+
+
+def test_calibrate_tries_every_emotion_band_and_dose(calibration: Calibration) -> None:
+    """One trial per (emotion, band, dose), every band and dose from the candidates."""
+    assert len(calibration.trials) == len(EMOTIONS) * len(BANDS) * len(DOSES)
+    tried = {(t.emotion, t.layers, t.dose) for t in calibration.trials}
+    assert tried == {(e, b, d) for e in EMOTIONS for b in BANDS for d in DOSES}
+    for trial in calibration.trials:
+        assert 0.0 <= trial.success <= 1.0 and 0.0 <= trial.eps <= 1.0
+        assert 0.0 <= trial.degenerate <= 1.0
+    assert set(calibration.plain) == set(EMOTIONS)
+    for plain in calibration.plain.values():
+        assert set(plain) == {"success", "eps", "degenerate", "sim_query", "median_perplexity"}
+
+
+def test_acceptability_is_the_tolerance_against_plain(calibration: Calibration) -> None:
+    """Each trial is acceptable exactly when the default Tolerance accepts it against the
+    plain answers of its emotion."""
+    for trial in calibration.trials:
+        expected = Tolerance().accepts(asdict(trial), calibration.plain[trial.emotion])
+        assert trial.acceptable == expected, trial
+
+
+def test_calibrate_chooses_the_best_acceptable_trial(calibration: Calibration) -> None:
+    """Per emotion: the acceptable trial with the highest (success, EPS), lower dose first;
+    no placement where nothing was acceptable."""
+    for emotion in EMOTIONS:
+        fine = [t for t in calibration.trials if t.emotion == emotion and t.acceptable]
+        if not fine:
+            assert emotion not in calibration.placements
+            continue
+        chosen = calibration.placements[emotion]
+        winner = next(
+            t for t in fine if (t.layers, t.dose) == (chosen.layers, chosen.dose)
+        )  # the chosen placement is one of the acceptable trials
+        for other in fine:
+            assert (other.success, other.eps) <= (winner.success, winner.eps)
+            if (other.success, other.eps) == (winner.success, winner.eps):
+                assert other.dose >= winner.dose
+    assert set(calibration.placements) <= set(EMOTIONS)
+
+
+def test_calibration_settings_record_the_run(calibration: Calibration) -> None:
+    """The settings say what was searched and how it was scored."""
+    settings = calibration.settings
+    assert settings["queries"] == len(QUERIES)
+    assert settings["bands"] == [list(b) for b in BANDS]
+    assert settings["doses"] == DOSES
+    assert settings["tolerance"] == asdict(Tolerance())
+    assert settings["decoding"] == asdict(DECODING)
+    assert settings["scorer"] == "NadeScorer"
+
+
+def test_apply_stores_the_placements_and_the_record(
+    setup: tuple, calibration: Calibration, tmp_path: Path
+) -> None:
+    """apply() gives a bank whose placements are the chosen ones, whose settings record the
+    run and the chosen trials' scores; both survive save and load."""
+    _, _, bank = setup
+    applied = calibration.apply(bank)
+    assert applied.placements == calibration.placements
+    assert bank.placements == {}  # the input bank is unchanged
+    record = applied.settings["calibration"]
+    assert {k: v for k, v in record.items() if k != "chosen"} == calibration.settings
+    assert set(record["chosen"]) == set(calibration.placements)
+    for emotion, chosen in record["chosen"].items():
+        trial = next(
+            t
+            for t in calibration.trials
+            if t.emotion == emotion
+            and t.layers == calibration.placements[emotion].layers
+            and t.dose == calibration.placements[emotion].dose
+        )
+        assert chosen == {
+            "layers": list(trial.layers),
+            "dose": trial.dose,
+            "success": trial.success,
+            "eps": trial.eps,
+            "degenerate": trial.degenerate,
+        }
+    loaded = EmotionVectors.load(applied.save(tmp_path / "calibrated.safetensors"))
+    assert loaded.placements == calibration.placements
+    assert loaded.settings["calibration"] == record
+    assert loaded.layers == bank.layers
+
+
+def test_markdown_and_dict_list_every_trial(calibration: Calibration) -> None:
+    """The markdown has a plain row per emotion and a row per trial, the chosen ones marked;
+    the dict is JSON and holds the same trials and placements."""
+    markdown = calibration.to_markdown()
+    rows = [line for line in markdown.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) == 1 + len(EMOTIONS) + len(calibration.trials)  # header, plain, trials
+    assert markdown.count("**chosen**") == len(calibration.placements)
+    assert markdown.count("too broken") == sum(not t.acceptable for t in calibration.trials)
+    for emotion in EMOTIONS:
+        assert f"| {emotion} | plain | 0 |" in markdown
+        assert f"| {emotion} | 0–1 | 0.5 |" in markdown and f"| {emotion} | 1–2 | 1 |" in markdown
+    payload = json.loads(json.dumps(calibration.to_dict()))
+    assert payload["settings"] == json.loads(json.dumps(calibration.settings))
+    assert len(payload["trials"]) == len(calibration.trials)
+    assert payload["trials"][0]["layers"] == list(calibration.trials[0].layers)
+    assert payload["placements"] == {e: p.to_dict() for e, p in calibration.placements.items()}
+
+
+# --- the choice, with a scorer that ignores the text ----------------------------------
+
+
+@dataclass
+class ConstantScorer:
+    """Scores every text the same: joy 0.6, anger 0.3, fear 0.1."""
+
+    emotions: tuple[str, ...] = ("joy", "anger", "fear")
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        return np.tile(np.array([0.6, 0.3, 0.1]), (len(texts), 1))
+
+
+@dataclass(frozen=True)
+class RejectAnger(Tolerance):
+    """Accepts every steered row except anger's."""
+
+    def accepts(self, row: Mapping[str, Any], plain: Mapping[str, Any]) -> bool:
+        return row["emotion"] != "anger"
+
+
+def test_ties_go_to_the_lower_dose_and_unacceptable_emotions_keep_the_default(
+    setup: tuple, embedder: SentenceEmbedder
+) -> None:
+    """With text-blind scores the EPS ties, so joy gets, among its most successful trials, the
+    lowest dose (then the first band); anger, never acceptable, gets no placement and keeps
+    the bank's band and RELATIVE_DOSE after apply()."""
+    model, _, bank = setup
+    calibration = _calibrate(setup, embedder, scorer=ConstantScorer(), tolerance=RejectAnger())
+    joy = [t for t in calibration.trials if t.emotion == "joy"]
+    anger = [t for t in calibration.trials if t.emotion == "anger"]
+    assert all(t.acceptable for t in joy) and not any(t.acceptable for t in anger)
+    assert {t.eps for t in joy} == {0.6} and {t.eps for t in anger} == {0.3}
+    best = max(t.success for t in joy)
+    winner = min(
+        (t for t in joy if t.success == best), key=lambda t: (t.dose, BANDS.index(t.layers))
+    )
+    assert calibration.placements == {"joy": Placement(winner.layers, winner.dose)}
+    assert calibration.settings["scorer"] == "ConstantScorer"
+
+    applied = calibration.apply(bank)
+    assert set(applied.placements) == {"joy"}
+    assert set(applied.settings["calibration"]["chosen"]) == {"joy"}
+    steering = steer(model, applied, anger=1.0)
+    assert steering.layers == [2]
+    torch.testing.assert_close(
+        steering.deltas()[0], RELATIVE_DOSE * bank.unit_vector("anger")[2], rtol=1e-6, atol=1e-6
+    )
+    joy_steering = steer(model, applied, joy=1.0, max_dose=math.inf)
+    assert joy_steering.layers == list(winner.layers)
+    assert joy_steering.dose == [pytest.approx(winner.dose, rel=1e-5)]
+
+
+def test_apply_drops_a_stale_placement_of_an_emotion_found_too_broken(
+    setup: tuple, embedder: SentenceEmbedder
+) -> None:
+    """A bank calibrated before keeps no placement for an emotion this calibration tried and
+    rejected everywhere; emotions it did not try keep theirs."""
+    _, _, bank = setup
+    old = Placement((0,), 0.2)
+    placed = bank.with_placements({"anger": old, "fear": old})
+    calibration = _calibrate(setup, embedder, scorer=ConstantScorer(), tolerance=RejectAnger())
+    assert sorted(calibration.emotions) == sorted(EMOTIONS)
+    applied = calibration.apply(placed)
+    assert set(applied.placements) == {"joy", "fear"}
+    assert applied.placements["fear"] == old
+    assert set(applied.settings["calibration"]["chosen"]) == {"joy"}
+
+
+def _trial(
+    success: float, eps: float, dose: float, acceptable: bool = True, layers: tuple = (1, 2)
+) -> Trial:
+    return Trial(
+        emotion="joy",
+        layers=layers,
+        dose=dose,
+        success=success,
+        eps=eps,
+        degenerate=0.0,
+        sim_query=0.5,
+        median_perplexity=10.0,
+        acceptable=acceptable,
+    )
+
+
+def test_choose_prefers_success_among_acceptable_trials() -> None:
+    """The most successful acceptable trial wins, even over a better but unacceptable one
+    and over higher EPS."""
+    low = _trial(0.5, 0.9, 0.35)
+    high = _trial(0.8, 0.1, 1.0)
+    broken = _trial(1.0, 1.0, 0.5, acceptable=False)
+    assert _choose([low, high, broken]) is high
+    assert _choose([broken, high, low]) is high
+
+
+def test_choose_breaks_ties_by_eps_then_lower_dose() -> None:
+    """Equal success: higher EPS wins (whatever the dose); equal EPS too: the lower dose."""
+    stronger = _trial(0.8, 0.3, 1.0)
+    gentler = _trial(0.8, 0.2, 0.35)
+    assert _choose([gentler, stronger]) is stronger
+    a = _trial(0.8, 0.3, 0.75, layers=(0, 1))
+    b = _trial(0.8, 0.3, 0.5, layers=(2, 3))
+    assert _choose([a, b]) is b and _choose([b, a]) is b
+
+
+def test_choose_returns_none_without_an_acceptable_trial() -> None:
+    """Nothing acceptable (or nothing at all) means no placement."""
+    assert _choose([_trial(1.0, 1.0, 0.5, acceptable=False)]) is None
+    assert _choose([]) is None
+
+
+def test_calibration_from_hand_made_trials() -> None:
+    """apply(), to_markdown() and to_dict() of a Calibration built by hand."""
+    trials = [
+        _trial(0.5, 0.4, 0.5),
+        _trial(0.9, 0.7, 1.0),
+        _trial(1.0, 0.9, 0.75, acceptable=False, layers=(2, 3)),
+    ]
+    plain = {
+        "joy": {
+            "success": 0.25,
+            "eps": 0.125,
+            "degenerate": 0.0,
+            "sim_query": 0.5,
+            "median_perplexity": 10.0,
+        }
+    }
+    calibration = Calibration(trials, {"joy": Placement((1, 2), 1.0)}, plain, {"queries": 4})
+    bank = random_bank(4, 8, ("joy", "anger")).with_placements({"anger": Placement([0], 0.4)})
+    applied = calibration.apply(bank)
+    assert applied.placements == {"joy": Placement((1, 2), 1.0), "anger": Placement([0], 0.4)}
+    assert applied.settings["calibration"] == {
+        "queries": 4,
+        "chosen": {
+            "joy": {"layers": [1, 2], "dose": 1.0, "success": 0.9, "eps": 0.7, "degenerate": 0.0}
+        },
+    }
+    markdown = calibration.to_markdown()
+    assert "| joy | plain | 0 | 0.25 | 0.125 | 0.00 | 0.50 | 10.0 | |" in markdown
+    assert "| joy | 1–2 | 1 | 0.90 | 0.700 | 0.00 | 0.50 | 10.0 | **chosen** |" in markdown
+    assert "| joy | 1–2 | 0.5 | 0.50 | 0.400 | 0.00 | 0.50 | 10.0 |  |" in markdown
+    assert "| joy | 2–3 | 0.75 | 1.00 | 0.900 | 0.00 | 0.50 | 10.0 | too broken |" in markdown
+    payload = calibration.to_dict()
+    assert payload["placements"] == {"joy": {"layers": [1, 2], "dose": 1.0}}
+    assert payload["plain"] == plain and payload["settings"] == {"queries": 4}
+    assert [t["success"] for t in payload["trials"]] == [0.5, 0.9, 1.0]
+
+
+# --- tolerance ------------------------------------------------------------------------
+
+_PLAIN = {"degenerate": 0.25, "median_perplexity": 10.0, "sim_query": 0.5}
+
+
+def _row(**changes: float) -> dict[str, Any]:
+    return {**_PLAIN, "emotion": "joy", "success": 1.0, **changes}
+
+
+def test_tolerance_accepts_rows_close_to_plain() -> None:
+    """Plain itself and rows at each limit are acceptable (limits are inclusive)."""
+    tolerance = Tolerance()
+    assert tolerance.accepts(_row(), _PLAIN)
+    assert Tolerance(max_degenerate_increase=0.125).accepts(_row(degenerate=0.375), _PLAIN)
+    assert Tolerance(max_degenerate_increase=0.25).accepts(_row(degenerate=0.5), _PLAIN)
+    assert tolerance.accepts(_row(median_perplexity=100.0), _PLAIN)  # exactly 10x
+    assert tolerance.accepts(_row(sim_query=0.11), _PLAIN)  # above 0.2 x 0.5
+    assert tolerance.accepts(_row(degenerate=0.0, median_perplexity=1.0, sim_query=0.9), _PLAIN)
+
+
+@pytest.mark.parametrize(
+    ("changes", "tolerance"),
+    [
+        ({"degenerate": 0.375}, Tolerance()),  # +0.125 > +0.1
+        ({"degenerate": 0.625}, Tolerance(max_degenerate_increase=0.25)),
+        ({"median_perplexity": 100.5}, Tolerance()),  # > 10x
+        ({"median_perplexity": 25.0}, Tolerance(max_perplexity_ratio=2.0)),
+        ({"median_perplexity": math.nan}, Tolerance()),  # empty answers: no perplexity
+        ({"sim_query": 0.09}, Tolerance()),  # < 0.2 x 0.5: off topic
+        ({"sim_query": 0.4}, Tolerance(min_topic_ratio=0.9)),
+    ],
+)
+def test_tolerance_rejects_rows_beyond_a_limit(
+    changes: dict[str, float], tolerance: Tolerance
+) -> None:
+    """Each limit alone rejects a row that is otherwise identical to plain."""
+    assert not tolerance.accepts(_row(**changes), _PLAIN)
+    assert tolerance.accepts(_row(), _PLAIN)
+
+
+# --- bad input ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "doses", [[], [0.0], [-0.5], [0.5, math.nan], [math.inf], [0.5, -1.0, 1.0]]
+)
+def test_bad_doses_are_rejected(setup: tuple, doses: list[float]) -> None:
+    """Doses must be finite and positive, and there must be some."""
+    model, tokenizer, bank = setup
+    with pytest.raises(ValueError, match="doses"):
+        calibrate(model, tokenizer, bank, doses=doses, queries=QUERIES, progress=False)
+
+
+@pytest.mark.parametrize("bands", [[[2, 3]], [[-1, 0]], [[0, 1], [5]], [[]]])
+def test_bands_out_of_range_are_rejected(setup: tuple, bands: list[list[int]]) -> None:
+    """Every band must be non-empty and inside the bank's layers (3 here)."""
+    model, tokenizer, bank = setup
+    with pytest.raises(ValueError, match="bands"):
+        calibrate(model, tokenizer, bank, bands=bands, queries=QUERIES, progress=False)
+
+
+# --- command line ---------------------------------------------------------------------
+
+
+def test_cli_calibrate_writes_placements_and_reports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`emovec calibrate` writes the calibrated bank to --out (leaving --vectors alone) and
+    the trials to DIR/calibration.md and DIR/calibration.json."""
+    monkeypatch.setenv("EMOVEC_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "tiny"
+    build_model("llama").save_pretrained(folder)
+    build_tokenizer().save_pretrained(folder)
+    vectors = tmp_path / "v.safetensors"
+    random_bank(3, 32, ("joy", "anger"), layers=[0]).save(vectors)
+    before = vectors.read_bytes()
+    out = tmp_path / "calibrated.safetensors"
+    report = tmp_path / "report"
+    code = main(
+        [
+            "calibrate",
+            "--model",
+            str(folder),
+            "--vectors",
+            str(vectors),
+            "--out",
+            str(out),
+            "--bands",
+            "1-2",
+            "--doses",
+            "0.5",
+            "--queries",
+            "2",
+            "--max-new-tokens",
+            "3",
+            "--max-degenerate-increase",
+            "1",
+            "--report",
+            str(report),
+        ]
+    )
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert vectors.read_bytes() == before
+    assert {p.name for p in report.iterdir()} == {"calibration.md", "calibration.json"}
+    payload = json.loads((report / "calibration.json").read_text(encoding="utf-8"))
+    assert payload["settings"]["bands"] == [[1, 2]]
+    assert payload["settings"]["doses"] == [0.5] and payload["settings"]["queries"] == 2
+    assert payload["settings"]["decoding"]["max_new_tokens"] == 3
+    assert payload["settings"]["tolerance"]["max_degenerate_increase"] == 1.0
+    assert {(t["emotion"], tuple(t["layers"]), t["dose"]) for t in payload["trials"]} == {
+        ("joy", (1, 2), 0.5),
+        ("anger", (1, 2), 0.5),
+    }
+    markdown = (report / "calibration.md").read_text(encoding="utf-8")
+    assert markdown.count("| 1–2 | 0.5 |") == 2
+    calibrated = EmotionVectors.load(out)
+    expected = {
+        t["emotion"]: Placement(t["layers"], t["dose"])
+        for t in payload["trials"]
+        if t["acceptable"]
+    }
+    assert expected, "no trial was acceptable: the test would check nothing"
+    assert calibrated.placements == expected
+    assert {e: p.to_dict() for e, p in calibrated.placements.items()} == payload["placements"]
+    assert set(calibrated.settings["calibration"]["chosen"]) == set(expected)
+    assert calibrated.layers == (0,)
+    assert f"wrote placements for {sorted(expected)} to {out}" in captured.out
