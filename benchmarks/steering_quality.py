@@ -7,6 +7,7 @@ For every emotion and α, answers the first N shipped evaluation queries (greedy
 (share of answers whose distinct-2 is under 0.5).
 
     python benchmarks/steering_quality.py [--alphas -1 1 2] [--queries 32] [--tokens 40]
+        [--repetition-penalty 1.15]
 """
 
 from __future__ import annotations
@@ -31,7 +32,10 @@ def main() -> None:
     parser.add_argument("--alphas", type=float, nargs="+", default=[-1.0, 1.0, 2.0])
     parser.add_argument("--queries", type=int, default=32)
     parser.add_argument("--tokens", type=int, default=40)
-    parser.add_argument("--layers", type=int, nargs="+", help="default: the file's band")
+    parser.add_argument(
+        "--layers", type=int, nargs="+", help="default: each emotion's placement, or the band"
+    )
+    parser.add_argument("--repetition-penalty", type=float, default=1.0, help="1 = off")
     args = parser.parse_args()
 
     queries = default_queries()[: args.queries]
@@ -40,7 +44,13 @@ def main() -> None:
     scorer = NadeScorer()
 
     def answer() -> list[str]:
-        return generate_answers(model, tokenizer, queries, max_new_tokens=args.tokens)
+        return generate_answers(
+            model,
+            tokenizer,
+            queries,
+            max_new_tokens=args.tokens,
+            repetition_penalty=args.repetition_penalty,
+        )
 
     plain = answer()
     plain_scores = scorer(plain)

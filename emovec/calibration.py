@@ -30,7 +30,14 @@ from emovec.scoring import EmotionScorer, load_scorer
 from emovec.steering import RELATIVE_DOSE
 from emovec.vectors import EmotionVectors, Placement
 
-__all__ = ["DEFAULT_DOSES", "Calibration", "Trial", "calibrate", "candidate_bands"]
+__all__ = [
+    "DEFAULT_DOSES",
+    "Calibration",
+    "Trial",
+    "calibrate",
+    "calibrated_repetition_penalty",
+    "candidate_bands",
+]
 
 # Relative doses tried (α = 1 is RELATIVE_DOSE = 0.5 without calibration); on SmolLM2 text
 # breaks above about 1.0.
@@ -135,6 +142,16 @@ class Calibration:
                     f"{t.median_perplexity:.1f} | {mark} |"
                 )
         return "\n".join(lines) + "\n"
+
+
+def calibrated_repetition_penalty(vectors: EmotionVectors) -> float:
+    """The repetition penalty the bank's placements were calibrated under (1 if none).
+
+    The placements' strengths hold for the decoding they were found with; decoding the
+    steered model the same way keeps them valid.
+    """
+    decoding = vectors.settings.get("calibration", {}).get("decoding", {})
+    return float(decoding.get("repetition_penalty", 1.0))
 
 
 def candidate_bands(num_layers: int, width: int | None = None) -> list[tuple[int, ...]]:

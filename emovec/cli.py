@@ -77,19 +77,34 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layers", type=_parse_layers, help="layers to steer, e.g. 10-19")
     parser.add_argument("--scale", choices=["relative", "raw"], default="relative")
     parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument(
+        "--repetition-penalty",
+        type=float,
+        help="1 = off; also for plain answers (default: the one the vectors were calibrated with)",
+    )
+
+
+def _repetition_penalty(args: argparse.Namespace, vectors: EmotionVectors) -> float:
+    """``--repetition-penalty``, else the one the bank's placements were calibrated with."""
+    from emovec.calibration import calibrated_repetition_penalty
+
+    given = getattr(args, "repetition_penalty", None)
+    return float(given) if given is not None else calibrated_repetition_penalty(vectors)
 
 
 def _demo(args: argparse.Namespace) -> None:
     model, tokenizer, vectors = _load(args)
     prompts = args.prompt or list(DEMO_PROMPTS)
     emotions = args.emotions or [e for e in BASIC_EMOTIONS if e in vectors]
-    columns: dict[str, list[str]] = {
-        "plain": generate_answers(model, tokenizer, prompts, max_new_tokens=args.max_new_tokens)
+    decoding = {
+        "max_new_tokens": args.max_new_tokens,
+        "repetition_penalty": _repetition_penalty(args, vectors),
     }
+    columns = {"plain": generate_answers(model, tokenizer, prompts, **decoding)}
     for emotion in emotions:
         with steer(model, vectors, layers=args.layers, scale=args.scale, **{emotion: args.alpha}):
             columns[f"{emotion} {args.alpha:+g}"] = generate_answers(
-                model, tokenizer, prompts, max_new_tokens=args.max_new_tokens
+                model, tokenizer, prompts, **decoding
             )
     for i, prompt in enumerate(prompts):
         print(f"\n=== {prompt}")
@@ -112,6 +127,7 @@ def _generate(args: argparse.Namespace) -> None:
             do_sample=args.sample,
             temperature=args.temperature,
             seed=args.seed,
+            repetition_penalty=_repetition_penalty(args, vectors),
         )
     print(answers[0])
 
@@ -169,7 +185,7 @@ def _extract(args: argparse.Namespace) -> None:
     if rank > 0:
         return
     if args.center and len(vectors) > 1:
-        vectors = vectors.center()
+        vectors = vectors.center(args.center)
     if world > 1:
         vectors = vectors.with_settings(processes=world)
     vectors.save(args.out)
@@ -219,6 +235,7 @@ def _evaluate(args: argparse.Namespace) -> None:
             temperature=args.temperature,
             top_p=args.top_p,
             seed=args.seed,
+            repetition_penalty=_repetition_penalty(args, vectors),
         ),
     )
     out = Path(args.out or f"out/eval-{args.model or DEFAULT_MODEL}".replace("/", "--"))
@@ -254,7 +271,9 @@ def _calibrate(args: argparse.Namespace) -> None:
         doses=args.doses,
         num_queries=args.queries,
         tolerance=Tolerance(max_degenerate_increase=args.max_degenerate_increase),
-        decoding=Decoding(max_new_tokens=args.max_new_tokens),
+        decoding=Decoding(
+            max_new_tokens=args.max_new_tokens, repetition_penalty=args.repetition_penalty
+        ),
         batch_size=args.batch_size,
     )
     print(calibration.to_markdown())
@@ -357,10 +376,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ext.add_argument("--batch-size", type=int, default=32)
     ext.add_argument(
+        "--center",
+        type=float,
+        default=1.0,
+        metavar="STRENGTH",
+        help="share of the emotions' mean to subtract, 0-1 (default 1: fully centred)",
+    )
+    ext.add_argument(
         "--no-center",
         dest="center",
-        action="store_false",
-        help="keep the shared emotional-vs-neutral component",
+        action="store_const",
+        const=0.0,
+        help="keep the shared emotional-vs-neutral component (--center 0)",
     )
     ext.set_defaults(run=_extract)
 
@@ -378,6 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--queries", type=int, default=24, help="calibration queries to answer")
     cal.add_argument("--max-degenerate-increase", type=float, default=0.1)
     cal.add_argument("--max-new-tokens", type=int, default=40)
+    cal.add_argument(
+        "--repetition-penalty", type=float, default=1.0, help="1 = off; also for plain answers"
+    )
     cal.add_argument("--batch-size", type=int, default=24)
     cal.add_argument("--report", metavar="DIR", help="write every trial (markdown, JSON) here")
     cal.set_defaults(run=_calibrate)

@@ -3,7 +3,8 @@
 :func:`evaluate` answers a query set under every (emotion, α) and scores each answer:
 
 - **EPS**: the emotion classifier's probability of the target emotion;
-- **success**: whether the target is the classifier's top emotion among those evaluated;
+- **success**: whether the target is the classifier's top emotion among the bank's emotions
+  the classifier knows (all of them, also when only some are evaluated);
 - **intensity (EAS)**: NRC emotion-lexicon density of the target emotion;
 - **topic**: embedding similarity of the answer to its query and to the plain answer;
 - **fluency**: perplexity of the answer under the unsteered model, distinct-1/2, and whether
@@ -78,13 +79,17 @@ _METRICS = (
 
 @dataclass(frozen=True)
 class Decoding:
-    """Decoding settings; greedy by default, or sampling with temperature/top-p and a seed."""
+    """Decoding settings; greedy by default, or sampling with temperature/top-p and a seed.
+
+    ``repetition_penalty`` (1 = off) applies to plain and steered answers alike.
+    """
 
     max_new_tokens: int = 48
     do_sample: bool = False
     temperature: float = 0.7
     top_p: float = 0.9
     seed: int = 0
+    repetition_penalty: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -240,6 +245,7 @@ def _generate_all(
             "temperature": decoding.temperature,
             "top_p": decoding.top_p,
             "seed": decoding.seed + start,
+            "repetition_penalty": decoding.repetition_penalty,
         }
         if any(rows):
             # The sweep goes past the dose guard on purpose; the report records each dose.
@@ -329,8 +335,11 @@ def evaluate(
     ppl = perplexity(
         model, tokenizer, format_prompts(tokenizer, job_queries), answers, batch_size=batch_size
     )
-    columns = {e: list(scorer.emotions).index(e) for e in wanted}
-    evaluated = [columns[e] for e in wanted]
+    # Success is judged against every emotion of the bank the scorer knows, not only those
+    # evaluated: evaluating anger alone must not make anger win by default.
+    rivals = list(dict.fromkeys([e for e in vectors.emotions if e in scorer.emotions] + wanted))
+    columns = {e: list(scorer.emotions).index(e) for e in rivals}
+    evaluated = [columns[e] for e in rivals]
 
     records: list[dict[str, Any]] = []
     for i, ((query, condition), answer) in enumerate(zip(jobs, answers, strict=True)):
@@ -349,7 +358,7 @@ def evaluate(
                     # An empty answer shows no emotion, whatever a scorer makes of "".
                     "success": float(
                         bool(answer.strip())
-                        and int(np.argmax(scores[i, evaluated])) == wanted.index(target)
+                        and int(np.argmax(scores[i, evaluated])) == rivals.index(target)
                     ),
                     "intensity": float(lexicon_intensity([answer], target)[0]),
                     "sim_query": float(sim_query[i]),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -54,8 +55,15 @@ def generate_answers(
     temperature: float = 0.7,
     top_p: float = 0.9,
     seed: int = 0,
+    repetition_penalty: float = 1.0,
 ) -> list[str]:
-    """Answer each query (batched, left-padded) and return only the new text."""
+    """Answer each query (batched, left-padded) and return only the new text.
+
+    ``repetition_penalty`` > 1 divides the logits of tokens already in the sequence (CTRL's
+    penalty, as in ``transformers``); 1 leaves decoding untouched.
+    """
+    if not (math.isfinite(repetition_penalty) and repetition_penalty > 0):
+        raise ValueError(f"repetition_penalty must be positive, not {repetition_penalty}.")
     answers: list[str] = []
     device = input_device(model)
     prompts = format_prompts(tokenizer, queries)
@@ -77,6 +85,7 @@ def generate_answers(
                 **batch,
                 max_new_tokens=max_new_tokens,
                 pad_token_id=tokenizer.pad_token_id,
+                repetition_penalty=repetition_penalty,
                 **sampling,
             )
         new_tokens = output[:, batch["input_ids"].shape[1] :]

@@ -469,6 +469,8 @@ def test_cli_calibrate_writes_placements_and_reports(
             "2",
             "--max-new-tokens",
             "3",
+            "--repetition-penalty",
+            "1.1",
             "--max-degenerate-increase",
             "1",
             "--report",
@@ -483,6 +485,7 @@ def test_cli_calibrate_writes_placements_and_reports(
     assert payload["settings"]["bands"] == [[1, 2]]
     assert payload["settings"]["doses"] == [0.5] and payload["settings"]["queries"] == 2
     assert payload["settings"]["decoding"]["max_new_tokens"] == 3
+    assert payload["settings"]["decoding"]["repetition_penalty"] == 1.1
     assert payload["settings"]["tolerance"]["max_degenerate_increase"] == 1.0
     assert {(t["emotion"], tuple(t["layers"]), t["dose"]) for t in payload["trials"]} == {
         ("joy", (1, 2), 0.5),

@@ -121,7 +121,7 @@ def test_extract_writes_a_centered_bank(
 
     bank = EmotionVectors.load(out)
     assert bank.emotions == ["joy", "anger"]
-    assert bank.settings["centered"] is True
+    assert bank.settings["centered"] == 1.0
     assert bank.settings["pairs_per_emotion"] == {"joy": 6, "anger": 5}
     assert (bank.num_layers, bank.hidden_size) == (NUM_LAYERS, HIDDEN)
     assert all(bank.vector(e).shape == (NUM_LAYERS, HIDDEN) for e in bank)
@@ -153,6 +153,24 @@ def test_extract_no_center_keeps_the_raw_vectors(
     for emotion in ("joy", "anger"):
         assert torch.allclose(bank.vector(emotion), reference.vector(emotion), atol=1e-5)
     assert not torch.allclose(bank.mean_vector(), torch.zeros(NUM_LAYERS, HIDDEN), atol=1e-4)
+
+
+def test_extract_center_strength_subtracts_that_share_of_the_mean(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    model_dir: Path,
+    pair_files: dict[str, Path],
+) -> None:
+    out = tmp_path / "half.safetensors"
+    code, _, _ = run(capsys, *_extract_argv(model_dir, pair_files, out), "--center", "0.5")
+    assert code == 0
+
+    bank = EmotionVectors.load(out)
+    assert bank.settings["centered"] == 0.5
+    reference = _reference_bank(model_dir)
+    for emotion in ("joy", "anger"):
+        expected = reference.vector(emotion) - 0.5 * reference.mean_vector()
+        assert torch.allclose(bank.vector(emotion), expected, atol=1e-5)
 
 
 def test_extract_with_an_estimator_and_diagnostics(

@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import build_model, build_tokenizer, random_bank
 
 from emovec.cli import main
 from emovec.evaluation import Decoding, EvaluationReport, evaluate, recommend_alpha
+from emovec.generation import generate_answers
 from emovec.metrics import SentenceEmbedder
 from emovec.scoring import NadeScorer
 from emovec.vectors import EmotionVectors
@@ -262,3 +264,64 @@ def test_a_hugging_face_classifier_plugs_in(setup: tuple, embedder: SentenceEmbe
     for record in report.records:
         expected = scorer([record["answer"]])[0, EMOTIONS.index(record["target"])]
         assert record["eps"] == pytest.approx(float(expected), abs=1e-6)
+
+
+class _FixedScorer:
+    """Scores every text the same: joy 0.6, anger 0.3, fear 0.1."""
+
+    emotions = ("joy", "anger", "fear")
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        return np.tile(np.array([0.6, 0.3, 0.1]), (len(texts), 1))
+
+
+def test_success_is_judged_against_every_emotion_of_the_bank(
+    setup: tuple, embedder: SentenceEmbedder
+) -> None:
+    """Evaluating anger alone must not make anger win by default: joy, which the bank and
+    the scorer both know, still outscores it."""
+    model, tokenizer, bank = setup
+    alone = evaluate(
+        model,
+        tokenizer,
+        bank,
+        emotions=["anger"],
+        alphas=[0.0, 1.0],
+        queries=QUERIES[:2],
+        decoding=DECODING,
+        scorer=_FixedScorer(),
+        embedder=embedder,
+        progress=False,
+    )
+    assert {r["target"] for r in alone.records} == {"anger"}
+    assert all(r["success"] == 0.0 for r in alone.records)
+    joy = evaluate(
+        model,
+        tokenizer,
+        bank,
+        emotions=["joy"],
+        alphas=[1.0],
+        queries=QUERIES[:2],
+        decoding=DECODING,
+        scorer=_FixedScorer(),
+        embedder=embedder,
+        progress=False,
+    )
+    assert all(r["success"] == 1.0 for r in joy.records if r["answer"].strip())
+
+
+def test_repetition_penalty_reaches_generate(setup: tuple) -> None:
+    """A strong penalty forbids the tiny model's greedy loops; 1 leaves the answers alone."""
+    model, tokenizer, _ = setup
+    plain = generate_answers(model, tokenizer, QUERIES, max_new_tokens=12)
+    same = generate_answers(model, tokenizer, QUERIES, max_new_tokens=12, repetition_penalty=1.0)
+    assert same == plain
+    penalised = generate_answers(
+        model, tokenizer, QUERIES, max_new_tokens=12, repetition_penalty=1e6
+    )
+    assert penalised != plain
+    for answer in penalised:
+        words = answer.split()
+        assert len(words) == len(set(words)), answer
+    with pytest.raises(ValueError, match="repetition_penalty"):
+        generate_answers(model, tokenizer, QUERIES, repetition_penalty=0.0)

@@ -234,10 +234,32 @@ def test_center_removes_the_mean_and_the_shared_component() -> None:
     assert mean_pairwise_cosine(bank) > 0.8
     assert mean_pairwise_cosine(centred) < 0.2
     # Metadata carries over, and the new bank says it is centred.
-    assert centred.settings.get("centered") is True
+    assert centred.settings.get("centered") == 1.0
     assert centred.layers == bank.layers and centred.model_name == bank.model_name
     assert torch.equal(centred.hidden_norms, bank.hidden_norms)
     assert centred is not bank and "centered" not in bank.settings
+
+
+def test_partial_centring_removes_that_share_of_the_mean() -> None:
+    """center(0.5) lies halfway between the raw and the fully centred vectors; 0 keeps them."""
+    g = torch.Generator().manual_seed(2)
+    vectors = {e: torch.randn(L, H, generator=g) + 3 for e in ("joy", "anger", "fear")}
+    bank = EmotionVectors(vectors, _norms(), model_name="m")
+    half = bank.center(0.5)
+    for e in bank:
+        midway = (bank.vector(e) + bank.center().vector(e)) / 2
+        torch.testing.assert_close(half.vector(e), midway)
+        torch.testing.assert_close(bank.center(0.0).vector(e), bank.vector(e))
+    assert half.settings["centered"] == 0.5
+
+
+@pytest.mark.parametrize("strength", [-0.1, 1.5, float("nan")])
+def test_centring_strength_outside_0_1_is_refused(strength: float) -> None:
+    bank = EmotionVectors(
+        {e: torch.ones(L, H) * i for i, e in enumerate(("joy", "anger"))}, _norms(), model_name="m"
+    )
+    with pytest.raises(ValueError, match="strength"):
+        bank.center(strength)
 
 
 def test_center_needs_two_emotions() -> None:
