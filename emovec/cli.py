@@ -271,6 +271,7 @@ def _calibrate(args: argparse.Namespace) -> None:
         doses=args.doses,
         num_queries=args.queries,
         tolerance=Tolerance(max_degenerate_increase=args.max_degenerate_increase),
+        success_margin=args.success_margin,
         decoding=Decoding(
             max_new_tokens=args.max_new_tokens, repetition_penalty=args.repetition_penalty
         ),
@@ -404,6 +405,12 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--doses", type=float, nargs="+", default=list(DEFAULT_DOSES))
     cal.add_argument("--queries", type=int, default=24, help="calibration queries to answer")
     cal.add_argument("--max-degenerate-increase", type=float, default=0.1)
+    cal.add_argument(
+        "--success-margin",
+        type=float,
+        default=0.1,
+        help="take the most on-topic setting whose success is within this of the best",
+    )
     cal.add_argument("--max-new-tokens", type=int, default=40)
     cal.add_argument(
         "--repetition-penalty", type=float, default=1.0, help="1 = off; also for plain answers"

@@ -19,7 +19,14 @@ import pytest
 import torch
 from conftest import build_model, build_tokenizer, random_bank
 
-from emovec.calibration import Calibration, Trial, _choose, calibrate, candidate_bands
+from emovec.calibration import (
+    Calibration,
+    Trial,
+    _choose,
+    calibrate,
+    calibrated_repetition_penalty,
+    candidate_bands,
+)
 from emovec.cli import main
 from emovec.evaluation import Decoding, Tolerance
 from emovec.metrics import SentenceEmbedder
@@ -145,9 +152,11 @@ def test_acceptability_is_the_tolerance_against_plain(calibration: Calibration) 
         assert trial.acceptable == expected, trial
 
 
-def test_calibrate_chooses_the_best_acceptable_trial(calibration: Calibration) -> None:
-    """Per emotion: the acceptable trial with the highest (success, EPS), lower dose first;
-    no placement where nothing was acceptable."""
+def test_calibrate_chooses_the_most_on_topic_of_the_nearly_best(
+    calibration: Calibration,
+) -> None:
+    """Per emotion: among acceptable trials whose success is within the margin (0.1) of the
+    best, the most on-topic; no placement where nothing was acceptable."""
     for emotion in EMOTIONS:
         fine = [t for t in calibration.trials if t.emotion == emotion and t.acceptable]
         if not fine:
@@ -157,10 +166,11 @@ def test_calibrate_chooses_the_best_acceptable_trial(calibration: Calibration) -
         winner = next(
             t for t in fine if (t.layers, t.dose) == (chosen.layers, chosen.dose)
         )  # the chosen placement is one of the acceptable trials
+        best = max(t.success for t in fine)
+        assert winner.success >= best - 0.1 - 1e-9
         for other in fine:
-            assert (other.success, other.eps) <= (winner.success, winner.eps)
-            if (other.success, other.eps) == (winner.success, winner.eps):
-                assert other.dose >= winner.dose
+            if other.success >= best - 0.1 - 1e-9:
+                assert (other.sim_query, other.eps) <= (winner.sim_query, winner.eps)
     assert set(calibration.placements) <= set(EMOTIONS)
 
 
@@ -171,6 +181,7 @@ def test_calibration_settings_record_the_run(calibration: Calibration) -> None:
     assert settings["bands"] == [list(b) for b in BANDS]
     assert settings["doses"] == DOSES
     assert settings["tolerance"] == asdict(Tolerance())
+    assert settings["success_margin"] == 0.1
     assert settings["decoding"] == asdict(DECODING)
     assert settings["scorer"] == "NadeScorer"
 
@@ -247,22 +258,19 @@ class RejectAnger(Tolerance):
         return row["emotion"] != "anger"
 
 
-def test_ties_go_to_the_lower_dose_and_unacceptable_emotions_keep_the_default(
+def test_ties_go_to_the_most_on_topic_and_unacceptable_emotions_keep_the_default(
     setup: tuple, embedder: SentenceEmbedder
 ) -> None:
-    """With text-blind scores the EPS ties, so joy gets, among its most successful trials, the
-    lowest dose (then the first band); anger, never acceptable, gets no placement and keeps
-    the bank's band and RELATIVE_DOSE after apply()."""
+    """With text-blind scores success and EPS tie, so joy gets its most on-topic trial;
+    anger, never acceptable, gets no placement and keeps the bank's band and RELATIVE_DOSE
+    after apply()."""
     model, _, bank = setup
     calibration = _calibrate(setup, embedder, scorer=ConstantScorer(), tolerance=RejectAnger())
     joy = [t for t in calibration.trials if t.emotion == "joy"]
     anger = [t for t in calibration.trials if t.emotion == "anger"]
     assert all(t.acceptable for t in joy) and not any(t.acceptable for t in anger)
     assert {t.eps for t in joy} == {0.6} and {t.eps for t in anger} == {0.3}
-    best = max(t.success for t in joy)
-    winner = min(
-        (t for t in joy if t.success == best), key=lambda t: (t.dose, BANDS.index(t.layers))
-    )
+    winner = max(joy, key=lambda t: (t.sim_query, -t.dose))  # success and EPS all tie
     assert calibration.placements == {"joy": Placement(winner.layers, winner.dose)}
     assert calibration.settings["scorer"] == "ConstantScorer"
 
@@ -296,7 +304,12 @@ def test_apply_drops_a_stale_placement_of_an_emotion_found_too_broken(
 
 
 def _trial(
-    success: float, eps: float, dose: float, acceptable: bool = True, layers: tuple = (1, 2)
+    success: float,
+    eps: float,
+    dose: float,
+    acceptable: bool = True,
+    layers: tuple = (1, 2),
+    sim_query: float = 0.5,
 ) -> Trial:
     return Trial(
         emotion="joy",
@@ -305,15 +318,15 @@ def _trial(
         success=success,
         eps=eps,
         degenerate=0.0,
-        sim_query=0.5,
+        sim_query=sim_query,
         median_perplexity=10.0,
         acceptable=acceptable,
     )
 
 
 def test_choose_prefers_success_among_acceptable_trials() -> None:
-    """The most successful acceptable trial wins, even over a better but unacceptable one
-    and over higher EPS."""
+    """Without a margin the most successful acceptable trial wins, even over a better but
+    unacceptable one and over higher EPS."""
     low = _trial(0.5, 0.9, 0.35)
     high = _trial(0.8, 0.1, 1.0)
     broken = _trial(1.0, 1.0, 0.5, acceptable=False)
@@ -321,8 +334,20 @@ def test_choose_prefers_success_among_acceptable_trials() -> None:
     assert _choose([broken, high, low]) is high
 
 
+def test_choose_takes_the_most_on_topic_within_the_margin() -> None:
+    """A trial a little less successful but more on topic wins within the margin, not
+    beyond it."""
+    best = _trial(0.8, 0.3, 0.5, sim_query=0.2)
+    on_topic = _trial(0.72, 0.2, 0.35, sim_query=0.4)
+    far = _trial(0.6, 0.2, 0.35, sim_query=0.6)
+    assert _choose([best, on_topic, far], success_margin=0.1) is on_topic
+    assert _choose([best, on_topic, far], success_margin=0.0) is best
+    assert _choose([best, on_topic, far], success_margin=0.25) is far
+
+
 def test_choose_breaks_ties_by_eps_then_lower_dose() -> None:
-    """Equal success: higher EPS wins (whatever the dose); equal EPS too: the lower dose."""
+    """Equal success and topic: higher EPS wins (whatever the dose); equal EPS too: the lower
+    dose."""
     stronger = _trial(0.8, 0.3, 1.0)
     gentler = _trial(0.8, 0.2, 0.35)
     assert _choose([gentler, stronger]) is stronger
@@ -427,6 +452,13 @@ def test_bad_doses_are_rejected(setup: tuple, doses: list[float]) -> None:
         calibrate(model, tokenizer, bank, doses=doses, queries=QUERIES, progress=False)
 
 
+@pytest.mark.parametrize("margin", [-0.1, 1.5, math.nan])
+def test_bad_success_margin_is_rejected(setup: tuple, margin: float) -> None:
+    model, tokenizer, bank = setup
+    with pytest.raises(ValueError, match="success_margin"):
+        calibrate(model, tokenizer, bank, success_margin=margin, queries=QUERIES, progress=False)
+
+
 @pytest.mark.parametrize("bands", [[[2, 3]], [[-1, 0]], [[0, 1], [5]], [[]]])
 def test_bands_out_of_range_are_rejected(setup: tuple, bands: list[list[int]]) -> None:
     """Every band must be non-empty and inside the bank's layers (3 here)."""
@@ -505,3 +537,14 @@ def test_cli_calibrate_writes_placements_and_reports(
     assert set(calibrated.settings["calibration"]["chosen"]) == set(expected)
     assert calibrated.layers == (0,)
     assert f"wrote placements for {sorted(expected)} to {out}" in captured.out
+
+
+def test_calibrated_repetition_penalty_is_read_from_the_record(
+    setup: tuple, calibration: Calibration
+) -> None:
+    """A calibrated bank says which repetition penalty its placements hold for; others: 1."""
+    _, _, bank = setup
+    assert calibrated_repetition_penalty(bank) == 1.0
+    assert calibrated_repetition_penalty(calibration.apply(bank)) == 1.0
+    record = {**calibration.settings, "decoding": {"repetition_penalty": 1.15}}
+    assert calibrated_repetition_penalty(bank.with_settings(calibration=record)) == 1.15
