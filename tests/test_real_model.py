@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from emovec import EmotionVectors, extract, load_model, steer
+from emovec.calibration import calibrated_repetition_penalty
 from emovec.datasets import default_pairs
 from emovec.generation import generate_answers
 from emovec.scoring import NadeScorer
@@ -88,6 +89,10 @@ def test_shipped_vectors_fit_the_default_model(vectors: EmotionVectors) -> None:
     recommended = vectors.settings["recommended_alpha"]
     assert set(recommended) == set(vectors.emotions)
     assert all(0 < alpha <= 1 for alpha in recommended.values())
+    # ... and each emotion's calibrated layers and dose, with the decoding they hold for.
+    assert set(vectors.placements) == set(vectors.emotions)
+    assert all(0 < p.dose <= 0.5 for p in vectors.placements.values())
+    assert calibrated_repetition_penalty(vectors) == 1.15
 
 
 def test_shipped_vectors_are_reproduced_by_extraction(
