@@ -93,7 +93,8 @@ def _past_length(kwargs: Mapping[str, Any]) -> int:
     cache_position = kwargs.get("cache_position")
     if isinstance(cache_position, torch.Tensor) and cache_position.numel():
         return int(cache_position.reshape(-1)[0])
-    past = kwargs.get("past_key_values")
+    # transformers ≥ 5.24 passes the cache as ``cache`` (and no ``cache_position``).
+    past = kwargs.get("past_key_values", kwargs.get("cache"))
     if past is None:
         return 0
     if hasattr(past, "get_seq_length"):
