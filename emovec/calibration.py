@@ -90,16 +90,18 @@ class Calibration:
 
         An emotion tried here with no acceptable trial loses any placement it had, so the
         bank never keeps a placement this calibration found too broken; emotions not tried
-        keep theirs.
+        keep theirs, and then the record of the calibration that found them is kept under
+        ``"earlier"``.
         """
         chosen = {
             e: {"layers": list(p.layers), "dose": p.dose, **self._scores(e, p)}
             for e, p in self.placements.items()
         }
+        record: dict[str, Any] = {**self.settings, "chosen": chosen}
         tried = vectors.without_placements(self.emotions)
-        return tried.with_placements(self.placements).with_settings(
-            calibration={**self.settings, "chosen": chosen}
-        )
+        if tried.placements and "calibration" in vectors.settings:
+            record["earlier"] = vectors.settings["calibration"]
+        return tried.with_placements(self.placements).with_settings(calibration=record)
 
     def _scores(self, emotion: str, placement: Placement) -> dict[str, float]:
         trial = next(

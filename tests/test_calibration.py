@@ -301,6 +301,26 @@ def test_apply_drops_a_stale_placement_of_an_emotion_found_too_broken(
     assert set(applied.placements) == {"joy", "fear"}
     assert applied.placements["fear"] == old
     assert set(applied.settings["calibration"]["chosen"]) == {"joy"}
+    assert "earlier" not in applied.settings["calibration"]  # no record came with fear's
+
+
+def test_apply_keeps_the_record_of_placements_it_did_not_revisit(
+    setup: tuple, embedder: SentenceEmbedder
+) -> None:
+    """Calibrating some emotions again keeps the others' placements and the record of the
+    calibration that found them; re-calibrating every placed emotion drops that record."""
+    _, _, bank = setup
+    first = _calibrate(setup, embedder, scorer=ConstantScorer(), emotions=["joy", "fear"])
+    once = first.apply(bank)
+    assert set(once.placements) == {"joy", "fear"}
+    again = _calibrate(setup, embedder, scorer=ConstantScorer(), emotions=["joy"])
+    twice = again.apply(once)
+    assert twice.placements["fear"] == once.placements["fear"]
+    record = twice.settings["calibration"]
+    assert set(record["chosen"]) == {"joy"}
+    assert record["earlier"] == once.settings["calibration"]
+    everything = _calibrate(setup, embedder, scorer=ConstantScorer(), emotions=["joy", "fear"])
+    assert "earlier" not in everything.apply(twice).settings["calibration"]
 
 
 def _trial(
