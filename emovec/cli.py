@@ -88,7 +88,7 @@ def _repetition_penalty(args: argparse.Namespace, vectors: EmotionVectors) -> fl
     """``--repetition-penalty``, else the one the bank's placements were calibrated with."""
     from emovec.calibration import calibrated_repetition_penalty
 
-    given = getattr(args, "repetition_penalty", None)
+    given = args.repetition_penalty
     return float(given) if given is not None else calibrated_repetition_penalty(vectors)
 
 
@@ -277,11 +277,12 @@ def _calibrate(args: argparse.Namespace) -> None:
         ),
         batch_size=args.batch_size,
     )
-    print(calibration.to_markdown())
+    table = calibration.to_markdown()
+    print(table)
     if args.report:
         report = Path(args.report)
         report.mkdir(parents=True, exist_ok=True)
-        (report / "calibration.md").write_text(calibration.to_markdown(), encoding="utf-8")
+        (report / "calibration.md").write_text(table, encoding="utf-8")
         (report / "calibration.json").write_text(
             json.dumps(calibration.to_dict(), indent=1), encoding="utf-8"
         )
