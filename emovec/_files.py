@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path"]
+__all__ = ["atomic_path", "write_text"]
 
 
 @contextmanager
@@ -26,3 +26,12 @@ def atomic_path(path: Path, *, suffix: str = "") -> Iterator[Path]:
     finally:
         if os.path.exists(staging):
             os.unlink(staging)
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically, creating its folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as staging:
+        staging.write_text(text, encoding="utf-8")
+    return path

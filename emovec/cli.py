@@ -14,6 +14,7 @@ from pathlib import Path
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from emovec._files import write_text
 from emovec.calibration import DEFAULT_DOSES
 from emovec.datasets import BASIC_EMOTIONS, read_pairs
 from emovec.generation import generate_answers
@@ -192,9 +193,8 @@ def _extract(args: argparse.Namespace) -> None:
     print(f"{vectors}\nextracted in {seconds:.1f} s on {world} process(es), saved to {args.out}")
     if args.diagnostics and report is not None:
         folder = Path(args.diagnostics)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "diagnostics.json").write_text(json.dumps(report.to_dict(), indent=1))
-        (folder / "diagnostics.md").write_text(report.to_markdown())
+        write_text(folder / "diagnostics.json", json.dumps(report.to_dict(), indent=1))
+        write_text(folder / "diagnostics.md", report.to_markdown())
         report.plot(folder / "diagnostics.png")
         print(report.to_markdown())
         print(f"diagnostics written to {folder}")
@@ -240,7 +240,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     )
     out = Path(args.out or f"out/eval-{args.model or DEFAULT_MODEL}".replace("/", "--"))
     report.to_json(out / "report.json")
-    (out / "report.md").write_text(report.to_markdown(), encoding="utf-8")
+    write_text(out / "report.md", report.to_markdown())
     report.plot(out / "report.png")
     recommended = recommend_alpha(report)
     print(report.to_markdown())
@@ -281,11 +281,8 @@ def _calibrate(args: argparse.Namespace) -> None:
     print(table)
     if args.report:
         report = Path(args.report)
-        report.mkdir(parents=True, exist_ok=True)
-        (report / "calibration.md").write_text(table, encoding="utf-8")
-        (report / "calibration.json").write_text(
-            json.dumps(calibration.to_dict(), indent=1), encoding="utf-8"
-        )
+        write_text(report / "calibration.md", table)
+        write_text(report / "calibration.json", json.dumps(calibration.to_dict(), indent=1))
     uncalibrated = sorted(set(calibration.emotions) - set(calibration.placements))
     calibration.apply(vectors).save(target)
     print(

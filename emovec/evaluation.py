@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from emovec._files import atomic_path, write_text
 from emovec.datasets import default_queries
 from emovec.generation import format_prompts, generate_answers
 from emovec.metrics import (
@@ -137,11 +138,8 @@ class EvaluationReport:
         return rows
 
     def to_json(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         payload = {"settings": self.settings, "summary": self.summary(), "records": self.records}
-        path.write_text(json.dumps(payload, indent=1, default=float), encoding="utf-8")
-        return path
+        return write_text(path, json.dumps(payload, indent=1, default=float))
 
     def to_markdown(self) -> str:
         """A table per emotion: rows α (and the prompt baseline), columns the metrics."""
@@ -192,7 +190,8 @@ class EvaluationReport:
         figure.tight_layout()
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(path, dpi=110)
+        with atomic_path(path, suffix=".png") as staging:
+            figure.savefig(staging, dpi=110)
         plt.close(figure)
         return path
 

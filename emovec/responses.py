@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from emovec._files import atomic_path
+from emovec._files import write_text
 from emovec.datasets import BASIC_EMOTIONS, ResponsePair, default_extraction_queries
 from emovec.generation import generate_answers
 from emovec.models import cache_dir
@@ -44,12 +44,6 @@ def _model_fingerprint(model: PreTrainedModel) -> str:
     sample = weight.detach()[:4, :16].float().cpu().flatten().tolist()
     config = model.config.to_json_string(use_diff=False)
     return hashlib.sha256(f"{config}{sample}".encode()).hexdigest()[:16]
-
-
-def _write_atomically(path: Path, payload: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as staging:
-        staging.write_text(json.dumps(payload, ensure_ascii=False), encoding="utf-8")
 
 
 def _answers(
@@ -82,7 +76,8 @@ def _answers(
         batch_size=settings["batch_size"],
     )
     if path is not None:
-        _write_atomically(path, {"key": key, "instruction": instruction, "answers": answers})
+        payload = {"key": key, "instruction": instruction, "answers": answers}
+        write_text(path, json.dumps(payload, ensure_ascii=False))
     return answers
 
 
