@@ -18,6 +18,8 @@ from torch import nn
 from transformers import PreTrainedTokenizerFast
 
 from emovec import EmotionVectors
+from emovec.metrics import SentenceEmbedder
+from emovec.scoring import NadeScorer
 
 # --- speed ----------------------------------------------------------------------------
 
@@ -400,3 +402,16 @@ def capture_outputs(blocks: list[nn.Module]) -> Iterator[dict[int, torch.Tensor]
 
 def no_hooks_anywhere(model: nn.Module) -> bool:
     return all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+# --- offline scorers (loaded once: MiniLM and nade take seconds each) -----------------
+
+
+@pytest.fixture(scope="session")
+def embedder() -> SentenceEmbedder:
+    return SentenceEmbedder()
+
+
+@pytest.fixture(scope="session")
+def scorer() -> NadeScorer:
+    return NadeScorer()

@@ -53,11 +53,6 @@ def setup() -> tuple[torch.nn.Module, object, EmotionVectors]:
     return model, build_tokenizer(), bank
 
 
-@pytest.fixture(scope="module")
-def embedder() -> SentenceEmbedder:
-    return SentenceEmbedder()
-
-
 def _calibrate(setup: tuple, embedder: SentenceEmbedder, **options: Any) -> Calibration:
     model, tokenizer, bank = setup
     settings: dict[str, Any] = {
@@ -66,7 +61,6 @@ def _calibrate(setup: tuple, embedder: SentenceEmbedder, **options: Any) -> Cali
         "doses": DOSES,
         "queries": QUERIES,
         "decoding": DECODING,
-        "scorer": NadeScorer(),
         "embedder": embedder,
         "progress": False,
         **options,
@@ -75,8 +69,8 @@ def _calibrate(setup: tuple, embedder: SentenceEmbedder, **options: Any) -> Cali
 
 
 @pytest.fixture(scope="module")
-def calibration(setup: tuple, embedder: SentenceEmbedder) -> Calibration:
-    return _calibrate(setup, embedder)
+def calibration(setup: tuple, embedder: SentenceEmbedder, scorer: NadeScorer) -> Calibration:
+    return _calibrate(setup, embedder, scorer=scorer)
 
 
 # --- candidate bands ------------------------------------------------------------------

@@ -39,16 +39,6 @@ def setup() -> tuple[torch.nn.Module, object, EmotionVectors]:
     return model, build_tokenizer(), bank
 
 
-@pytest.fixture(scope="module")
-def scorer() -> NadeScorer:
-    return NadeScorer()
-
-
-@pytest.fixture(scope="module")
-def embedder() -> SentenceEmbedder:
-    return SentenceEmbedder()
-
-
 def _sweep(
     setup: tuple, scorer: NadeScorer, embedder: SentenceEmbedder, **options: object
 ) -> EvaluationReport:

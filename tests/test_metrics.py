@@ -110,11 +110,6 @@ def test_lexicon_intensity_rejects_unknown_emotions() -> None:
 # --- sentence embeddings --------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def embedder() -> SentenceEmbedder:
-    return SentenceEmbedder()
-
-
 def test_embeddings_are_unit_norm(embedder: SentenceEmbedder) -> None:
     texts = ["The cat sat on the mat.", "Rain again.", "A much longer sentence " * 8]
     embeddings = embedder(texts)

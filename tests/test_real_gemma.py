@@ -121,12 +121,14 @@ def test_zero_alpha_is_identical_and_joy_changes_the_output(
 
 
 def test_joy_raises_the_joy_score(
-    model_and_tokenizer: tuple, vectors: EmotionVectors, plain_answers: list[str]
+    model_and_tokenizer: tuple,
+    vectors: EmotionVectors,
+    plain_answers: list[str],
+    scorer: NadeScorer,
 ) -> None:
     model, tokenizer = model_and_tokenizer
     with steer(model, vectors, joy=JOY_ALPHA):
         steered = generate_answers(model, tokenizer, QUERIES, max_new_tokens=MAX_NEW_TOKENS)
-    scorer = NadeScorer()
     column = scorer.emotions.index("joy")
     before, after = scorer(plain_answers)[:, column], scorer(steered)[:, column]
     raised = float(np.mean(after > before))

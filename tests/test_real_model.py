@@ -62,11 +62,6 @@ def vectors() -> EmotionVectors:
 
 
 @pytest.fixture(scope="module")
-def scorer() -> NadeScorer:
-    return NadeScorer()
-
-
-@pytest.fixture(scope="module")
 def plain_answers(model_and_tokenizer: tuple) -> list[str]:
     model, tokenizer = model_and_tokenizer
     return generate_answers(model, tokenizer, QUERIES, max_new_tokens=MAX_NEW_TOKENS)
