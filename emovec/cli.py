@@ -253,6 +253,12 @@ def _evaluate(args: argparse.Namespace) -> None:
         print(f"stored recommended α in {target}")
 
 
+_SCORER_HELP = (
+    "emotion judge: 'nade' (default), 'prototypes' (zero-shot MiniLM), or a "
+    "text-classification model id/path"
+)
+
+
 def _calibrate(args: argparse.Namespace) -> None:
     from emovec.calibration import calibrate
     from emovec.evaluation import Decoding, Tolerance
@@ -275,6 +281,7 @@ def _calibrate(args: argparse.Namespace) -> None:
         decoding=Decoding(
             max_new_tokens=args.max_new_tokens, repetition_penalty=args.repetition_penalty
         ),
+        scorer=args.scorer,
         batch_size=args.batch_size,
     )
     table = calibration.to_markdown()
@@ -323,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--alphas", type=float, nargs="+", default=[-1.0, 0.0, 1.0, 2.0, 4.0])
     ev.add_argument("--emotions", nargs="+")
     ev.add_argument("--queries", help="N (first N shipped queries) or a file (.txt/.json/.jsonl)")
-    ev.add_argument("--scorer", help="'nade' (default) or a text-classification model id/path")
+    ev.add_argument("--scorer", help=_SCORER_HELP)
     ev.add_argument(
         "--prompt-baseline",
         action="store_true",
@@ -402,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cal.add_argument("--doses", type=float, nargs="+", default=list(DEFAULT_DOSES))
     cal.add_argument("--queries", type=int, default=24, help="calibration queries to answer")
+    cal.add_argument("--scorer", help=_SCORER_HELP)
     cal.add_argument("--max-degenerate-increase", type=float, default=0.1)
     cal.add_argument(
         "--success-margin",

@@ -4,6 +4,10 @@ A pair tells the same first-person story twice: once flatly, once with the emoti
 emotion differs, so the mean hidden-state difference over many pairs isolates it. A
 :class:`ResponsePair` is the response-conditioned variant: two answers to one query, read after
 the query so that only the answer's tokens are averaged.
+
+Two sets ship: story pairs (``data/pairs``) and hand-written answer pairs (``data/answers``:
+100 everyday extraction queries, each answered neutrally and with each basic emotion, on
+topic). The answers also serve as labelled texts for checking an emotion judge.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ __all__ = [
     "PromptPair",
     "ResponsePair",
     "available_emotions",
+    "default_answer_pairs",
     "default_extraction_queries",
     "default_pairs",
     "default_queries",
@@ -76,6 +81,22 @@ def default_pairs(emotions: Iterable[str] | None = None) -> dict[str, list[Pair]
             "(extract(..., pairs={'pride': [(emotional, neutral), ...]})) for other emotions."
         )
     return {e: read_pairs(_data_dir() / f"{e}.jsonl") for e in wanted}
+
+
+def default_answer_pairs(emotions: Iterable[str] | None = None) -> dict[str, list[ResponsePair]]:
+    """The shipped hand-written answer pairs (query, emotional answer, neutral answer) for
+    ``emotions`` (default: the five basic emotions, the only ones shipped).
+
+    Raises:
+        KeyError: for an emotion the package ships no answers for.
+    """
+    folder = _data_dir().parent / "answers"
+    wanted = list(emotions) if emotions is not None else list(BASIC_EMOTIONS)
+    unknown = [e for e in wanted if not (folder / f"{e}.jsonl").is_file()]
+    if unknown:
+        raise KeyError(f"No shipped answer pairs for {unknown}; shipped: {list(BASIC_EMOTIONS)}.")
+    pairs = {e: read_pairs(folder / f"{e}.jsonl") for e in wanted}
+    return {e: [p for p in items if isinstance(p, ResponsePair)] for e, items in pairs.items()}
 
 
 def _pair_from_record(record: object, where: str) -> Pair:

@@ -4,11 +4,21 @@ The default scorer is ``nade`` (a fastText + LightGBM model that ships its weigh
 wheel), so scoring works with no model hub. It is an optional dependency: ``pip install nade``.
 Any Hugging Face ``text-classification`` model with emotion labels can score instead, through
 :class:`ClassifierScorer`.
+
+nade was trained on short social-media posts: it hears emotion in emoji-like cues and misses
+it in a longer answer that also carries content. On the hand-written, unmistakably emotional
+answers the package ships (``emovec/data/answers``) it names anger for 8 % and fear for 17 %
+of them. :class:`PrototypeScorer` is a second, zero-shot judge for such answers: it compares a
+sentence embedding of the text with embeddings of short first-person statements of each
+emotion (``emovec/data/emotion_descriptions.json``). :func:`recognition_rates` measures any
+scorer on labelled texts, so a judge can be checked before it is trusted.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -18,9 +28,19 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from emovec.datasets import BASIC_EMOTIONS
+from emovec.metrics import SentenceEmbedder
 from emovec.models import input_device
 
-__all__ = ["LABEL_SYNONYMS", "ClassifierScorer", "EmotionScorer", "NadeScorer", "load_scorer"]
+__all__ = [
+    "LABEL_SYNONYMS",
+    "ClassifierScorer",
+    "EmotionScorer",
+    "NadeScorer",
+    "PrototypeScorer",
+    "default_descriptions",
+    "load_scorer",
+    "recognition_rates",
+]
 
 _NADE_EMOTIONS = ("anger", "anticipation", "disgust", "fear", "joy", "sadness", "surprise", "trust")
 
@@ -186,12 +206,93 @@ class ClassifierScorer:
         return torch.cat(chunks).numpy().astype(float)
 
 
+def default_descriptions() -> dict[str, list[str]]:
+    """The shipped first-person statements of each emotion that :class:`PrototypeScorer` uses."""
+    folder = resources.files("emovec") / "data"
+    text = (folder / "emotion_descriptions.json").read_text(encoding="utf-8")
+    return {emotion: list(lines) for emotion, lines in json.loads(text).items()}
+
+
+class PrototypeScorer:
+    """Zero-shot emotion judge: similarity of a text's sentence embedding to each emotion's
+    prototype (the normalised mean embedding of its descriptions), as a softmax.
+
+    Scores are relative to the emotions asked for (a row sums to 1), so a text with no emotion
+    still has a top one; judge *success* with it, and EPS only across conditions.
+
+    Args:
+        emotions: Emotions to score, in column order; default: those with descriptions.
+        descriptions: ``{emotion: [statement, ...]}``; default :func:`default_descriptions`.
+        embedder: Sentence embedder; default the bundled all-MiniLM-L6-v2.
+        temperature: Softmax temperature over cosine similarities.
+
+    Raises:
+        ValueError: If an emotion has no descriptions or the temperature is not positive.
+    """
+
+    def __init__(
+        self,
+        emotions: Sequence[str] | None = None,
+        *,
+        descriptions: Mapping[str, Sequence[str]] | None = None,
+        embedder: SentenceEmbedder | None = None,
+        temperature: float = 0.05,
+    ) -> None:
+        descriptions = default_descriptions() if descriptions is None else descriptions
+        emotions = list(descriptions) if emotions is None else list(emotions)
+        missing = [e for e in emotions if not descriptions.get(e)]
+        if missing or not emotions:
+            raise ValueError(
+                f"No descriptions for {missing or 'any emotion'}; give descriptions= with a few "
+                f"first-person statements per emotion (have: {sorted(descriptions)})."
+            )
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, not {temperature}.")
+        self.emotions = tuple(emotions)
+        self.embedder = embedder or SentenceEmbedder()
+        self.temperature = temperature
+        prototypes = torch.stack([self.embedder(list(descriptions[e])).mean(0) for e in emotions])
+        self._prototypes = torch.nn.functional.normalize(prototypes, dim=-1)
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        """Scores, shape ``[len(texts), len(emotions)]``; each row sums to 1."""
+        if not texts:
+            return np.zeros((0, len(self.emotions)))
+        similarity = self.embedder(list(texts)) @ self._prototypes.T
+        return torch.softmax(similarity / self.temperature, dim=-1).numpy().astype(float)
+
+
+def recognition_rates(
+    scorer: EmotionScorer, texts: Mapping[str, Sequence[str]]
+) -> dict[str, float]:
+    """Per emotion, the share of its labelled texts whose top score (among the emotions of
+    ``texts`` the scorer knows) is that emotion: how far a judge can be trusted.
+
+    Raises:
+        ValueError: If the scorer knows none of the emotions or an emotion has no texts.
+    """
+    emotions = [e for e in texts if e in scorer.emotions]
+    empty = [e for e in emotions if not texts[e]]
+    if not emotions or empty:
+        raise ValueError(
+            f"Need labelled texts for emotions the scorer knows ({list(scorer.emotions)}); "
+            f"got {sorted(texts)}" + (f", none for {empty}." if empty else ".")
+        )
+    columns = [list(scorer.emotions).index(e) for e in emotions]
+    rates = {}
+    for i, emotion in enumerate(emotions):
+        top = np.argmax(scorer(list(texts[emotion]))[:, columns], axis=1)
+        rates[emotion] = float(np.mean(top == i))
+    return rates
+
+
 def load_scorer(spec: str | None = None, *, emotions: Sequence[str] | None = None) -> EmotionScorer:
     """A scorer by name.
 
     Args:
-        spec: ``None`` or ``"nade"`` for :class:`NadeScorer`; anything else is a model id or
-            local folder for :class:`ClassifierScorer`.
+        spec: ``None`` or ``"nade"`` for :class:`NadeScorer`; ``"prototypes"`` for
+            :class:`PrototypeScorer`; anything else is a model id or local folder for
+            :class:`ClassifierScorer`.
         emotions: Emotions to score; ``None`` for ``BASIC_EMOTIONS`` with nade, and for those
             of them the classifier has labels for.
 
@@ -200,4 +301,6 @@ def load_scorer(spec: str | None = None, *, emotions: Sequence[str] | None = Non
     """
     if spec is None or spec.lower() == "nade":
         return NadeScorer(BASIC_EMOTIONS if emotions is None else emotions)
+    if spec.lower() == "prototypes":
+        return PrototypeScorer(BASIC_EMOTIONS if emotions is None else emotions)
     return ClassifierScorer(spec, emotions=emotions)

@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 
 from emovec import BASIC_EMOTIONS, PromptPair, default_pairs, read_pairs
-from emovec.datasets import available_emotions, validate_pairs
+from emovec.datasets import (
+    available_emotions,
+    default_answer_pairs,
+    default_extraction_queries,
+    default_queries,
+    validate_pairs,
+)
 
 PAIRS = [
     PromptPair("I won the race and could not stop smiling.", "I ran the race and finished."),
@@ -149,3 +155,26 @@ def test_default_pairs_selects_emotions_in_the_order_asked() -> None:
     assert list(pairs) == ["sadness", "joy"]
     assert pairs["joy"] == default_pairs(["joy"])["joy"]
     assert pairs["joy"] != pairs["sadness"]
+
+
+def test_the_shipped_answer_pairs_share_queries_and_neutral_answers() -> None:
+    pairs = default_answer_pairs()
+    assert list(pairs) == list(BASIC_EMOTIONS)
+    joy = pairs["joy"]
+    assert len(joy) == 100
+    for emotion, items in pairs.items():
+        assert [p.query for p in items] == [p.query for p in joy], emotion
+        assert [p.neutral for p in items] == [p.neutral for p in joy], emotion
+        assert validate_pairs({emotion: items})[emotion] == items
+
+
+def test_the_answer_pairs_never_use_evaluation_or_calibration_queries() -> None:
+    """Calibration answers the first extraction queries; evaluation its own set."""
+    used = {p.query for p in default_answer_pairs(["fear"])["fear"]}
+    assert used <= set(default_extraction_queries()[60:])
+    assert not used & set(default_queries())
+
+
+def test_default_answer_pairs_unknown_emotion() -> None:
+    with pytest.raises(KeyError, match="surprise"):
+        default_answer_pairs(["joy", "surprise"])

@@ -4,6 +4,7 @@ computed by hand, and the ``load_scorer`` factory.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +13,16 @@ import torch
 from conftest import MODEL_VOCAB_SIZE, build_tokenizer
 from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
 
-from emovec.datasets import BASIC_EMOTIONS
-from emovec.scoring import ClassifierScorer, EmotionScorer, NadeScorer, load_scorer
+from emovec.datasets import BASIC_EMOTIONS, default_answer_pairs
+from emovec.metrics import SentenceEmbedder
+from emovec.scoring import (
+    ClassifierScorer,
+    EmotionScorer,
+    NadeScorer,
+    PrototypeScorer,
+    load_scorer,
+    recognition_rates,
+)
 
 # The label set of the popular six-way emotion classifiers: no "disgust".
 LABELS = {0: "sadness", 1: "joy", 2: "love", 3: "anger", 4: "fear", 5: "surprise"}
@@ -163,3 +172,106 @@ def test_load_scorer_defaults_to_nade() -> None:
     assert scores.shape == (2, len(BASIC_EMOTIONS))
     assert scores[0, BASIC_EMOTIONS.index("anger")] > scores[1, BASIC_EMOTIONS.index("anger")]
     assert isinstance(load_scorer("NADE", emotions=("joy",)), NadeScorer)
+
+
+# --- zero-shot prototype judge ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def prototypes(embedder: SentenceEmbedder) -> PrototypeScorer:
+    return PrototypeScorer(BASIC_EMOTIONS, embedder=embedder)
+
+
+def test_prototype_scores_are_a_softmax_over_the_emotions_asked(
+    prototypes: PrototypeScorer,
+) -> None:
+    scores = prototypes(TEXTS)
+    assert scores.shape == (len(TEXTS), len(BASIC_EMOTIONS))
+    np.testing.assert_allclose(scores.sum(axis=1), 1.0, atol=1e-6)
+    assert prototypes([]).shape == (0, len(BASIC_EMOTIONS))
+
+
+@pytest.mark.parametrize(
+    ("text", "emotion"),
+    [
+        ("I'm terrified; what if the ice cracks under us and nobody hears me scream?", "fear"),
+        ("The bin was full of slimy, rotting scraps and the stench made me gag.", "disgust"),
+        ("Since she moved away the flat feels empty and I cry most evenings.", "sadness"),
+        ("We won the final! I'm beaming, what a fantastic, happy day.", "joy"),
+    ],
+)
+def test_the_prototype_judge_names_plain_emotional_statements(
+    prototypes: PrototypeScorer, text: str, emotion: str
+) -> None:
+    assert prototypes.emotions[int(np.argmax(prototypes([text])[0]))] == emotion
+
+
+def test_descriptions_and_temperature_are_the_callers_to_choose(
+    embedder: SentenceEmbedder,
+) -> None:
+    custom = {"pride": ["I am so proud of what I built."], "calm": ["I feel calm and at peace."]}
+    sharp = PrototypeScorer(descriptions=custom, embedder=embedder, temperature=0.01)
+    soft = PrototypeScorer(descriptions=custom, embedder=embedder, temperature=1.0)
+    assert sharp.emotions == ("pride", "calm")
+    text = ["I finished the cabinet myself and I'm proud of every joint."]
+    assert sharp(text)[0, 0] > soft(text)[0, 0] > 0.5
+    with pytest.raises(ValueError, match="No descriptions for \\['anger'\\]"):
+        PrototypeScorer(["pride", "anger"], descriptions=custom, embedder=embedder)
+    with pytest.raises(ValueError, match="temperature must be positive"):
+        PrototypeScorer(descriptions=custom, embedder=embedder, temperature=0)
+
+
+def test_load_scorer_knows_the_prototype_judge() -> None:
+    scorer = load_scorer("prototypes", emotions=("joy", "fear"))
+    assert isinstance(scorer, PrototypeScorer)
+    assert scorer.emotions == ("joy", "fear")
+
+
+# --- recognition rates ------------------------------------------------------------------
+
+
+class KeywordScorer:
+    """Names the emotion whose name appears in the text (joy when none does)."""
+
+    emotions = ("joy", "anger", "fear")
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        return np.array(
+            [[float(e in t) + 0.1 * (e == "joy") for e in self.emotions] for t in texts]
+        )
+
+
+def test_recognition_rates_count_the_texts_whose_top_emotion_is_their_label() -> None:
+    texts = {
+        "anger": ["anger here", "only fear", "anger again", "fear instead"],
+        "fear": ["fear!"],
+        "surprise": ["the scorer does not know this one"],
+    }
+    assert recognition_rates(KeywordScorer(), texts) == {"anger": 0.5, "fear": 1.0}
+
+
+def test_recognition_rates_compare_only_the_labelled_emotions() -> None:
+    """Joy wins every text on its own bonus, but it is not a label here, so it cannot win."""
+    assert recognition_rates(KeywordScorer(), {"anger": ["calm"], "fear": ["fear"]}) == {
+        "anger": 1.0,
+        "fear": 1.0,
+    }
+
+
+def test_recognition_rates_refuse_unusable_labels() -> None:
+    with pytest.raises(ValueError, match="none for \\['fear'\\]"):
+        recognition_rates(KeywordScorer(), {"anger": ["anger"], "fear": []})
+    with pytest.raises(ValueError, match="emotions the scorer knows"):
+        recognition_rates(KeywordScorer(), {"pride": ["proud"]})
+
+
+def test_the_prototype_judge_recognises_more_shipped_answers_than_nade(
+    scorer: NadeScorer, prototypes: PrototypeScorer
+) -> None:
+    """The shipped answers are unmistakably emotional and on topic. nade, trained on short
+    posts, misses most angry and fearful ones (the reason a second judge exists)."""
+    answers = {e: [p.emotional for p in ps[:30]] for e, ps in default_answer_pairs().items()}
+    nade, zero_shot = recognition_rates(scorer, answers), recognition_rates(prototypes, answers)
+    assert nade["joy"] > 0.9 and zero_shot["joy"] > 0.9
+    assert zero_shot["anger"] > nade["anger"]
+    assert zero_shot["fear"] > nade["fear"] + 0.5
