@@ -240,7 +240,7 @@ def calibrate(
     if any(not band or not 0 <= band[0] <= band[-1] < vectors.num_layers for band in candidates):
         raise ValueError(f"bands {candidates} are not all within 0..{vectors.num_layers - 1}.")
     queries = list(queries) if queries is not None else default_extraction_queries()[:num_queries]
-    scorer = scorer if scorer is not None and not isinstance(scorer, str) else load_scorer(scorer)
+    scorer = load_scorer(scorer)
     embedder = embedder or SentenceEmbedder()
     # With explicit layers, α = 1 is RELATIVE_DOSE over the band, whatever its width.
     alphas = [dose / RELATIVE_DOSE for dose in doses]

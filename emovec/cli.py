@@ -10,6 +10,7 @@ import textwrap
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
@@ -21,6 +22,9 @@ from emovec.generation import generate_answers
 from emovec.models import DEFAULT_MODEL, load_model
 from emovec.steering import steer
 from emovec.vectors import EmotionVectors
+
+if TYPE_CHECKING:
+    from emovec.evaluation import EvaluationReport
 
 DEMO_PROMPTS = (
     "Tell me about your morning.",
@@ -211,8 +215,6 @@ def _queries(spec: str | None) -> list[str]:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
     from emovec.evaluation import Decoding, evaluate, recommend_alpha
     from emovec.prebuilt import prebuilt_path
 
@@ -239,18 +241,32 @@ def _evaluate(args: argparse.Namespace) -> None:
         ),
     )
     out = Path(args.out or f"out/eval-{args.model or DEFAULT_MODEL}".replace("/", "--"))
-    report.to_json(out / "report.json")
-    write_text(out / "report.md", report.to_markdown())
-    report.plot(out / "report.png")
+    _write_report(report, out)
     recommended = recommend_alpha(report)
-    print(report.to_markdown())
-    print(f"recommended α: {recommended}\nwrote {out}/report.json, report.md, report.png")
+    print(f"recommended α: {recommended}")
     if args.store_recommendation:
         target = args.vectors or prebuilt_path(args.model or DEFAULT_MODEL)
         if target is None:
             raise ValueError("No vector file to store the recommendation in; pass --vectors.")
         vectors.with_settings(recommended_alpha=recommended).save(target)
         print(f"stored recommended α in {target}")
+
+
+def _write_report(report: EvaluationReport, out: Path) -> None:
+    report.to_json(out / "report.json")
+    write_text(out / "report.md", report.to_markdown())
+    report.plot(out / "report.png")
+    print(report.to_markdown())
+    print(f"wrote {out}/report.json, report.md, report.png")
+
+
+def _rescore(args: argparse.Namespace) -> None:
+    from emovec.evaluation import EvaluationReport
+
+    source = Path(args.report)
+    report = EvaluationReport.from_json(source).rescored(args.scorer)
+    name = Path(args.scorer or "nade").name
+    _write_report(report, Path(args.out) if args.out else source.parent / f"rescored-{name}")
 
 
 _SCORER_HELP = (
@@ -396,6 +412,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the shared emotional-vs-neutral component (--center 0)",
     )
     ext.set_defaults(run=_extract)
+
+    again = commands.add_parser(
+        "rescore", help="judge a saved evaluation's answers with another emotion scorer"
+    )
+    again.add_argument("report", help="report.json written by 'emovec eval'")
+    again.add_argument("--scorer", help=_SCORER_HELP)
+    again.add_argument("--out", help="output folder (default: beside the report)")
+    again.set_defaults(run=_rescore)
 
     cal = commands.add_parser(
         "calibrate", help="find each emotion's band and strength, store them in the vector file"

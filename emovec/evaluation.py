@@ -137,6 +137,55 @@ class EvaluationReport:
             rows.append(row)
         return rows
 
+    def rescored(self, scorer: EmotionScorer | str | None) -> EvaluationReport:
+        """The same answers judged by another emotion scorer: EPS, success and scores are
+        recomputed, everything else (topic, fluency) is kept. Generating is the slow part of
+        an evaluation, so a second judge costs seconds.
+
+        Raises:
+            ValueError: If the scorer cannot score an evaluated emotion.
+        """
+        scorer = load_scorer(scorer)
+        targets = sorted({r["target"] for r in self.records})
+        missing = [e for e in targets if e not in scorer.emotions]
+        if missing:
+            raise ValueError(
+                f"The scorer cannot judge {missing}; it knows {list(scorer.emotions)}."
+            )
+        known = self.settings.get("rivals", self.settings.get("emotions", targets))
+        rivals = list(dict.fromkeys([e for e in known if e in scorer.emotions] + targets))
+        answers = list(dict.fromkeys(r["answer"] for r in self.records))
+        row_of = {answer: i for i, answer in enumerate(answers)}
+        scores = scorer(answers)
+        records = [
+            {
+                **record,
+                **_judgement(
+                    record["answer"],
+                    record["target"],
+                    scores[row_of[record["answer"]]],
+                    scorer.emotions,
+                    rivals,
+                ),
+            }
+            for record in self.records
+        ]
+        settings = {**self.settings, "scorer": type(scorer).__name__, "rivals": rivals}
+        return EvaluationReport(records, settings=settings)
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> EvaluationReport:
+        """Read a report written by :meth:`to_json`.
+
+        Raises:
+            ValueError: If the file is not such a report.
+        """
+        try:
+            payload = json.loads(Path(path).read_text(encoding="utf-8"))
+            return cls(list(payload["records"]), settings=dict(payload.get("settings", {})))
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise ValueError(f"{path} is not an emovec evaluation report: {err!r}") from err
+
     def to_json(self, path: str | Path) -> Path:
         payload = {"settings": self.settings, "summary": self.summary(), "records": self.records}
         return write_text(path, json.dumps(payload, indent=1, default=float))
@@ -194,6 +243,25 @@ class EvaluationReport:
             figure.savefig(staging, dpi=110)
         plt.close(figure)
         return path
+
+
+def _judgement(
+    answer: str,
+    target: str,
+    scores: np.ndarray,
+    scored: Sequence[str],
+    rivals: Sequence[str],
+) -> dict[str, Any]:
+    """EPS, success and all scores of one answer for one target emotion."""
+    column = list(scored).index(target)
+    rival_columns = [list(scored).index(e) for e in rivals]
+    top = rivals[int(np.argmax(scores[rival_columns]))]
+    return {
+        "eps": float(scores[column]),
+        # An empty answer shows no emotion, whatever a scorer makes of "".
+        "success": float(bool(answer.strip()) and top == target),
+        "scores": dict(zip(scored, map(float, scores), strict=True)),
+    }
 
 
 def _conditions(
@@ -297,7 +365,7 @@ def evaluate(
         The report: every answer with its scores; ``summary()``, ``to_markdown()``,
         ``to_json()``, ``plot()``.
     """
-    scorer = scorer if scorer is not None and not isinstance(scorer, str) else load_scorer(scorer)
+    scorer = load_scorer(scorer)
     wanted = (
         list(emotions)
         if emotions is not None
@@ -337,15 +405,12 @@ def evaluate(
     # Success is judged against every emotion of the bank the scorer knows, not only those
     # evaluated: evaluating anger alone must not make anger win by default.
     rivals = list(dict.fromkeys([e for e in vectors.emotions if e in scorer.emotions] + wanted))
-    columns = {e: list(scorer.emotions).index(e) for e in rivals}
-    evaluated = [columns[e] for e in rivals]
 
     records: list[dict[str, Any]] = []
     for i, ((query, condition), answer) in enumerate(zip(jobs, answers, strict=True)):
         targets = wanted if condition.method == "plain" else [condition.emotion]
         for target in targets:
             assert target is not None
-            column = columns[target]
             records.append(
                 {
                     "query": query,
@@ -353,12 +418,7 @@ def evaluate(
                     "target": target,
                     "alpha": condition.alpha,
                     "answer": answer,
-                    "eps": float(scores[i, column]),
-                    # An empty answer shows no emotion, whatever a scorer makes of "".
-                    "success": float(
-                        bool(answer.strip())
-                        and int(np.argmax(scores[i, evaluated])) == rivals.index(target)
-                    ),
+                    **_judgement(answer, target, scores[i], scorer.emotions, rivals),
                     "intensity": float(lexicon_intensity([answer], target)[0]),
                     "sim_query": float(sim_query[i]),
                     "sim_plain": float(sim_plain[i]),
@@ -366,7 +426,6 @@ def evaluate(
                     "distinct_1": distinct_n(answer, 1),
                     "distinct_2": distinct_n(answer, 2),
                     "degenerate": float(not answer.strip() or is_degenerate(answer)),
-                    "scores": dict(zip(scorer.emotions, map(float, scores[i]), strict=True)),
                 }
             )
     return EvaluationReport(
@@ -378,6 +437,7 @@ def evaluate(
             "queries": len(queries),
             "decoding": asdict(decoding),
             "scorer": type(scorer).__name__,
+            "rivals": rivals,
             "layers": list(layers) if layers is not None else list(vectors.layers or []),
             "placements": {}
             if layers is not None

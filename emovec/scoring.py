@@ -286,19 +286,23 @@ def recognition_rates(
     return rates
 
 
-def load_scorer(spec: str | None = None, *, emotions: Sequence[str] | None = None) -> EmotionScorer:
+def load_scorer(
+    spec: EmotionScorer | str | None = None, *, emotions: Sequence[str] | None = None
+) -> EmotionScorer:
     """A scorer by name.
 
     Args:
         spec: ``None`` or ``"nade"`` for :class:`NadeScorer`; ``"prototypes"`` for
             :class:`PrototypeScorer`; anything else is a model id or local folder for
-            :class:`ClassifierScorer`.
+            :class:`ClassifierScorer`. A scorer instance is returned as it is.
         emotions: Emotions to score; ``None`` for ``BASIC_EMOTIONS`` with nade, and for those
             of them the classifier has labels for.
 
     Returns:
         The scorer.
     """
+    if spec is not None and not isinstance(spec, str):
+        return spec
     if spec is None or spec.lower() == "nade":
         return NadeScorer(BASIC_EMOTIONS if emotions is None else emotions)
     if spec.lower() == "prototypes":

@@ -315,3 +315,62 @@ def test_repetition_penalty_reaches_generate(setup: tuple) -> None:
         assert len(words) == len(set(words)), answer
     with pytest.raises(ValueError, match="repetition_penalty"):
         generate_answers(model, tokenizer, QUERIES, repetition_penalty=0.0)
+
+
+class _AngerScorer:
+    """Anger for every text: anger 0.7, joy 0.2, sadness 0.1."""
+
+    emotions = ("anger", "joy", "sadness")
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        return np.tile(np.array([0.7, 0.2, 0.1]), (len(texts), 1))
+
+
+def test_rescoring_rejudges_emotion_and_keeps_everything_else(
+    report: EvaluationReport, tmp_path: Path
+) -> None:
+    again = EvaluationReport.from_json(report.to_json(tmp_path / "report.json"))
+    rescored = again.rescored(_AngerScorer())
+    assert rescored.settings["scorer"] == "_AngerScorer"
+    assert rescored.settings["rivals"] == ["joy", "anger"]  # sadness: not in the bank
+    kept = ("query", "method", "target", "alpha", "answer", "sim_query", "perplexity")
+    for old, new in zip(report.records, rescored.records, strict=True):
+        assert {k: new[k] for k in kept} == {k: old[k] for k in kept}
+        assert new["scores"] == {"anger": 0.7, "joy": 0.2, "sadness": 0.1}
+        assert new["eps"] == new["scores"][new["target"]]
+        assert new["success"] == float(new["target"] == "anger" and bool(new["answer"].strip()))
+    assert report.records[0]["scores"] != rescored.records[0]["scores"]  # the original is kept
+
+
+def test_rescoring_with_the_same_scorer_changes_nothing(
+    report: EvaluationReport, scorer: NadeScorer
+) -> None:
+    assert report.rescored(scorer).records == report.records
+
+
+def test_rescoring_needs_a_scorer_for_every_evaluated_emotion(report: EvaluationReport) -> None:
+    with pytest.raises(ValueError, match="cannot judge \\['joy'\\]"):
+        report.rescored(_OnlyAnger())
+
+
+class _OnlyAnger:
+    emotions = ("anger",)
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        return np.ones((len(texts), 1))
+
+
+def test_a_file_that_is_not_a_report_is_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "other.json"
+    path.write_text(json.dumps({"answers": []}))
+    with pytest.raises(ValueError, match="not an emovec evaluation report"):
+        EvaluationReport.from_json(path)
+
+
+def test_cli_rescore_writes_the_rejudged_reports(report: EvaluationReport, tmp_path: Path) -> None:
+    source = report.to_json(tmp_path / "eval" / "report.json")
+    main(["rescore", str(source), "--scorer", "nade", "--out", str(tmp_path / "again")])
+    written = EvaluationReport.from_json(tmp_path / "again" / "report.json")
+    assert written.records == report.records
+    assert (tmp_path / "again" / "report.md").read_text().startswith("**anger**")
+    assert (tmp_path / "again" / "report.png").stat().st_size > 0
