@@ -26,7 +26,7 @@ from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from emovec.datasets import default_extraction_queries
-from emovec.evaluation import Decoding, Tolerance, evaluate
+from emovec.evaluation import Decoding, EvaluationReport, Tolerance, evaluate
 from emovec.metrics import SentenceEmbedder
 from emovec.scoring import EmotionScorer, load_scorer
 from emovec.steering import RELATIVE_DOSE
@@ -73,12 +73,31 @@ class Calibration:
         plain: The plain answers' success, EPS, degeneration, similarity and perplexity per
             emotion, the baseline every trial was held to.
         settings: How the calibration ran.
+        reports: The evaluation behind each band (every answer with its scores), so another
+            judge can re-decide without generating again (:meth:`rescored`).
+        tolerance: The fluency tolerance trials were held to.
     """
 
     trials: list[Trial]
     placements: dict[str, Placement]
     plain: dict[str, dict[str, float]] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
+    reports: dict[tuple[int, ...], EvaluationReport] = field(default_factory=dict, repr=False)
+    tolerance: Tolerance = field(default_factory=Tolerance, repr=False)
+
+    def rescored(self, scorer: EmotionScorer | str | None) -> Calibration:
+        """The calibration decided again with another emotion judge, from the same answers.
+
+        Raises:
+            ValueError: If the calibration kept no reports (one read back from JSON).
+        """
+        if not self.reports:
+            raise ValueError("This calibration kept no answers to rescore; calibrate again.")
+        scorer = load_scorer(scorer)
+        reports = {band: report.rescored(scorer) for band, report in self.reports.items()}
+        margin = float(self.settings.get("success_margin", 0.0))
+        settings = {**self.settings, "scorer": type(scorer).__name__}
+        return _decide(reports, self.tolerance, margin, settings)
 
     @property
     def emotions(self) -> list[str]:
@@ -246,10 +265,8 @@ def calibrate(
     alphas = [dose / RELATIVE_DOSE for dose in doses]
     bare = vectors.without_placements()
 
-    trials: list[Trial] = []
-    plain: dict[str, dict[str, float]] = {}
-    for band in candidates:
-        report = evaluate(
+    reports = {
+        band: evaluate(
             model,
             tokenizer,
             bare,
@@ -263,9 +280,33 @@ def calibrate(
             layers=list(band),
             progress=progress,
         )
+        for band in candidates
+    }
+    settings = {
+        "queries": len(queries),
+        "bands": [list(b) for b in candidates],
+        "doses": [float(d) for d in doses],
+        "tolerance": asdict(tolerance),
+        "success_margin": success_margin,
+        "decoding": asdict(decoding),
+        "scorer": type(scorer).__name__,
+    }
+    return _decide(reports, tolerance, success_margin, settings)
+
+
+def _decide(
+    reports: dict[tuple[int, ...], EvaluationReport],
+    tolerance: Tolerance,
+    success_margin: float,
+    settings: dict[str, Any],
+) -> Calibration:
+    """Trials from each band's evaluation, and the placement chosen per emotion."""
+    trials: list[Trial] = []
+    plain: dict[str, dict[str, float]] = {}
+    keys = ("success", "eps", "degenerate", "sim_query", "median_perplexity")
+    for band, report in reports.items():
         summary = report.summary()
         baseline = {r["emotion"]: r for r in summary if r["method"] == "plain"}
-        keys = ("success", "eps", "degenerate", "sim_query", "median_perplexity")
         plain = plain or {e: {k: float(r[k]) for k in keys} for e, r in baseline.items()}
         for row in summary:
             if row["method"] != "vector":
@@ -288,17 +329,4 @@ def calibrate(
         best = _choose([t for t in trials if t.emotion == emotion], success_margin)
         if best is not None:
             placements[emotion] = Placement(best.layers, best.dose)
-    return Calibration(
-        trials,
-        placements,
-        plain,
-        settings={
-            "queries": len(queries),
-            "bands": [list(b) for b in candidates],
-            "doses": [float(d) for d in doses],
-            "tolerance": asdict(tolerance),
-            "success_margin": success_margin,
-            "decoding": asdict(decoding),
-            "scorer": type(scorer).__name__,
-        },
-    )
+    return Calibration(trials, placements, plain, settings, reports, tolerance)

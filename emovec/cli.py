@@ -306,6 +306,8 @@ def _calibrate(args: argparse.Namespace) -> None:
         report = Path(args.report)
         write_text(report / "calibration.md", table)
         write_text(report / "calibration.json", json.dumps(calibration.to_dict(), indent=1))
+        for band, answers in calibration.reports.items():
+            answers.to_json(report / f"answers-layers-{band[0]}-{band[-1]}.json")
     uncalibrated = sorted(set(calibration.emotions) - set(calibration.placements))
     calibration.apply(vectors).save(target)
     print(

@@ -28,7 +28,7 @@ from emovec.calibration import (
     candidate_bands,
 )
 from emovec.cli import main
-from emovec.evaluation import Decoding, Tolerance
+from emovec.evaluation import Decoding, EvaluationReport, Tolerance
 from emovec.metrics import SentenceEmbedder
 from emovec.scoring import NadeScorer
 from emovec.steering import RELATIVE_DOSE, steer
@@ -488,7 +488,7 @@ def test_cli_calibrate_writes_placements_and_reports(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`emovec calibrate` writes the calibrated bank to --out (leaving --vectors alone) and
-    the trials to DIR/calibration.md and DIR/calibration.json."""
+    the trials to DIR/calibration.md and DIR/calibration.json, and each band's answers."""
     monkeypatch.setenv("EMOVEC_CACHE", str(tmp_path / "cache"))
     folder = tmp_path / "tiny"
     build_model("llama").save_pretrained(folder)
@@ -526,7 +526,14 @@ def test_cli_calibrate_writes_placements_and_reports(
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert vectors.read_bytes() == before
-    assert {p.name for p in report.iterdir()} == {"calibration.md", "calibration.json"}
+    assert {p.name for p in report.iterdir()} == {
+        "calibration.md",
+        "calibration.json",
+        "answers-layers-1-2.json",
+    }
+    answers = EvaluationReport.from_json(report / "answers-layers-1-2.json")
+    assert {r["target"] for r in answers.records} == {"joy", "anger"}
+    assert len({r["query"] for r in answers.records}) == 2
     payload = json.loads((report / "calibration.json").read_text(encoding="utf-8"))
     assert payload["settings"]["bands"] == [[1, 2]]
     assert payload["settings"]["doses"] == [0.5] and payload["settings"]["queries"] == 2
@@ -562,3 +569,40 @@ def test_calibrated_repetition_penalty_is_read_from_the_record(
     assert calibrated_repetition_penalty(calibration.apply(bank)) == 1.0
     record = {**calibration.settings, "decoding": {"repetition_penalty": 1.15}}
     assert calibrated_repetition_penalty(bank.with_settings(calibration=record)) == 1.15
+
+
+class FearScorer:
+    """Fear for every non-empty text."""
+
+    emotions: tuple[str, ...] = ("joy", "anger", "fear")
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        return np.tile(np.array([0.1, 0.2, 0.7]), (len(texts), 1))
+
+
+def test_rescoring_redecides_from_the_kept_answers(
+    setup: tuple, embedder: SentenceEmbedder
+) -> None:
+    """Joy wins every answer under the first judge and fear (a rival in the bank) under the
+    second: joy's success drops to 0 while fluency and topic stay as they were."""
+    first = _calibrate(setup, embedder, scorer=ConstantScorer(), tolerance=RejectAnger())
+    assert set(first.reports) == {tuple(b) for b in BANDS}
+    again = first.rescored(FearScorer())
+    assert again.settings["scorer"] == "FearScorer" and first.settings["scorer"] == "ConstantScorer"
+    assert again.tolerance == first.tolerance  # the custom tolerance is kept: anger stays out
+    assert "anger" not in again.placements
+    for before, after in zip(first.trials, again.trials, strict=True):
+        assert (before.emotion, before.layers, before.dose) == (
+            after.emotion,
+            after.layers,
+            after.dose,
+        )
+        assert (before.sim_query, before.degenerate) == (after.sim_query, after.degenerate)
+        assert after.success == 0.0
+        # Empty answers never succeed, so joy's share is that of non-empty answers.
+        assert (before.success > 0) == (before.emotion == "joy")
+
+
+def test_a_calibration_without_answers_cannot_be_rescored() -> None:
+    with pytest.raises(ValueError, match="kept no answers"):
+        Calibration([], {}).rescored(ConstantScorer())
