@@ -17,7 +17,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from emovec._files import write_text
 from emovec.calibration import DEFAULT_DOSES
-from emovec.datasets import BASIC_EMOTIONS, read_pairs
+from emovec.datasets import BASIC_EMOTIONS, Pair, default_answer_pairs, read_pairs
 from emovec.generation import generate_answers
 from emovec.models import DEFAULT_MODEL, load_model
 from emovec.steering import steer
@@ -154,8 +154,15 @@ def _extract(args: argparse.Namespace) -> None:
 
     rank, world, device = _process_state()
     model, tokenizer = load_model(args.model, device=device)
-    pairs = None
-    if args.pairs:
+    reading_kind = args.reading or ("response" if args.data == "answers" else "mean")
+    if args.data == "answers" and args.pairs:
+        raise ValueError("--data answers uses the shipped answers; drop --pairs or --data.")
+    if args.data == "answers" and reading_kind != "response":
+        raise ValueError("The shipped answers are read as answers: use --reading response.")
+    pairs: dict[str, Sequence[Pair]] | None = None
+    if args.data == "answers":
+        pairs = dict(default_answer_pairs(args.emotions))
+    elif args.pairs:
         pairs = {}
         for spec in args.pairs:
             emotion, _, path = spec.partition("=")
@@ -166,7 +173,7 @@ def _extract(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     reading = {
         "emotions": args.emotions,
-        "reading": args.reading,
+        "reading": reading_kind,
         "template": args.template,
         "batch_size": args.batch_size,
         "progress": rank == 0,
@@ -380,11 +387,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ext.add_argument("--template", choices=["plain", "chat"], default="plain")
     ext.add_argument(
+        "--data",
+        choices=["stories", "answers"],
+        default="stories",
+        help="shipped pairs: first-person stories (default) or hand-written answers to "
+        "everyday queries (read as answers)",
+    )
+    ext.add_argument(
         "--reading",
         choices=["mean", "last", "response"],
-        default="mean",
-        help="average each text's tokens, read its last token, or read the model's own "
-        "answers under emotional vs neutral instructions (generated once, cached)",
+        help="average each text's tokens (default), read its last token, or read answers "
+        "after their query (with no pairs given: the model's own answers under emotional vs "
+        "neutral instructions, generated once and cached)",
     )
     ext.add_argument(
         "--estimator", choices=["mean_difference", "pca", "lda"], default="mean_difference"

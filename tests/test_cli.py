@@ -20,6 +20,7 @@ from conftest import build_model, build_tokenizer, make_text_pairs, random_bank
 
 from emovec import EmotionVectors, extract, steer
 from emovec.cli import _parse_layers, main
+from emovec.datasets import default_answer_pairs
 from emovec.generation import generate_answers
 from emovec.models import load_model
 
@@ -497,3 +498,42 @@ def test_python_dash_m_help() -> None:
     assert result.returncode == 0, result.stderr
     for command in ("demo", "generate", "extract"):
         assert command in result.stdout
+
+
+def test_extract_from_the_shipped_answers_reads_them_as_answers(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, model_dir: Path
+) -> None:
+    out = tmp_path / "answers.safetensors"
+    argv = ["extract", "--model", model_dir, "--data", "answers", "--emotions", "joy", "fear"]
+    code, _, err = run(capsys, *argv, "--no-center", "--out", out, "--batch-size", 16)
+    assert code == 0, err
+    bank = EmotionVectors.load(out)
+    assert bank.settings["pairs_per_emotion"] == {"joy": 100, "fear": 100}
+    model, tokenizer = load_model(str(model_dir))
+    pairs = default_answer_pairs(["joy", "fear"])
+    reference = extract(model, tokenizer, pairs, reading="response", progress=False)
+    assert bank.settings["reading"] == reference.settings["reading"]
+    for emotion in ("joy", "fear"):
+        torch.testing.assert_close(bank.vector(emotion), reference.vector(emotion))
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--reading", "mean"], "--reading response"),
+        (["--pairs", "joy=x.jsonl"], "drop --pairs"),
+    ],
+)
+def test_extract_from_the_answers_refuses_conflicting_options(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    model_dir: Path,
+    extra: list[str],
+    message: str,
+) -> None:
+    out = tmp_path / "v.safetensors"
+    argv = ["extract", "--model", model_dir, "--data", "answers", "--out", out, *extra]
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    assert message in err
+    assert not out.exists()
