@@ -85,19 +85,32 @@ class Calibration:
     reports: dict[tuple[int, ...], EvaluationReport] = field(default_factory=dict, repr=False)
     tolerance: Tolerance = field(default_factory=Tolerance, repr=False)
 
-    def rescored(self, scorer: EmotionScorer | str | None) -> Calibration:
-        """The calibration decided again with another emotion judge, from the same answers.
+    def rescored(
+        self,
+        scorer: EmotionScorer | str | None = None,
+        *,
+        tolerance: Tolerance | None = None,
+        success_margin: float | None = None,
+    ) -> Calibration:
+        """The calibration decided again from the same answers: with another emotion judge,
+        tolerance or success margin (each default: the one used).
 
         Raises:
             ValueError: If the calibration kept no reports (one read back from JSON).
         """
         if not self.reports:
             raise ValueError("This calibration kept no answers to rescore; calibrate again.")
-        scorer = load_scorer(scorer)
-        reports = {band: report.rescored(scorer) for band, report in self.reports.items()}
-        margin = float(self.settings.get("success_margin", 0.0))
-        settings = {**self.settings, "scorer": type(scorer).__name__}
-        return _decide(reports, self.tolerance, margin, settings)
+        reports = self.reports
+        settings = dict(self.settings)
+        if scorer is not None:
+            scorer = load_scorer(scorer)
+            reports = {band: report.rescored(scorer) for band, report in reports.items()}
+            settings["scorer"] = type(scorer).__name__
+        tolerance = tolerance or self.tolerance
+        if success_margin is None:
+            success_margin = float(settings.get("success_margin", 0.0))
+        settings.update(tolerance=asdict(tolerance), success_margin=success_margin)
+        return _decide(reports, tolerance, success_margin, settings)
 
     @property
     def emotions(self) -> list[str]:

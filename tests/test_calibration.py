@@ -606,3 +606,15 @@ def test_rescoring_redecides_from_the_kept_answers(
 def test_a_calibration_without_answers_cannot_be_rescored() -> None:
     with pytest.raises(ValueError, match="kept no answers"):
         Calibration([], {}).rescored(ConstantScorer())
+
+
+def test_rescoring_can_tighten_the_tolerance_without_a_new_judge(
+    setup: tuple, embedder: SentenceEmbedder
+) -> None:
+    first = _calibrate(setup, embedder, scorer=ConstantScorer())
+    strict = first.rescored(tolerance=Tolerance(min_topic_ratio=100.0), success_margin=0.0)
+    assert strict.settings["scorer"] == "ConstantScorer"
+    assert strict.settings["tolerance"]["min_topic_ratio"] == 100.0
+    assert strict.settings["success_margin"] == 0.0
+    assert not any(t.acceptable for t in strict.trials) and not strict.placements
+    assert [t.success for t in strict.trials] == [t.success for t in first.trials]
