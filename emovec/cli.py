@@ -1,4 +1,4 @@
-"""The ``emovec`` command line: ``demo``, ``generate``, ``eval``, ``extract`` and ``calibrate``."""
+"""The ``emovec`` command line: demo, generate, eval, rescore, extract, calibrate."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from emovec._files import write_text
 from emovec.calibration import DEFAULT_DOSES
 from emovec.datasets import BASIC_EMOTIONS, Pair, default_answer_pairs, read_pairs
+from emovec.evaluation import Tolerance
 from emovec.generation import generate_answers
 from emovec.models import DEFAULT_MODEL, load_model
 from emovec.steering import steer
@@ -284,7 +285,7 @@ _SCORER_HELP = (
 
 def _calibrate(args: argparse.Namespace) -> None:
     from emovec.calibration import calibrate
-    from emovec.evaluation import Decoding, Tolerance
+    from emovec.evaluation import Decoding
     from emovec.prebuilt import prebuilt_path
 
     model, tokenizer, vectors = _load(args)
@@ -299,7 +300,10 @@ def _calibrate(args: argparse.Namespace) -> None:
         bands=args.bands,
         doses=args.doses,
         num_queries=args.queries,
-        tolerance=Tolerance(max_degenerate_increase=args.max_degenerate_increase),
+        tolerance=Tolerance(
+            max_degenerate_increase=args.max_degenerate_increase,
+            min_topic_ratio=args.min_topic_ratio,
+        ),
         success_margin=args.success_margin,
         decoding=Decoding(
             max_new_tokens=args.max_new_tokens, repetition_penalty=args.repetition_penalty
@@ -451,6 +455,12 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--queries", type=int, default=24, help="calibration queries to answer")
     cal.add_argument("--scorer", help=_SCORER_HELP)
     cal.add_argument("--max-degenerate-increase", type=float, default=0.1)
+    cal.add_argument(
+        "--min-topic-ratio",
+        type=float,
+        default=Tolerance.min_topic_ratio,
+        help="least answer-query similarity, as a share of the plain answers'",
+    )
     cal.add_argument(
         "--success-margin",
         type=float,

@@ -519,6 +519,8 @@ def test_cli_calibrate_writes_placements_and_reports(
             "1.1",
             "--max-degenerate-increase",
             "1",
+            "--min-topic-ratio",
+            "0.05",
             "--report",
             str(report),
         ]
@@ -540,6 +542,7 @@ def test_cli_calibrate_writes_placements_and_reports(
     assert payload["settings"]["decoding"]["max_new_tokens"] == 3
     assert payload["settings"]["decoding"]["repetition_penalty"] == 1.1
     assert payload["settings"]["tolerance"]["max_degenerate_increase"] == 1.0
+    assert payload["settings"]["tolerance"]["min_topic_ratio"] == 0.05
     assert {(t["emotion"], tuple(t["layers"]), t["dose"]) for t in payload["trials"]} == {
         ("joy", (1, 2), 0.5),
         ("anger", (1, 2), 0.5),
