@@ -197,6 +197,15 @@ def _extract(args: argparse.Namespace) -> None:
     seconds = time.perf_counter() - started
     if rank > 0:
         return
+    if args.pairs:
+        source = "your pairs"
+    elif args.data == "answers":
+        source = "shipped answers"
+    elif reading_kind == "response":
+        source = "the model's answers under emotional instructions"
+    else:
+        source = "shipped stories"
+    vectors = vectors.with_settings(data=source)
     if args.center and len(vectors) > 1:
         vectors = vectors.center(args.center)
     if world > 1:

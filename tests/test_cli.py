@@ -124,6 +124,7 @@ def test_extract_writes_a_centered_bank(
     assert bank.emotions == ["joy", "anger"]
     assert bank.settings["centered"] == 1.0
     assert bank.settings["pairs_per_emotion"] == {"joy": 6, "anger": 5}
+    assert bank.settings["data"] == "your pairs"
     assert (bank.num_layers, bank.hidden_size) == (NUM_LAYERS, HIDDEN)
     assert all(bank.vector(e).shape == (NUM_LAYERS, HIDDEN) for e in bank)
     assert bank.hidden_norms.shape == (NUM_LAYERS,)
@@ -509,6 +510,7 @@ def test_extract_from_the_shipped_answers_reads_them_as_answers(
     assert code == 0, err
     bank = EmotionVectors.load(out)
     assert bank.settings["pairs_per_emotion"] == {"joy": 100, "fear": 100}
+    assert bank.settings["data"] == "shipped answers"
     model, tokenizer = load_model(str(model_dir))
     pairs = default_answer_pairs(["joy", "fear"])
     reference = extract(model, tokenizer, pairs, reading="response", progress=False)
