@@ -96,7 +96,8 @@ class Calibration:
         tolerance or success margin (each default: the one used).
 
         Raises:
-            ValueError: If the calibration kept no reports (one read back from JSON).
+            ValueError: If the calibration kept no reports (``to_dict()`` leaves them out),
+                or ``success_margin`` is outside [0, 1].
         """
         if not self.reports:
             raise ValueError("This calibration kept no answers to rescore; calibrate again.")
@@ -314,6 +315,8 @@ def _decide(
     settings: dict[str, Any],
 ) -> Calibration:
     """Trials from each band's evaluation, and the placement chosen per emotion."""
+    if not 0.0 <= success_margin <= 1.0:
+        raise ValueError(f"success_margin must be between 0 and 1, not {success_margin}.")
     trials: list[Trial] = []
     plain: dict[str, dict[str, float]] = {}
     keys = ("success", "eps", "degenerate", "sim_query", "median_perplexity")

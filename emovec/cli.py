@@ -153,8 +153,6 @@ def _extract(args: argparse.Namespace) -> None:
     from emovec.diagnostics import diagnose
     from emovec.extraction import extract, extract_activations, vectors_from_activations
 
-    rank, world, device = _process_state()
-    model, tokenizer = load_model(args.model, device=device)
     reading_kind = args.reading or ("response" if args.data == "answers" else "mean")
     if args.data == "answers" and args.pairs:
         raise ValueError("--data answers uses the shipped answers; drop --pairs or --data.")
@@ -170,6 +168,8 @@ def _extract(args: argparse.Namespace) -> None:
             if not path:
                 raise ValueError(f"--pairs expects EMOTION=FILE, got {spec!r}")
             pairs[emotion] = read_pairs(path)
+    rank, world, device = _process_state()  # bad options fail before the model loads
+    model, tokenizer = load_model(args.model, device=device)
     name = args.model or DEFAULT_MODEL
     started = time.perf_counter()
     reading = {
@@ -327,7 +327,7 @@ def _calibrate(args: argparse.Namespace) -> None:
         write_text(report / "calibration.md", table)
         write_text(report / "calibration.json", json.dumps(calibration.to_dict(), indent=1))
         for band, answers in calibration.reports.items():
-            answers.to_json(report / f"answers-layers-{band[0]}-{band[-1]}.json")
+            answers.to_json(report / f"answers-layers-{'-'.join(map(str, band))}.json")
     uncalibrated = sorted(set(calibration.emotions) - set(calibration.placements))
     calibration.apply(vectors).save(target)
     print(

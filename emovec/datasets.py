@@ -94,9 +94,12 @@ def default_answer_pairs(emotions: Iterable[str] | None = None) -> dict[str, lis
     wanted = list(emotions) if emotions is not None else list(BASIC_EMOTIONS)
     unknown = [e for e in wanted if not (folder / f"{e}.jsonl").is_file()]
     if unknown:
-        raise KeyError(f"No shipped answer pairs for {unknown}; shipped: {list(BASIC_EMOTIONS)}.")
-    pairs = {e: read_pairs(folder / f"{e}.jsonl") for e in wanted}
-    return {e: [p for p in items if isinstance(p, ResponsePair)] for e, items in pairs.items()}
+        shipped = sorted(p.stem for p in folder.glob("*.jsonl"))
+        raise KeyError(
+            f"No shipped answer pairs for {unknown}; shipped: {shipped}. Pass your own "
+            "(query, emotional, neutral) pairs for other emotions."
+        )
+    return {e: [ResponsePair(*p) for p in read_pairs(folder / f"{e}.jsonl")] for e in wanted}
 
 
 def _pair_from_record(record: object, where: str) -> Pair:

@@ -150,10 +150,15 @@ class EvaluationReport:
         missing = [e for e in targets if e not in scorer.emotions]
         if missing:
             raise ValueError(
-                f"The scorer cannot judge {missing}; it knows {list(scorer.emotions)}."
+                f"The scorer cannot judge {missing}; it knows {list(scorer.emotions)}. Pass a "
+                "scorer with labels for them."
             )
-        known = self.settings.get("rivals", self.settings.get("emotions", targets))
-        rivals = list(dict.fromkeys([e for e in known if e in scorer.emotions] + targets))
+        # The bank's emotions; reports from before they were recorded name, in their
+        # scores, every emotion the first judge knew, which covers the bank's rivals.
+        bank = self.settings.get("bank_emotions") or list(
+            dict.fromkeys(e for r in self.records for e in r.get("scores", {}))
+        )
+        rivals = list(dict.fromkeys([e for e in bank if e in scorer.emotions] + targets))
         answers = list(dict.fromkeys(r["answer"] for r in self.records))
         row_of = {answer: i for i, answer in enumerate(answers)}
         scores = scorer(answers)
@@ -239,9 +244,11 @@ class EvaluationReport:
         figure.tight_layout()
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path, suffix=".png") as staging:
-            figure.savefig(staging, dpi=110)
-        plt.close(figure)
+        try:
+            with atomic_path(path, suffix=".png") as staging:
+                figure.savefig(staging, dpi=110)
+        finally:
+            plt.close(figure)
         return path
 
 
@@ -254,12 +261,15 @@ def _judgement(
 ) -> dict[str, Any]:
     """EPS, success and all scores of one answer for one target emotion."""
     column = list(scored).index(target)
-    rival_columns = [list(scored).index(e) for e in rivals]
-    top = rivals[int(np.argmax(scores[rival_columns]))]
+    rival_scores = scores[[list(scored).index(e) for e in rivals]]
+    top = rivals[int(np.argmax(rival_scores))]
     return {
         "eps": float(scores[column]),
-        # An empty answer shows no emotion, whatever a scorer makes of "".
-        "success": float(bool(answer.strip()) and top == target),
+        # An empty answer shows no emotion, whatever a scorer makes of "", and a NaN score
+        # (argmax would pick it) judges nothing.
+        "success": float(
+            bool(answer.strip()) and bool(np.isfinite(rival_scores).all()) and top == target
+        ),
         "scores": dict(zip(scored, map(float, scores), strict=True)),
     }
 
@@ -438,6 +448,7 @@ def evaluate(
             "decoding": asdict(decoding),
             "scorer": type(scorer).__name__,
             "rivals": rivals,
+            "bank_emotions": list(vectors.emotions),
             "layers": list(layers) if layers is not None else list(vectors.layers or []),
             "placements": {}
             if layers is not None

@@ -17,6 +17,8 @@ scorer on labelled texts, so a judge can be checked before it is trusted.
 from __future__ import annotations
 
 import json
+import math
+import os
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
@@ -246,8 +248,8 @@ class PrototypeScorer:
                 f"No descriptions for {missing or 'any emotion'}; give descriptions= with a few "
                 f"first-person statements per emotion (have: {sorted(descriptions)})."
             )
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive, not {temperature}.")
+        if not (math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"temperature must be positive and finite, not {temperature}.")
         self.emotions = tuple(emotions)
         self.embedder = embedder or SentenceEmbedder()
         self.temperature = temperature
@@ -265,29 +267,41 @@ class PrototypeScorer:
 def recognition_rates(
     scorer: EmotionScorer, texts: Mapping[str, Sequence[str]]
 ) -> dict[str, float]:
-    """Per emotion, the share of its labelled texts whose top score (among the emotions of
-    ``texts`` the scorer knows) is that emotion: how far a judge can be trusted.
+    """Per emotion, the share of its labelled texts whose score for that emotion is strictly
+    the highest among the labelled emotions the scorer knows: how far a judge can be trusted.
+    Ties, NaN scores and empty texts count as misses.
 
     Raises:
-        ValueError: If the scorer knows none of the emotions or an emotion has no texts.
+        ValueError: If the scorer knows fewer than two of the emotions (a judge with one
+            choice is always right) or an emotion it knows has no texts.
     """
     emotions = [e for e in texts if e in scorer.emotions]
     empty = [e for e in emotions if not texts[e]]
-    if not emotions or empty:
+    if len(emotions) < 2 or empty:
         raise ValueError(
-            f"Need labelled texts for emotions the scorer knows ({list(scorer.emotions)}); "
-            f"got {sorted(texts)}" + (f", none for {empty}." if empty else ".")
+            f"Need labelled texts for at least two emotions the scorer knows "
+            f"({list(scorer.emotions)}); got {sorted(texts)}"
+            + (f", none for {empty}." if empty else ".")
         )
     columns = [list(scorer.emotions).index(e) for e in emotions]
     rates = {}
     for i, emotion in enumerate(emotions):
-        top = np.argmax(scorer(list(texts[emotion]))[:, columns], axis=1)
-        rates[emotion] = float(np.mean(top == i))
+        batch = list(texts[emotion])
+        scores = scorer(batch)[:, columns]
+        others = np.delete(scores, i, axis=1)
+        hits = (
+            np.isfinite(scores).all(axis=1)
+            & (scores[:, i] > others.max(axis=1))
+            & np.array([bool(t.strip()) for t in batch])
+        )
+        rates[emotion] = float(np.mean(hits))
     return rates
 
 
 def load_scorer(
-    spec: EmotionScorer | str | None = None, *, emotions: Sequence[str] | None = None
+    spec: EmotionScorer | str | os.PathLike[str] | None = None,
+    *,
+    emotions: Sequence[str] | None = None,
 ) -> EmotionScorer:
     """A scorer by name.
 
@@ -301,7 +315,11 @@ def load_scorer(
     Returns:
         The scorer.
     """
+    if isinstance(spec, os.PathLike):
+        spec = os.fspath(spec)
     if spec is not None and not isinstance(spec, str):
+        if not isinstance(spec, EmotionScorer):
+            raise TypeError(f"Not an emotion scorer: {spec!r}; pass a name, path or scorer.")
         return spec
     if spec is None or spec.lower() == "nade":
         return NadeScorer(BASIC_EMOTIONS if emotions is None else emotions)

@@ -621,3 +621,11 @@ def test_rescoring_can_tighten_the_tolerance_without_a_new_judge(
     assert strict.settings["success_margin"] == 0.0
     assert not any(t.acceptable for t in strict.trials) and not strict.placements
     assert [t.success for t in strict.trials] == [t.success for t in first.trials]
+
+
+def test_rescoring_refuses_a_margin_outside_zero_to_one(
+    setup: tuple, embedder: SentenceEmbedder
+) -> None:
+    first = _calibrate(setup, embedder, scorer=ConstantScorer())
+    with pytest.raises(ValueError, match="success_margin must be between 0 and 1"):
+        first.rescored(success_margin=-0.1)

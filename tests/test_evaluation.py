@@ -369,8 +369,42 @@ def test_a_file_that_is_not_a_report_is_rejected(tmp_path: Path) -> None:
 
 def test_cli_rescore_writes_the_rejudged_reports(report: EvaluationReport, tmp_path: Path) -> None:
     source = report.to_json(tmp_path / "eval" / "report.json")
-    main(["rescore", str(source), "--scorer", "nade", "--out", str(tmp_path / "again")])
+    assert main(["rescore", str(source), "--scorer", "nade", "--out", str(tmp_path / "again")]) == 0
     written = EvaluationReport.from_json(tmp_path / "again" / "report.json")
     assert written.records == report.records
     assert (tmp_path / "again" / "report.md").read_text().startswith("**anger**")
     assert (tmp_path / "again" / "report.png").stat().st_size > 0
+
+
+def test_cli_rescore_writes_beside_the_report_by_default(
+    report: EvaluationReport, tmp_path: Path
+) -> None:
+    source = report.to_json(tmp_path / "eval" / "report.json")
+    assert main(["rescore", str(source)]) == 0
+    assert (tmp_path / "eval" / "rescored-nade" / "report.json").is_file()
+
+
+def test_rescoring_an_older_report_keeps_the_bank_as_rivals(
+    report: EvaluationReport, tmp_path: Path
+) -> None:
+    """Reports written before the bank was recorded still judge against every emotion the
+    first judge scored, not only the evaluated ones: joy (top for _FixedScorer) still wins."""
+    older = EvaluationReport(
+        [r for r in report.records if r["target"] == "anger"],
+        settings={k: v for k, v in report.settings.items() if k not in ("rivals", "bank_emotions")},
+    )
+    rescored = older.rescored(_FixedScorer())
+    assert rescored.settings["rivals"][0] == "joy"
+    assert all(r["success"] == 0.0 for r in rescored.records)
+
+
+class _NanScorer:
+    emotions = ("joy", "anger")
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        return np.tile(np.array([np.nan, 0.5]), (len(texts), 1))
+
+
+def test_a_nan_score_is_never_a_success(report: EvaluationReport) -> None:
+    rescored = report.rescored(_NanScorer())
+    assert all(r["success"] == 0.0 for r in rescored.records)

@@ -157,7 +157,7 @@ def test_a_saved_classifier_loads_from_its_folder(
     from_path = ClassifierScorer(str(tmp_path), emotions=emotions)
     assert from_path.labels == tuple(LABELS.values())
     np.testing.assert_allclose(from_path(TEXTS), in_memory, atol=1e-6)
-    loaded = load_scorer(str(tmp_path))
+    loaded = load_scorer(tmp_path)  # a Path as well as a str
     assert isinstance(loaded, ClassifierScorer)
     assert loaded.emotions == ("joy", "anger", "fear", "sadness")
     np.testing.assert_allclose(loaded(TEXTS)[:, [3, 0]], in_memory, atol=1e-6)
@@ -231,7 +231,7 @@ def test_load_scorer_knows_the_prototype_judge() -> None:
 
 
 class KeywordScorer:
-    """Names the emotion whose name appears in the text (joy when none does)."""
+    """Scores 1 for each emotion named in the text, and joy 2 whatever the text says."""
 
     emotions = ("joy", "anger", "fear")
 
@@ -251,18 +251,23 @@ def test_recognition_rates_count_the_texts_whose_top_emotion_is_their_label() ->
 
 
 def test_recognition_rates_compare_only_the_labelled_emotions() -> None:
-    """Joy wins every text on its own bonus, but it is not a label here, so it cannot win."""
-    assert recognition_rates(KeywordScorer(), {"anger": ["calm"], "fear": ["fear"]}) == {
+    """Joy tops every text, but it is not a label here, so it cannot win."""
+    assert recognition_rates(KeywordScorer(), {"anger": ["anger"], "fear": ["fear"]}) == {
         "anger": 1.0,
         "fear": 1.0,
     }
 
 
+def test_ties_and_empty_texts_are_misses() -> None:
+    texts = {"anger": ["anger and fear", "", "anger"], "fear": ["fear"]}
+    assert recognition_rates(KeywordScorer(), texts) == {"anger": pytest.approx(1 / 3), "fear": 1.0}
+
+
 def test_recognition_rates_refuse_unusable_labels() -> None:
     with pytest.raises(ValueError, match="none for \\['fear'\\]"):
         recognition_rates(KeywordScorer(), {"anger": ["anger"], "fear": []})
-    with pytest.raises(ValueError, match="emotions the scorer knows"):
-        recognition_rates(KeywordScorer(), {"pride": ["proud"]})
+    with pytest.raises(ValueError, match="at least two emotions the scorer knows"):
+        recognition_rates(KeywordScorer(), {"pride": ["proud"], "anger": ["anger"]})
 
 
 def test_the_prototype_judge_recognises_more_shipped_answers_than_nade(
@@ -275,3 +280,10 @@ def test_the_prototype_judge_recognises_more_shipped_answers_than_nade(
     assert nade["joy"] > 0.9 and zero_shot["joy"] > 0.9
     assert zero_shot["anger"] > nade["anger"]
     assert zero_shot["fear"] > nade["fear"] + 0.5
+
+
+def test_load_scorer_refuses_what_is_not_a_scorer() -> None:
+    with pytest.raises(TypeError, match="Not an emotion scorer"):
+        load_scorer(42)  # type: ignore[arg-type]
+    nade = NadeScorer()
+    assert load_scorer(nade) is nade
