@@ -7,6 +7,7 @@ embedder; the metrics themselves are tested on hand-made texts in test_metrics.p
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -256,13 +257,15 @@ def test_a_hugging_face_classifier_plugs_in(setup: tuple, embedder: SentenceEmbe
         assert record["eps"] == pytest.approx(float(expected), abs=1e-6)
 
 
-class _FixedScorer:
-    """Scores every text the same: joy 0.6, anger 0.3, fear 0.1."""
+class _Constant:
+    """Scores every text the same, emotion by emotion as given."""
 
-    emotions = ("joy", "anger", "fear")
+    def __init__(self, **scores: float) -> None:
+        self.emotions = tuple(scores)
+        self._row = np.array(list(scores.values()))
 
     def __call__(self, texts: list[str]) -> np.ndarray:
-        return np.tile(np.array([0.6, 0.3, 0.1]), (len(texts), 1))
+        return np.tile(self._row, (len(texts), 1))
 
 
 def test_success_is_judged_against_every_emotion_of_the_bank(
@@ -279,7 +282,7 @@ def test_success_is_judged_against_every_emotion_of_the_bank(
         alphas=[0.0, 1.0],
         queries=QUERIES[:2],
         decoding=DECODING,
-        scorer=_FixedScorer(),
+        scorer=_Constant(joy=0.6, anger=0.3, fear=0.1),
         embedder=embedder,
         progress=False,
     )
@@ -293,7 +296,7 @@ def test_success_is_judged_against_every_emotion_of_the_bank(
         alphas=[1.0],
         queries=QUERIES[:2],
         decoding=DECODING,
-        scorer=_FixedScorer(),
+        scorer=_Constant(joy=0.6, anger=0.3, fear=0.1),
         embedder=embedder,
         progress=False,
     )
@@ -317,21 +320,12 @@ def test_repetition_penalty_reaches_generate(setup: tuple) -> None:
         generate_answers(model, tokenizer, QUERIES, repetition_penalty=0.0)
 
 
-class _AngerScorer:
-    """Anger for every text: anger 0.7, joy 0.2, sadness 0.1."""
-
-    emotions = ("anger", "joy", "sadness")
-
-    def __call__(self, texts: list[str]) -> np.ndarray:
-        return np.tile(np.array([0.7, 0.2, 0.1]), (len(texts), 1))
-
-
 def test_rescoring_rejudges_emotion_and_keeps_everything_else(
     report: EvaluationReport, tmp_path: Path
 ) -> None:
     again = EvaluationReport.from_json(report.to_json(tmp_path / "report.json"))
-    rescored = again.rescored(_AngerScorer())
-    assert rescored.settings["scorer"] == "_AngerScorer"
+    rescored = again.rescored(_Constant(anger=0.7, joy=0.2, sadness=0.1))
+    assert rescored.settings["scorer"] == "_Constant"
     assert rescored.settings["rivals"] == ["joy", "anger"]  # sadness: not in the bank
     kept = ("query", "method", "target", "alpha", "answer", "sim_query", "perplexity")
     for old, new in zip(report.records, rescored.records, strict=True):
@@ -350,14 +344,7 @@ def test_rescoring_with_the_same_scorer_changes_nothing(
 
 def test_rescoring_needs_a_scorer_for_every_evaluated_emotion(report: EvaluationReport) -> None:
     with pytest.raises(ValueError, match="cannot judge \\['joy'\\]"):
-        report.rescored(_OnlyAnger())
-
-
-class _OnlyAnger:
-    emotions = ("anger",)
-
-    def __call__(self, texts: list[str]) -> np.ndarray:
-        return np.ones((len(texts), 1))
+        report.rescored(_Constant(anger=1.0))
 
 
 def test_a_file_that_is_not_a_report_is_rejected(tmp_path: Path) -> None:
@@ -388,23 +375,16 @@ def test_rescoring_an_older_report_keeps_the_bank_as_rivals(
     report: EvaluationReport, tmp_path: Path
 ) -> None:
     """Reports written before the bank was recorded still judge against every emotion the
-    first judge scored, not only the evaluated ones: joy (top for _FixedScorer) still wins."""
+    first judge scored, not only the evaluated ones: joy (top here) still wins."""
     older = EvaluationReport(
         [r for r in report.records if r["target"] == "anger"],
         settings={k: v for k, v in report.settings.items() if k not in ("rivals", "bank_emotions")},
     )
-    rescored = older.rescored(_FixedScorer())
+    rescored = older.rescored(_Constant(joy=0.6, anger=0.3, fear=0.1))
     assert rescored.settings["rivals"][0] == "joy"
     assert all(r["success"] == 0.0 for r in rescored.records)
 
 
-class _NanScorer:
-    emotions = ("joy", "anger")
-
-    def __call__(self, texts: list[str]) -> np.ndarray:
-        return np.tile(np.array([np.nan, 0.5]), (len(texts), 1))
-
-
 def test_a_nan_score_is_never_a_success(report: EvaluationReport) -> None:
-    rescored = report.rescored(_NanScorer())
+    rescored = report.rescored(_Constant(joy=math.nan, anger=0.5))
     assert all(r["success"] == 0.0 for r in rescored.records)
