@@ -159,15 +159,18 @@ def _extract(args: argparse.Namespace) -> None:
     if args.data == "answers" and reading_kind != "response":
         raise ValueError("The shipped answers are read as answers: use --reading response.")
     pairs: dict[str, Sequence[Pair]] | None = None
+    source = "shipped stories"
     if args.data == "answers":
-        pairs = dict(default_answer_pairs(args.emotions))
+        pairs, source = dict(default_answer_pairs(args.emotions)), "shipped answers"
     elif args.pairs:
-        pairs = {}
+        pairs, source = {}, "your pairs"
         for spec in args.pairs:
             emotion, _, path = spec.partition("=")
             if not path:
                 raise ValueError(f"--pairs expects EMOTION=FILE, got {spec!r}")
             pairs[emotion] = read_pairs(path)
+    elif reading_kind == "response":
+        source = "the model's answers under emotional instructions"
     rank, world, device = _process_state()  # bad options fail before the model loads
     model, tokenizer = load_model(args.model, device=device)
     name = args.model or DEFAULT_MODEL
@@ -197,14 +200,6 @@ def _extract(args: argparse.Namespace) -> None:
     seconds = time.perf_counter() - started
     if rank > 0:
         return
-    if args.pairs:
-        source = "your pairs"
-    elif args.data == "answers":
-        source = "shipped answers"
-    elif reading_kind == "response":
-        source = "the model's answers under emotional instructions"
-    else:
-        source = "shipped stories"
     vectors = vectors.with_settings(data=source)
     if args.center and len(vectors) > 1:
         vectors = vectors.center(args.center)
