@@ -1,7 +1,8 @@
 """Steered vs plain generation speed on the embedded model, measured in one run.
 
-Plain and steered runs alternate, so machine noise hits both alike; the report is their
-tokens-per-second ratio (1.0 = steering costs nothing).
+Plain and each steered variant (the methods, logit-space guidance with its second pass, the
+slur blocker) run in turn, so machine noise hits all alike; the report is each one's
+tokens-per-second ratio to plain (1.0 = it costs nothing).
 
     python benchmarks/steering_speed.py [--batch-sizes 1 8] [--tokens 32] [--repeats 3]
 """
@@ -9,7 +10,6 @@ tokens-per-second ratio (1.0 = steering costs nothing).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import time
 from pathlib import Path
@@ -18,6 +18,8 @@ import torch
 
 from emovec import EmotionVectors, load_model, steer
 from emovec.generation import format_prompts
+from emovec.guidance import PlainGuidance
+from emovec.offensive import clean_logits_processor
 
 VECTORS = Path(__file__).resolve().parent.parent / "vectors" / "smollm2-135m-instruct.safetensors"
 QUERIES = [
@@ -32,11 +34,15 @@ QUERIES = [
 ]
 
 
-def _tokens_per_second(model, inputs, new_tokens: int) -> float:  # type: ignore[no-untyped-def]
+def _tokens_per_second(model, inputs, new_tokens: int, processors=()) -> float:  # type: ignore[no-untyped-def]
     started = time.perf_counter()
     with torch.inference_mode():
         output = model.generate(
-            **inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False
+            **inputs,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            logits_processor=list(processors),
         )
     elapsed = time.perf_counter() - started
     generated = (output.shape[1] - inputs["input_ids"].shape[1]) * output.shape[0]
@@ -56,20 +62,35 @@ def main() -> None:
         prompts = format_prompts(tokenizer, (QUERIES * batch_size)[:batch_size])
         inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         _tokens_per_second(model, inputs, 4)  # warm-up
-        plain, steered = [], []
+        blocker = clean_logits_processor(tokenizer)
+        variants = {
+            "plain": ({}, None),
+            "add": ({}, ()),
+            "project": ({"method": "project"}, ()),
+            "angular": ({"method": "angular"}, ()),
+            "guided": ({}, "guided"),
+            "add + blocker": ({}, (blocker,)),
+        }
+        samples: dict[str, list[float]] = {label: [] for label in variants}
         for _ in range(args.repeats):
-            for label, samples in (("plain", plain), ("steered", steered)):
-                context = (
-                    steer(model, vectors, joy=1.0, anger=0.5)
-                    if label == "steered"
-                    else contextlib.nullcontext()
-                )
-                with context:
-                    samples.append(_tokens_per_second(model, inputs, args.tokens))
-        p, s = statistics.median(plain), statistics.median(steered)
+            for label, (options, processors) in variants.items():
+                if processors is None:
+                    samples[label].append(_tokens_per_second(model, inputs, args.tokens))
+                    continue
+                with steer(model, vectors, joy=1.0, anger=0.5, **options) as steering:
+                    if processors == "guided":
+                        mask = inputs["attention_mask"]
+                        processors = (PlainGuidance(model, steering, mask, weight=0.5),)
+                    samples[label].append(
+                        _tokens_per_second(model, inputs, args.tokens, processors)
+                    )
+        plain = statistics.median(samples["plain"])
+        line = ", ".join(
+            f"{label} {statistics.median(v) / plain:.3f}" for label, v in samples.items()
+        )
         print(
-            f"batch {batch_size}: plain {p:.1f} tok/s, steered {s:.1f} tok/s, "
-            f"ratio steered/plain {s / p:.3f} (median of {args.repeats})"
+            f"batch {batch_size}: plain {plain:.1f} tok/s; ratio to plain (median of "
+            f"{args.repeats}): {line}"
         )
     per_row_mixes(model, tokenizer, vectors, args.tokens)
 

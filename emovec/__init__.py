@@ -12,7 +12,7 @@ from emovec.datasets import BASIC_EMOTIONS, PromptPair, default_pairs, read_pair
 from emovec.extraction import extract
 from emovec.layers import LayerDiscoveryError, find_layers
 from emovec.models import load_model
-from emovec.steering import Steering, VectorModelMismatchError, steer
+from emovec.steering import Schedule, Steering, VectorModelMismatchError, steer
 from emovec.vectors import EmotionVectors, Placement, SteeringVector
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "LayerDiscoveryError",
     "Placement",
     "PromptPair",
+    "Schedule",
     "Steering",
     "SteeringVector",
     "VectorModelMismatchError",

@@ -16,16 +16,25 @@ from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from emovec._files import write_text
-from emovec.calibration import DEFAULT_DOSES
+from emovec.calibration import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_DECODING,
+    DEFAULT_DOSES,
+    DEFAULT_NUM_QUERIES,
+    DEFAULT_SUCCESS_MARGIN,
+)
 from emovec.datasets import BASIC_EMOTIONS, Pair, default_answer_pairs, read_pairs
 from emovec.evaluation import Tolerance
-from emovec.generation import generate_answers
+from emovec.generation import generate_answers, persona_for, with_instructions
 from emovec.models import DEFAULT_MODEL, load_model
 from emovec.steering import steer
 from emovec.vectors import EmotionVectors
 
 if TYPE_CHECKING:
     from emovec.evaluation import EvaluationReport
+
+# The library's tolerance: the command line's defaults are read from it, never copied.
+_TOLERANCE = Tolerance()
 
 DEMO_PROMPTS = (
     "Tell me about your morning.",
@@ -90,6 +99,15 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_clean_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-clean",
+        dest="clean",
+        action="store_false",
+        help="let slurs and obscenities through (default: blocked during decoding)",
+    )
+
+
 def _repetition_penalty(args: argparse.Namespace, vectors: EmotionVectors) -> float:
     """``--repetition-penalty``, else the one the bank's placements were calibrated with."""
     from emovec.calibration import calibrated_repetition_penalty
@@ -105,12 +123,16 @@ def _demo(args: argparse.Namespace) -> None:
     decoding = {
         "max_new_tokens": args.max_new_tokens,
         "repetition_penalty": _repetition_penalty(args, vectors),
+        "clean": args.clean,
     }
     columns = {"plain": generate_answers(model, tokenizer, prompts, **decoding)}
     for emotion in emotions:
-        with steer(model, vectors, layers=args.layers, scale=args.scale, **{emotion: args.alpha}):
+        strength = {emotion: args.alpha}
+        asked = [with_instructions(p, vectors, strength) for p in prompts]
+        systems = [persona_for(vectors, strength)] * len(prompts)
+        with steer(model, vectors, layers=args.layers, scale=args.scale, **strength):
             columns[f"{emotion} {args.alpha:+g}"] = generate_answers(
-                model, tokenizer, prompts, **decoding
+                model, tokenizer, asked, systems=systems, **decoding
             )
     for i, prompt in enumerate(prompts):
         print(f"\n=== {prompt}")
@@ -128,12 +150,14 @@ def _generate(args: argparse.Namespace) -> None:
         answers = generate_answers(
             model,
             tokenizer,
-            [args.prompt],
+            [with_instructions(args.prompt, vectors, strengths)],
+            systems=[persona_for(vectors, strengths)],
             max_new_tokens=args.max_new_tokens,
             do_sample=args.sample,
             temperature=args.temperature,
             seed=args.seed,
             repetition_penalty=_repetition_penalty(args, vectors),
+            clean=args.clean,
         )
     print(answers[0])
 
@@ -226,6 +250,71 @@ def _queries(spec: str | None) -> list[str]:
     return read_queries(spec)
 
 
+def _add_tolerance_options(parser: argparse.ArgumentParser) -> None:
+    """How far a steered setting may drift from plain (emovec.evaluation.Tolerance)."""
+    group = parser.add_argument_group("tolerance (how far a setting may drift from plain)")
+    group.add_argument(
+        "--min-topic-ratio",
+        type=float,
+        default=_TOLERANCE.min_topic_ratio,
+        help="least topic retention: answer-query similarity as a share of the plain "
+        "answers' (default: %(default)s)",
+    )
+    group.add_argument(
+        "--max-offensive-increase",
+        type=float,
+        default=_TOLERANCE.max_offensive_increase,
+        help="most share of offensive answers above plain's (default: %(default)s)",
+    )
+    group.add_argument(
+        "--max-degenerate-increase",
+        type=float,
+        default=_TOLERANCE.max_degenerate_increase,
+        help="most share of degenerate answers above plain's (default: %(default)s)",
+    )
+    group.add_argument(
+        "--max-perplexity-ratio",
+        type=float,
+        default=_TOLERANCE.max_perplexity_ratio,
+        help="most median perplexity, as a multiple of plain's (default: %(default)s)",
+    )
+
+
+def _tolerance(args: argparse.Namespace) -> Tolerance:
+    return Tolerance(
+        max_degenerate_increase=args.max_degenerate_increase,
+        max_perplexity_ratio=args.max_perplexity_ratio,
+        min_topic_ratio=args.min_topic_ratio,
+        max_offensive_increase=args.max_offensive_increase,
+    )
+
+
+def _headline(report: EvaluationReport, alphas: dict[str, float]) -> str:
+    """Per emotion at its recommended α (none within tolerance: the smallest α > 0 tried):
+    success, topic retention beside the hand-written answers', offensive rate beside plain's."""
+    from emovec.evaluation import _fmt
+
+    summary = report.summary()
+    reference = report.reference_retention
+    lines = []
+    for emotion, alpha in alphas.items():
+        rows = {(r["method"], r["alpha"]): r for r in summary if r["emotion"] == emotion}
+        plain = rows.get(("plain", 0.0))
+        steered = sorted(a for m, a in rows if m == "vector" and a > 0)
+        shown = alpha if alpha > 0 else (steered[0] if steered else None)
+        if plain is None or shown is None or ("vector", shown) not in rows:
+            continue
+        row = rows[("vector", shown)]
+        note = "" if alpha > 0 else " (no α > 0 within tolerance)"
+        lines.append(
+            f"  {emotion} α={shown:+g}{note}: success {row['success']:.2f} (plain "
+            f"{plain['success']:.2f}), topic retention {_fmt(row['retention'], '.2f')} "
+            f"(hand-written answers {_fmt(reference.get(emotion, float('nan')), '.2f')}), "
+            f"offensive {_fmt(row['offensive'], '.2f')} (plain {_fmt(plain['offensive'], '.2f')})"
+        )
+    return "\n".join(lines)
+
+
 def _evaluate(args: argparse.Namespace) -> None:
     from emovec.evaluation import Decoding, evaluate, recommend_alpha
     from emovec.prebuilt import prebuilt_path
@@ -243,6 +332,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         prompt_baseline=args.prompt_baseline,
         layers=args.layers,
         positions=args.positions,
+        clean=args.clean,
         decoding=Decoding(
             max_new_tokens=args.max_new_tokens,
             do_sample=args.sample,
@@ -254,8 +344,9 @@ def _evaluate(args: argparse.Namespace) -> None:
     )
     out = Path(args.out or f"out/eval-{args.model or DEFAULT_MODEL}".replace("/", "--"))
     _write_report(report, out)
-    recommended = recommend_alpha(report)
+    recommended = recommend_alpha(report, _tolerance(args))
     print(f"recommended α: {recommended}")
+    print(_headline(report, recommended))
     if args.store_recommendation:
         target = args.vectors or prebuilt_path(args.model or DEFAULT_MODEL)
         if target is None:
@@ -268,8 +359,9 @@ def _write_report(report: EvaluationReport, out: Path) -> None:
     report.to_json(out / "report.json")
     write_text(out / "report.md", report.to_markdown())
     report.plot(out / "report.png")
+    report.plot_front(out / "front.png")
     print(report.to_markdown())
-    print(f"wrote {out}/report.json, report.md, report.png")
+    print(f"wrote {out}/report.json, report.md, report.png, front.png")
 
 
 def _rescore(args: argparse.Namespace) -> None:
@@ -288,8 +380,9 @@ _SCORER_HELP = (
 
 
 def _calibrate(args: argparse.Namespace) -> None:
+    from dataclasses import replace
+
     from emovec.calibration import calibrate
-    from emovec.evaluation import Decoding
     from emovec.prebuilt import prebuilt_path
 
     model, tokenizer, vectors = _load(args)
@@ -303,14 +396,15 @@ def _calibrate(args: argparse.Namespace) -> None:
         emotions=args.emotions,
         bands=args.bands,
         doses=args.doses,
+        instructions=(False, True) if args.instructions else (False,),
         num_queries=args.queries,
-        tolerance=Tolerance(
-            max_degenerate_increase=args.max_degenerate_increase,
-            min_topic_ratio=args.min_topic_ratio,
-        ),
+        tolerance=_tolerance(args),
         success_margin=args.success_margin,
-        decoding=Decoding(
-            max_new_tokens=args.max_new_tokens, repetition_penalty=args.repetition_penalty
+        clean=args.clean,
+        decoding=replace(
+            DEFAULT_DECODING,
+            max_new_tokens=args.max_new_tokens,
+            repetition_penalty=args.repetition_penalty,
         ),
         scorer=args.scorer,
         batch_size=args.batch_size,
@@ -321,8 +415,9 @@ def _calibrate(args: argparse.Namespace) -> None:
         report = Path(args.report)
         write_text(report / "calibration.md", table)
         write_text(report / "calibration.json", json.dumps(calibration.to_dict(), indent=1))
-        for band, answers in calibration.reports.items():
-            answers.to_json(report / f"answers-layers-{'-'.join(map(str, band))}.json")
+        calibration.plot_front(report / "front.png")
+        if calibration.report is not None:  # every setting's answers, methods named "12-16@0.35"
+            calibration.report.to_json(report / "answers.json")
     uncalibrated = sorted(set(calibration.emotions) - set(calibration.placements))
     calibration.apply(vectors).save(target)
     print(
@@ -340,6 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--alpha", type=float, default=1.0)
     demo.add_argument("--emotions", nargs="+")
     demo.add_argument("--prompt", action="append", help="a prompt (repeatable)")
+    _add_clean_option(demo)
     demo.set_defaults(run=_demo)
 
     gen = commands.add_parser("generate", help="answer one prompt with steering")
@@ -355,6 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--sample", action="store_true", help="sample instead of greedy")
     gen.add_argument("--temperature", type=float, default=0.7)
     gen.add_argument("--seed", type=int, default=0)
+    _add_clean_option(gen)
     gen.set_defaults(run=_generate)
 
     ev = commands.add_parser("eval", help="score steering over an α sweep (EPS, topic, fluency)")
@@ -376,6 +473,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--top-p", type=float, default=0.9)
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--out", help="output folder (default out/eval-MODEL)")
+    _add_clean_option(ev)  # --no-clean: the offensive rate without the blocker
+    _add_tolerance_options(ev)
     ev.add_argument(
         "--store-recommendation",
         action="store_true",
@@ -456,27 +555,47 @@ def build_parser() -> argparse.ArgumentParser:
         "--bands", type=_parse_layers, nargs="+", help="candidate bands, e.g. 8-12 12-16"
     )
     cal.add_argument("--doses", type=float, nargs="+", default=list(DEFAULT_DOSES))
-    cal.add_argument("--queries", type=int, default=24, help="calibration queries to answer")
-    cal.add_argument("--scorer", help=_SCORER_HELP)
-    cal.add_argument("--max-degenerate-increase", type=float, default=0.1)
     cal.add_argument(
-        "--min-topic-ratio",
-        type=float,
-        default=Tolerance.min_topic_ratio,
-        help="least answer-query similarity, as a share of the plain answers'",
+        "--instructions",
+        action="store_true",
+        help="also try each band and dose with the emotion's instruction in the user turn "
+        "(a chosen one is stored with the placement)",
     )
+    cal.add_argument(
+        "--queries",
+        type=int,
+        default=DEFAULT_NUM_QUERIES,
+        help="calibration queries to answer (default: %(default)s)",
+    )
+    cal.add_argument("--scorer", help=_SCORER_HELP)
+    _add_tolerance_options(cal)
+    _add_clean_option(cal)
     cal.add_argument(
         "--success-margin",
         type=float,
-        default=0.1,
-        help="take the most on-topic setting whose success is within this of the best",
+        default=DEFAULT_SUCCESS_MARGIN,
+        help="take the most on-topic setting whose success is within this of the best "
+        "(default: %(default)s)",
     )
-    cal.add_argument("--max-new-tokens", type=int, default=40)
+    cal.add_argument("--max-new-tokens", type=int, default=DEFAULT_DECODING.max_new_tokens)
     cal.add_argument(
-        "--repetition-penalty", type=float, default=1.0, help="1 = off; also for plain answers"
+        "--repetition-penalty",
+        type=float,
+        default=DEFAULT_DECODING.repetition_penalty,
+        help="1 = off; also for plain answers (default: %(default)s)",
     )
-    cal.add_argument("--batch-size", type=int, default=24)
-    cal.add_argument("--report", metavar="DIR", help="write every trial (markdown, JSON) here")
+    cal.add_argument(
+        "--batch-size",
+        type=int,
+        default=DEFAULT_BATCH_SIZE,
+        help="rows per generate call (default: %(default)s)",
+    )
+    cal.add_argument(
+        "--report",
+        metavar="DIR",
+        help="write every trial (markdown, JSON, the Pareto front front.png) and every "
+        "answer (answers.json) here",
+    )
     cal.set_defaults(run=_calibrate)
     return parser
 

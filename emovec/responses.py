@@ -74,6 +74,7 @@ def _answers(
         prompts,
         max_new_tokens=settings["max_new_tokens"],
         batch_size=settings["batch_size"],
+        clean=False,  # extraction reads the model's own answers as they come (and cached)
     )
     if path is not None:
         payload = {"key": key, "instruction": instruction, "answers": answers}

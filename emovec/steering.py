@@ -18,6 +18,15 @@ Placements: without ``layers=``, an emotion the bank holds a
 steered at its own layers, and α = 1 is its own calibrated dose rather than ``RELATIVE_DOSE``:
 emotions differ in where a model carries them and how much push they take.
 
+Methods (how ``delta_l`` meets the hidden state ``h`` at a steered position):
+    ``"add"`` (default): ``h + delta_l``, the paper's rule.
+    ``"project"``: lift ``h``'s component along ``delta_l`` to ``‖delta_l‖`` (what ``add``
+    would add to a position with no such component), by at most ``2‖delta_l‖``: a position
+    that already carries the emotion is not pushed further, one that points away is pushed
+    harder. Attention sinks (``‖h‖`` above ``SINK_RATIO`` typical norms) are left alone.
+    ``"angular"``: rotate ``h`` toward ``h + delta_l`` keeping ``‖h‖``.
+A :class:`Schedule` varies the strength over the generated tokens.
+
 Dose: ``Σ_l ‖delta_l‖ / typical ‖h_l‖`` over the steered layers, what the residual stream
 receives in units of a hidden state. α = 1 in relative scale is a dose of 0.5; on SmolLM2
 repetition takes over by a dose of 1.0. Above ``MAX_DOSE`` steering warns (or clamps, or
@@ -32,25 +41,27 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
-from torch.utils.hooks import RemovableHandle
 
-from emovec.layers import find_layers, hidden_size_of, layer_output, replace_layer_output
+from emovec.hooks import SINK_RATIO, Method, Positions, Schedule, Steering
+from emovec.layers import find_layers, hidden_size_of
 from emovec.vectors import EmotionVectors, Scale, SteeringVector
 
 __all__ = [
     "MAX_DOSE",
     "PRESETS",
     "RELATIVE_DOSE",
+    "SINK_RATIO",
     "DoseError",
     "DoseGuard",
     "DoseWarning",
+    "Method",
     "Positions",
+    "Schedule",
     "Steering",
     "VectorModelMismatchError",
     "steer",
 ]
 
-Positions = Literal["all", "prompt", "generated", "last"]
 DoseGuard = Literal["warn", "clamp", "raise"]
 Layers = Sequence[int] | Mapping[int, float]
 
@@ -77,200 +88,6 @@ class DoseError(ValueError):
 
 class DoseWarning(UserWarning):
     """Warned when the steering dose exceeds ``max_dose`` (and when it is clamped)."""
-
-
-def _block_placement(block: nn.Module) -> tuple[torch.device, torch.dtype] | None:
-    """Where the block computes, if its parameters say so (not for offloaded "meta" ones)."""
-    for parameter in block.parameters():
-        if parameter.is_floating_point():
-            if parameter.device.type == "meta":
-                return None
-            return parameter.device, parameter.dtype
-    return None
-
-
-def _past_length(kwargs: Mapping[str, Any]) -> int:
-    cache_position = kwargs.get("cache_position")
-    if isinstance(cache_position, torch.Tensor) and cache_position.numel():
-        return int(cache_position.reshape(-1)[0])
-    # transformers ≥ 5.24 passes the cache as ``cache`` (and no ``cache_position``).
-    past = kwargs.get("past_key_values", kwargs.get("cache"))
-    if past is None:
-        return 0
-    if hasattr(past, "get_seq_length"):
-        return int(past.get_seq_length())
-    try:  # legacy tuple-of-tuples cache
-        return int(past[0][0].shape[-2])
-    except (IndexError, TypeError, AttributeError):
-        return 0
-
-
-class _CallTracker:
-    """Knows, for the current forward call, where its positions sit in the sequence.
-
-    With a KV cache, a call's first position is the cache length, and the prompt is whatever
-    the first, cache-less call saw. Without a cache, ``generate`` re-runs the whole sequence
-    one token longer each step; such a call continues the previous one. (So, without a cache,
-    a new ``generate`` whose prompt is exactly the previous call's tokens plus one looks like
-    a continuation: re-enter the steering between such calls, which resets this tracker.)
-    """
-
-    def __init__(self) -> None:
-        self.offset = 0
-        self.prompt_length: int | None = None
-        self._previous: torch.Tensor | None = None
-
-    def reset(self) -> None:
-        self.offset, self.prompt_length, self._previous = 0, None, None
-
-    def before_forward(self, _module: nn.Module, args: tuple, kwargs: dict) -> None:
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        embeds = kwargs.get("inputs_embeds")
-        first = ids if isinstance(ids, torch.Tensor) else embeds
-        if not isinstance(first, torch.Tensor):
-            return
-        width = int(first.shape[1])
-        past = _past_length(kwargs)
-        if past > 0:
-            self.offset = past
-            if self.prompt_length is None:  # steering began in the middle of a generation
-                self.prompt_length = past
-            return
-        self.offset = 0
-        previous = self._previous
-        continues = (
-            kwargs.get("use_cache") is False
-            and isinstance(ids, torch.Tensor)
-            and previous is not None
-            and self.prompt_length is not None
-            and ids.shape[0] == previous.shape[0]
-            and ids.shape[1] == previous.shape[1] + 1
-            and torch.equal(ids[:, :-1], previous)
-        )
-        if not continues:
-            self.prompt_length = width
-        self._previous = ids.detach() if isinstance(ids, torch.Tensor) else None
-
-
-class Steering:
-    """Hooks adding fixed per-layer vectors to a model's decoder layers.
-
-    Use as a context manager (re-enterable after exit) or with :meth:`apply` / :meth:`remove`
-    where ``with`` does not fit, such as notebook cells. Build it with :func:`steer`.
-
-    Attributes:
-        positions: Which positions are steered.
-        dose: Per batch row (one entry unless ``rows`` was given), ``Σ_l ‖delta_l‖ / ‖h_l‖``
-            after any clamping.
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        blocks: Sequence[nn.Module],
-        deltas: Mapping[int, torch.Tensor],
-        *,
-        positions: Positions = "all",
-        dose: Sequence[float] = (0.0,),
-    ) -> None:
-        if positions not in ("all", "prompt", "generated", "last"):
-            raise ValueError(
-                f"positions must be 'all', 'prompt', 'generated' or 'last', not {positions!r}."
-            )
-        self.positions: Positions = positions
-        self.dose = list(dose)
-        self._model = model
-        self._tracker = _CallTracker()
-        self._targets: list[tuple[int, nn.Module, torch.Tensor]] = []
-        for index, delta in sorted(deltas.items()):
-            placement = _block_placement(blocks[index])
-            # Cast and move once here, not on every forward step (the hook corrects it once
-            # more for blocks whose weights arrive at call time, e.g. accelerate offloading).
-            if placement is not None:
-                delta = delta.to(device=placement[0], dtype=placement[1])
-            self._targets.append((index, blocks[index], delta))
-        self._handles: list[RemovableHandle] = []
-
-    @property
-    def layers(self) -> list[int]:
-        """Indices of the hooked layers (empty when every strength is zero)."""
-        return [index for index, _, _ in self._targets]
-
-    @property
-    def active(self) -> bool:
-        return bool(self._handles)
-
-    def deltas(self) -> list[torch.Tensor]:
-        """What each hooked layer adds (``[hidden]``, or ``[rows, hidden]``), in layer order."""
-        return [delta for _, _, delta in self._targets]
-
-    def apply(self) -> Steering:
-        """Start steering. Raises if this steering is already applied."""
-        if self._handles:
-            raise RuntimeError("This steering is already applied; remove() it first.")
-        self._tracker.reset()
-        try:
-            if self._targets and self.positions in ("prompt", "generated"):
-                self._handles.append(
-                    self._model.register_forward_pre_hook(
-                        self._tracker.before_forward, with_kwargs=True
-                    )
-                )
-            for _, block, delta in self._targets:
-                self._handles.append(block.register_forward_hook(self._hook(delta)))
-        except Exception:
-            self.remove()
-            raise
-        return self
-
-    def remove(self) -> None:
-        """Stop steering; safe to call when not applied."""
-        while self._handles:
-            self._handles.pop().remove()
-
-    def __enter__(self) -> Steering:
-        return self.apply()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.remove()
-
-    def _hook(self, delta: torch.Tensor) -> Any:
-        positions, tracker = self.positions, self._tracker
-
-        placed = {"delta": delta}
-
-        def hook(_module: nn.Module, _args: Any, output: Any) -> Any:
-            hidden = layer_output(output)
-            delta = placed["delta"]
-            if delta.device != hidden.device or delta.dtype != hidden.dtype:
-                delta = placed["delta"] = delta.to(device=hidden.device, dtype=hidden.dtype)
-            added = delta
-            if delta.dim() == 2:  # one mix per batch row
-                if delta.shape[0] != hidden.shape[0]:
-                    raise ValueError(
-                        f"steer(rows=...) gave {delta.shape[0]} rows but the batch has "
-                        f"{hidden.shape[0]}; pass one mix per row (sampling several sequences "
-                        "per prompt multiplies the batch)."
-                    )
-                added = delta[:, None, :]
-            if positions == "all":
-                return replace_layer_output(output, hidden + added)
-            if positions == "last":
-                # The newest position of each call: the last prompt token at prefill, then
-                # each generated token (earlier ones come from the KV cache).
-                last = hidden[:, -1:] + (added if added.dim() == 3 else added[None, None])
-                return replace_layer_output(output, torch.cat([hidden[:, :-1], last], dim=1))
-            if tracker.prompt_length is None:
-                raise RuntimeError(
-                    f"positions={positions!r} needs the forward calls to go through the model "
-                    "given to steer(), which tells prompt from generated positions."
-                )
-            absolute = tracker.offset + torch.arange(hidden.shape[1], device=hidden.device)
-            generated = absolute >= tracker.prompt_length
-            mask = generated if positions == "generated" else ~generated
-            return replace_layer_output(output, hidden + added * mask[:, None].to(hidden.dtype))
-
-        return hook
 
 
 def _check_fits(bank: EmotionVectors, model: nn.Module, blocks: Sequence[nn.Module]) -> None:
@@ -325,10 +142,23 @@ def _guard(doses: torch.Tensor, max_dose: float, guard: DoseGuard) -> torch.Tens
     return torch.ones_like(doses)
 
 
+def _same_vectors(a: EmotionVectors, b: EmotionVectors) -> bool:
+    """Whether two banks hold the same vectors and norms (placements may differ)."""
+    return a is b or (
+        a.emotions == b.emotions
+        and torch.equal(a.hidden_norms, b.hidden_norms)
+        and all(torch.equal(a.vector(e), b.vector(e)) for e in a.emotions)
+    )
+
+
 def _as_vector(bank: EmotionVectors, row: Mapping[str, float] | SteeringVector) -> SteeringVector:
+    """A row's mix; a row may come from a copy of the bank with other placements."""
     if isinstance(row, SteeringVector):
-        if row.bank is not bank:
-            raise ValueError("Every row must combine emotions of the same bank.")
+        if not _same_vectors(row.bank, bank):
+            raise ValueError(
+                "Every row must combine emotions of the same bank (or of copies of it that "
+                "differ only in placements)."
+            )
         return row
     return SteeringVector(bank, row)
 
@@ -341,6 +171,8 @@ def steer(
     layers: Layers | str | None = None,
     scale: Scale | None = None,
     positions: Positions | None = None,
+    method: Method = "add",
+    schedule: Schedule | None = None,
     rows: Sequence[Mapping[str, float] | SteeringVector] | None = None,
     preset: str | None = None,
     max_dose: float = MAX_DOSE,
@@ -365,8 +197,15 @@ def steer(
         positions: ``"all"`` (default), ``"prompt"`` (only the prompt's positions),
             ``"generated"`` (only generated tokens), or ``"last"`` (the newest position of
             each forward call). Correct under the KV cache and with left padding.
+            Default: the positions the emotions' placements were calibrated for, else
+            ``"all"`` (``"generated"`` for ``method="project"``: lifting the prompt's
+            positions too loses the question).
+        method: ``"add"`` (default), ``"project"`` or ``"angular"``; see the module docstring.
+        schedule: A :class:`Schedule` of the strength over generated tokens.
         rows: One mix per batch row, e.g. ``[{"joy": 1}, {"anger": 0.8}, {}]``, so one batched
-            ``generate`` serves different emotions; ``vectors`` must then be the bank.
+            ``generate`` serves different emotions; ``vectors`` must then be the bank. A row
+            may be a combination from a copy of the bank with other placements
+            (``vecs.with_placements(...)["joy"]``), so rows can differ in layers and dose.
         preset: Named defaults for ``layers``/``scale``/``positions``; ``"paper"`` is Dong
             et al.'s mode (all layers, raw, last position). Explicit arguments win.
         max_dose: Dose above which ``guard`` acts (see the module docstring).
@@ -383,14 +222,17 @@ def steer(
         VectorModelMismatchError: when the vectors were made for a differently shaped model.
         DoseError: with ``guard="raise"`` when the dose exceeds ``max_dose``.
     """
-    defaults: dict[str, Any] = {"layers": None, "scale": "relative", "positions": "all"}
+    defaults: dict[str, Any] = {
+        "layers": None,
+        "scale": "relative",
+        "positions": "generated" if method == "project" else "all",
+    }
     if preset is not None:
         if preset not in PRESETS:
             raise ValueError(f"Unknown preset {preset!r}; known: {sorted(PRESETS)}.")
         defaults.update(PRESETS[preset])
     layers = defaults["layers"] if layers is None else layers
     scale = defaults["scale"] if scale is None else scale
-    positions = defaults["positions"] if positions is None else positions
 
     if isinstance(vectors, SteeringVector):
         if alphas or rows is not None:
@@ -410,6 +252,9 @@ def steer(
     else:
         raise TypeError(f"Expected EmotionVectors or SteeringVector, got {type(vectors)}.")
 
+    if positions is None:
+        positions = _placed_positions(mixes) if layers is None else None
+        positions = positions or defaults["positions"]
     blocks = find_layers(model, block_layers)
     _check_fits(bank, model, blocks)
     if scale not in ("relative", "raw"):
@@ -423,7 +268,32 @@ def steer(
     deltas = {
         layer: per_layer[:, layer] if rows is not None else per_layer[0, layer] for layer in chosen
     }
-    return Steering(model, blocks, deltas, positions=positions, dose=(doses * factors).tolist())
+    return Steering(
+        model,
+        blocks,
+        deltas,
+        positions=positions,
+        method=method,
+        schedule=schedule,
+        hidden_norms={layer: float(bank.hidden_norms[layer]) for layer in chosen},
+        dose=(doses * factors).tolist(),
+    )
+
+
+def _placed_positions(mixes: Sequence[SteeringVector]) -> Positions | None:
+    """The positions the mixes' placements were calibrated for (``None``: none recorded)."""
+    recorded = {
+        placement.positions
+        for mix in mixes
+        for emotion in mix.coefficients
+        if (placement := mix.bank.placements.get(emotion)) is not None and placement.positions
+    }
+    if len(recorded) > 1:
+        raise ValueError(
+            f"The steered emotions were calibrated for different positions {sorted(recorded)}; "
+            "pass positions= to choose one."
+        )
+    return recorded.pop() if recorded else None  # type: ignore[return-value]
 
 
 def _placed(

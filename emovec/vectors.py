@@ -45,10 +45,22 @@ class Placement:
         layers: Decoder layers steered for this emotion.
         dose: The relative dose at α = 1 (``Σ_l ‖Δ_l‖ / typical ‖h_l‖`` over ``layers``;
             see :mod:`emovec.steering`).
+        instruction: A short request for the emotion added to the user's turn beside the
+            vector (the "hybrid" recipe), or ``None``. ``steer`` cannot change a prompt:
+            :func:`emovec.generation.generate_answers` and the CLI add it
+            (:meth:`EmotionVectors.instruction`).
+        persona: A system turn describing an emotional assistant, used instead of the
+            model's default system prompt beside the vector, or ``None``
+            (:meth:`EmotionVectors.persona`).
+        positions: The positions steered (``"generated"``: only the answer's tokens), or
+            ``None`` for ``steer``'s default.
     """
 
     layers: tuple[int, ...]
     dose: float
+    instruction: str | None = None
+    persona: str | None = None
+    positions: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(sorted({int(i) for i in self.layers})))
@@ -57,9 +69,22 @@ class Placement:
             raise ValueError("A placement needs at least one layer.")
         if not (math.isfinite(self.dose) and self.dose > 0):
             raise ValueError(f"A placement's dose must be finite and positive, not {self.dose}.")
+        if self.positions not in (None, "all", "prompt", "generated", "last"):
+            raise ValueError(
+                "A placement's positions must be 'all', 'prompt', 'generated' or 'last', "
+                f"not {self.positions!r}."
+            )
+        for name in ("instruction", "persona"):
+            text = getattr(self, name)
+            if text is not None and not (isinstance(text, str) and text.strip()):
+                raise ValueError(f"A placement's {name} must be text, not {text!r}.")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"layers": list(self.layers), "dose": self.dose}
+        written: dict[str, Any] = {"layers": list(self.layers), "dose": self.dose}
+        for name in ("instruction", "persona", "positions"):
+            if getattr(self, name) is not None:
+                written[name] = getattr(self, name)
+        return written
 
 
 class EmotionVectors(Mapping[str, "SteeringVector"]):
@@ -174,6 +199,19 @@ class EmotionVectors(Mapping[str, "SteeringVector"]):
         norms = raw.norm(dim=1, keepdim=True)
         gain = torch.where(norms > 0, self.hidden_norms[:, None] / norms.clamp_min(1e-12), 0.0)
         return raw * gain
+
+    def instruction(self, emotion: str) -> str | None:
+        """The instruction calibrated with ``emotion``'s placement, to add to the user's turn
+        (``f"{query} {instruction}"``) when steering it, or ``None``."""
+        self.vector(emotion)
+        placement = self.placements.get(emotion)
+        return placement.instruction if placement is not None else None
+
+    def persona(self, emotion: str) -> str | None:
+        """The system turn calibrated with ``emotion``'s placement, or ``None``."""
+        self.vector(emotion)
+        placement = self.placements.get(emotion)
+        return placement.persona if placement is not None else None
 
     def __repr__(self) -> str:
         band = f"{self.layers[0]}..{self.layers[-1]}" if self.layers else "none"
@@ -299,7 +337,7 @@ class EmotionVectors(Mapping[str, "SteeringVector"]):
             emotions = json.loads(metadata["emotions"])
             vectors = {e: tensors[f"{_EMOTION_PREFIX}{e}"] for e in emotions}
             placements = {  # absent from files written before placements existed
-                e: Placement(tuple(p["layers"]), p["dose"])
+                e: Placement(tuple(p["layers"]), p["dose"], p.get("instruction"), p.get("persona"))
                 for e, p in json.loads(metadata.get("placements", "{}")).items()
             }
             return cls(

@@ -1,4 +1,5 @@
-"""Calibration: candidate bands, the (emotion, band, dose) search, its choice and its record.
+"""Calibration: candidate bands, the (emotion, band, dose, instruction) search in one
+evaluation, its choice and its record.
 
 The search runs a tiny random llama with the real offline scorer (nade) and the real MiniLM
 embedder, and once with a constant scorer whose scores do not depend on the text, so that
@@ -18,17 +19,23 @@ import numpy as np
 import pytest
 import torch
 from conftest import build_model, build_tokenizer, random_bank
+from test_evaluation import JUDGE, WordJudge
 
+from emovec import calibration as calibration_module
+from emovec import evaluation as evaluation_module
 from emovec.calibration import (
+    DEFAULT_BATCH_SIZE,
     Calibration,
     Trial,
     _choose,
+    _setting_name,
     calibrate,
     calibrated_repetition_penalty,
     candidate_bands,
 )
-from emovec.cli import main
-from emovec.evaluation import Decoding, EvaluationReport, Tolerance
+from emovec.cli import build_parser, main
+from emovec.evaluation import PROMPT_INSTRUCTIONS, Decoding, EvaluationReport, Tolerance
+from emovec.generation import generate_answers, with_instructions
 from emovec.metrics import SentenceEmbedder
 from emovec.scoring import NadeScorer
 from emovec.steering import RELATIVE_DOSE, steer
@@ -39,6 +46,15 @@ EMOTIONS = ["joy", "anger"]
 BANDS = [(0, 1), (1, 2)]
 DOSES = [0.5, 1.0]
 DECODING = Decoding(max_new_tokens=4)
+
+
+@pytest.fixture
+def default_judge(monkeypatch: pytest.MonkeyPatch) -> WordJudge:
+    """The judge calibrate loads when given none (the command line gives none)."""
+    judge = WordJudge(*JUDGE.words)
+    monkeypatch.setattr("emovec.evaluation.load_offensive_judge", lambda j=None: j or judge)
+    monkeypatch.setattr("emovec.calibration.load_offensive_judge", lambda j=None: j or judge)
+    return judge
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +78,7 @@ def _calibrate(setup: tuple, embedder: SentenceEmbedder, **options: Any) -> Cali
         "queries": QUERIES,
         "decoding": DECODING,
         "embedder": embedder,
+        "offensive_judge": JUDGE,
         "progress": False,
         **options,
     }
@@ -130,12 +147,51 @@ def test_calibrate_tries_every_emotion_band_and_dose(calibration: Calibration) -
     assert len(calibration.trials) == len(EMOTIONS) * len(BANDS) * len(DOSES)
     tried = {(t.emotion, t.layers, t.dose) for t in calibration.trials}
     assert tried == {(e, b, d) for e in EMOTIONS for b in BANDS for d in DOSES}
+    assert all(t.instruction is None for t in calibration.trials)  # instructions=(False,)
+    assert [(t.emotion, t.layers, t.dose) for t in calibration.trials] == [
+        (e, b, d) for e in EMOTIONS for b in BANDS for d in DOSES
+    ]  # per emotion, band by band, dose by dose
     for trial in calibration.trials:
         assert 0.0 <= trial.success <= 1.0 and 0.0 <= trial.eps <= 1.0
-        assert 0.0 <= trial.degenerate <= 1.0
+        assert 0.0 <= trial.degenerate <= 1.0 and 0.0 <= trial.offensive <= 1.0
     assert set(calibration.plain) == set(EMOTIONS)
     for plain in calibration.plain.values():
-        assert set(plain) == {"success", "eps", "degenerate", "sim_query", "median_perplexity"}
+        assert set(plain) == {
+            "success",
+            "eps",
+            "degenerate",
+            "sim_query",
+            "retention",
+            "offensive",
+            "median_perplexity",
+        }
+        assert plain["retention"] == pytest.approx(1.0)
+
+
+def test_trials_carry_the_retention_and_offensive_rate_of_their_evaluation(
+    calibration: Calibration,
+) -> None:
+    """Each trial's retention and offensive rate are those of its summary row in the one
+    report, the row of the recipe named after the setting, at α = 1."""
+    assert calibration.report is not None
+    summary = calibration.report.summary()
+    for trial in calibration.trials:
+        (row,) = [
+            r
+            for r in summary
+            if r["method"] == _setting_name(trial.layers, trial.dose, False)
+            and r["emotion"] == trial.emotion
+        ]
+        assert row["alpha"] == 1.0 and row["n"] == len(QUERIES)
+        assert trial.retention == row["retention"]
+        assert trial.offensive == row["offensive"]
+        assert trial.retention == pytest.approx(
+            trial.sim_query / calibration.plain[trial.emotion]["sim_query"]
+        )
+    assert calibration.settings["offensive_judge"] == "WordJudge"
+    assert calibration.settings["clean"] is True
+    reference = calibration.reference_retention
+    assert list(reference) == EMOTIONS and all(0.8 < v < 1.0 for v in reference.values())
 
 
 def test_acceptability_is_the_tolerance_against_plain(calibration: Calibration) -> None:
@@ -175,9 +231,16 @@ def test_calibration_settings_record_the_run(calibration: Calibration) -> None:
     assert settings["bands"] == [list(b) for b in BANDS]
     assert settings["doses"] == DOSES
     assert settings["tolerance"] == asdict(Tolerance())
+    assert settings["tolerance"] == {
+        "max_degenerate_increase": 0.05,
+        "max_perplexity_ratio": 10.0,
+        "min_topic_ratio": 0.7,
+        "max_offensive_increase": 0.02,
+    }
     assert settings["success_margin"] == 0.1
     assert settings["decoding"] == asdict(DECODING)
     assert settings["scorer"] == "NadeScorer"
+    assert settings["instructions"] == [False] and settings["instruction_texts"] == {}
 
 
 def test_apply_stores_the_placements_and_the_record(
@@ -206,6 +269,8 @@ def test_apply_stores_the_placements_and_the_record(
             "success": trial.success,
             "eps": trial.eps,
             "degenerate": trial.degenerate,
+            "retention": trial.retention,
+            "offensive": trial.offensive,
         }
     loaded = EmotionVectors.load(applied.save(tmp_path / "calibrated.safetensors"))
     assert loaded.placements == calibration.placements
@@ -220,9 +285,11 @@ def test_markdown_and_dict_list_every_trial(calibration: Calibration) -> None:
     rows = [line for line in markdown.splitlines() if line.startswith("| ") and "---" not in line]
     assert len(rows) == 1 + len(EMOTIONS) + len(calibration.trials)  # header, plain, trials
     assert markdown.count("**chosen**") == len(calibration.placements)
-    assert markdown.count("too broken") == sum(not t.acceptable for t in calibration.trials)
+    assert markdown.count("outside tolerance") == sum(not t.acceptable for t in calibration.trials)
     for emotion in EMOTIONS:
         assert f"| {emotion} | plain | 0 |" in markdown
+        reference = calibration.reference_retention[emotion]
+        assert f"| reference retention {reference:.2f} |" in markdown
         assert f"| {emotion} | 0–1 | 0.5 |" in markdown and f"| {emotion} | 1–2 | 1 |" in markdown
     payload = json.loads(json.dumps(calibration.to_dict()))
     assert payload["settings"] == json.loads(json.dumps(calibration.settings))
@@ -324,6 +391,7 @@ def _trial(
     acceptable: bool = True,
     layers: tuple = (1, 2),
     sim_query: float = 0.5,
+    offensive: float = 0.0,
 ) -> Trial:
     return Trial(
         emotion="joy",
@@ -333,6 +401,8 @@ def _trial(
         eps=eps,
         degenerate=0.0,
         sim_query=sim_query,
+        retention=sim_query / 0.5,
+        offensive=offensive,
         median_perplexity=10.0,
         acceptable=acceptable,
     )
@@ -380,8 +450,8 @@ def test_calibration_from_hand_made_trials() -> None:
     """apply(), to_markdown() and to_dict() of a Calibration built by hand."""
     trials = [
         _trial(0.5, 0.4, 0.5),
-        _trial(0.9, 0.7, 1.0),
-        _trial(1.0, 0.9, 0.75, acceptable=False, layers=(2, 3)),
+        _trial(0.9, 0.7, 1.0, sim_query=0.4),
+        _trial(1.0, 0.9, 0.75, acceptable=False, layers=(2, 3), offensive=0.25),
     ]
     plain = {
         "joy": {
@@ -389,60 +459,97 @@ def test_calibration_from_hand_made_trials() -> None:
             "eps": 0.125,
             "degenerate": 0.0,
             "sim_query": 0.5,
+            "retention": 1.0,
+            "offensive": 0.0,
             "median_perplexity": 10.0,
         }
     }
-    calibration = Calibration(trials, {"joy": Placement((1, 2), 1.0)}, plain, {"queries": 4})
+    settings = {"queries": 4, "reference_retention": {"joy": 0.93}}
+    calibration = Calibration(trials, {"joy": Placement((1, 2), 1.0)}, plain, settings)
     bank = random_bank(4, 8, ("joy", "anger")).with_placements({"anger": Placement([0], 0.4)})
     applied = calibration.apply(bank)
     assert applied.placements == {"joy": Placement((1, 2), 1.0), "anger": Placement([0], 0.4)}
     assert applied.settings["calibration"] == {
-        "queries": 4,
+        **settings,
         "chosen": {
-            "joy": {"layers": [1, 2], "dose": 1.0, "success": 0.9, "eps": 0.7, "degenerate": 0.0}
+            "joy": {
+                "layers": [1, 2],
+                "dose": 1.0,
+                "success": 0.9,
+                "eps": 0.7,
+                "degenerate": 0.0,
+                "retention": 0.8,
+                "offensive": 0.0,
+            }
         },
     }
     markdown = calibration.to_markdown()
-    assert "| joy | plain | 0 | 0.25 | 0.125 | 0.00 | 0.50 | 10.0 | |" in markdown
-    assert "| joy | 1–2 | 1 | 0.90 | 0.700 | 0.00 | 0.50 | 10.0 | **chosen** |" in markdown
-    assert "| joy | 1–2 | 0.5 | 0.50 | 0.400 | 0.00 | 0.50 | 10.0 |  |" in markdown
-    assert "| joy | 2–3 | 0.75 | 1.00 | 0.900 | 0.00 | 0.50 | 10.0 | too broken |" in markdown
+    assert (
+        "| joy | plain | 0 | 0.25 | 0.125 | 1.00 | 0.00 | 0.00 | 0.50 | 10.0 | "
+        "reference retention 0.93 |" in markdown
+    )
+    assert (
+        "| joy | 1–2 | 1 | 0.90 | 0.700 | 0.80 | 0.00 | 0.00 | 0.40 | 10.0 | **chosen** |"
+        in markdown
+    )
+    assert "| joy | 1–2 | 0.5 | 0.50 | 0.400 | 1.00 | 0.00 | 0.00 | 0.50 | 10.0 |  |" in markdown
+    assert (
+        "| joy | 2–3 | 0.75 | 1.00 | 0.900 | 1.00 | 0.25 | 0.00 | 0.50 | 10.0 | "
+        "outside tolerance |" in markdown
+    )
     payload = calibration.to_dict()
     assert payload["placements"] == {"joy": {"layers": [1, 2], "dose": 1.0}}
-    assert payload["plain"] == plain and payload["settings"] == {"queries": 4}
+    assert payload["plain"] == plain and payload["settings"] == settings
+    assert [t["retention"] for t in payload["trials"]] == [1.0, 0.8, 1.0]
+    assert [t["offensive"] for t in payload["trials"]] == [0.0, 0.0, 0.25]
     assert [t["success"] for t in payload["trials"]] == [0.5, 0.9, 1.0]
 
 
 # --- tolerance ------------------------------------------------------------------------
 
-_PLAIN = {"degenerate": 0.25, "median_perplexity": 10.0, "sim_query": 0.5}
+_PLAIN = {"degenerate": 0.25, "median_perplexity": 10.0, "sim_query": 0.5, "offensive": 0.0}
 
 
 def _row(**changes: float) -> dict[str, Any]:
     return {**_PLAIN, "emotion": "joy", "success": 1.0, **changes}
 
 
-def test_tolerance_accepts_rows_close_to_plain() -> None:
-    """Plain itself and rows at each limit are acceptable (limits are inclusive)."""
+def test_tolerance_defaults() -> None:
+    """Topic retention ≥ 0.7, offensive ≤ plain + 0.02, degeneration ≤ plain + 0.05,
+    median perplexity ≤ 10× plain."""
+    assert Tolerance() == Tolerance(
+        max_degenerate_increase=0.05,
+        max_perplexity_ratio=10.0,
+        min_topic_ratio=0.7,
+        max_offensive_increase=0.02,
+    )
+
+
+def test_tolerance_accepts_rows_at_each_limit() -> None:
+    """Plain itself and rows exactly at each default limit are acceptable (inclusive)."""
     tolerance = Tolerance()
     assert tolerance.accepts(_row(), _PLAIN)
-    assert Tolerance(max_degenerate_increase=0.125).accepts(_row(degenerate=0.375), _PLAIN)
-    assert Tolerance(max_degenerate_increase=0.25).accepts(_row(degenerate=0.5), _PLAIN)
+    assert tolerance.accepts(_row(sim_query=0.35), _PLAIN)  # retention 0.7
+    assert tolerance.accepts(_row(offensive=0.02), _PLAIN)  # plain + 0.02
+    assert tolerance.accepts(_row(degenerate=0.3), _PLAIN)  # plain + 0.05
     assert tolerance.accepts(_row(median_perplexity=100.0), _PLAIN)  # exactly 10x
-    assert tolerance.accepts(_row(sim_query=0.11), _PLAIN)  # above 0.2 x 0.5
     assert tolerance.accepts(_row(degenerate=0.0, median_perplexity=1.0, sim_query=0.9), _PLAIN)
+    assert Tolerance(max_degenerate_increase=0.25).accepts(_row(degenerate=0.5), _PLAIN)
+    assert Tolerance(max_offensive_increase=0.5).accepts(_row(offensive=0.5), _PLAIN)
 
 
 @pytest.mark.parametrize(
     ("changes", "tolerance"),
     [
-        ({"degenerate": 0.375}, Tolerance()),  # +0.125 > +0.1
+        ({"sim_query": 0.34}, Tolerance()),  # retention 0.68 < 0.7: off topic
+        ({"sim_query": 0.4}, Tolerance(min_topic_ratio=0.9)),
+        ({"offensive": 0.03}, Tolerance()),  # +0.03 > +0.02
+        ({"offensive": 0.5}, Tolerance(max_offensive_increase=0.25)),
+        ({"degenerate": 0.3125}, Tolerance()),  # +0.0625 > +0.05
         ({"degenerate": 0.625}, Tolerance(max_degenerate_increase=0.25)),
         ({"median_perplexity": 100.5}, Tolerance()),  # > 10x
         ({"median_perplexity": 25.0}, Tolerance(max_perplexity_ratio=2.0)),
         ({"median_perplexity": math.nan}, Tolerance()),  # empty answers: no perplexity
-        ({"sim_query": 0.09}, Tolerance()),  # < 0.2 x 0.5: off topic
-        ({"sim_query": 0.4}, Tolerance(min_topic_ratio=0.9)),
     ],
 )
 def test_tolerance_rejects_rows_beyond_a_limit(
@@ -451,6 +558,14 @@ def test_tolerance_rejects_rows_beyond_a_limit(
     """Each limit alone rejects a row that is otherwise identical to plain."""
     assert not tolerance.accepts(_row(**changes), _PLAIN)
     assert tolerance.accepts(_row(), _PLAIN)
+
+
+def test_an_unmeasured_offensive_rate_is_not_held_against_a_row() -> None:
+    """Reports from before the offensive judge: no rate (nan or absent), no offensive limit."""
+    without = {k: v for k, v in _PLAIN.items() if k != "offensive"}
+    assert Tolerance().accepts(_row(offensive=math.nan), _PLAIN)
+    assert Tolerance().accepts(_row(offensive=1.0), {**_PLAIN, "offensive": math.nan})
+    assert Tolerance().accepts({k: v for k, v in _row().items() if k != "offensive"}, without)
 
 
 # --- bad input ------------------------------------------------------------------------
@@ -485,10 +600,14 @@ def test_bands_out_of_range_are_rejected(setup: tuple, bands: list[list[int]]) -
 
 
 def test_cli_calibrate_writes_placements_and_reports(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    default_judge: WordJudge,
 ) -> None:
     """`emovec calibrate` writes the calibrated bank to --out (leaving --vectors alone) and
-    the trials to DIR/calibration.md and DIR/calibration.json, and each band's answers."""
+    the trials to DIR/calibration.md and DIR/calibration.json, the Pareto front to
+    DIR/front.png, and every answer to DIR/answers.json."""
     monkeypatch.setenv("EMOVEC_CACHE", str(tmp_path / "cache"))
     folder = tmp_path / "tiny"
     build_model("llama").save_pretrained(folder)
@@ -521,6 +640,8 @@ def test_cli_calibrate_writes_placements_and_reports(
             "1",
             "--min-topic-ratio",
             "0.05",
+            "--max-offensive-increase",
+            "1",
             "--report",
             str(report),
         ]
@@ -531,10 +652,13 @@ def test_cli_calibrate_writes_placements_and_reports(
     assert {p.name for p in report.iterdir()} == {
         "calibration.md",
         "calibration.json",
-        "answers-layers-1-2.json",
+        "front.png",
+        "answers.json",
     }
-    answers = EvaluationReport.from_json(report / "answers-layers-1-2.json")
+    assert (report / "front.png").read_bytes().startswith(b"\x89PNG")
+    answers = EvaluationReport.from_json(report / "answers.json")
     assert {r["target"] for r in answers.records} == {"joy", "anger"}
+    assert {r["method"] for r in answers.records} == {"plain", "1-2@0.5"}
     assert len({r["query"] for r in answers.records}) == 2
     payload = json.loads((report / "calibration.json").read_text(encoding="utf-8"))
     assert payload["settings"]["bands"] == [[1, 2]]
@@ -543,6 +667,8 @@ def test_cli_calibrate_writes_placements_and_reports(
     assert payload["settings"]["decoding"]["repetition_penalty"] == 1.1
     assert payload["settings"]["tolerance"]["max_degenerate_increase"] == 1.0
     assert payload["settings"]["tolerance"]["min_topic_ratio"] == 0.05
+    assert payload["settings"]["tolerance"]["max_offensive_increase"] == 1.0
+    assert payload["settings"]["tolerance"]["max_perplexity_ratio"] == 10.0  # the default
     assert {(t["emotion"], tuple(t["layers"]), t["dose"]) for t in payload["trials"]} == {
         ("joy", (1, 2), 0.5),
         ("anger", (1, 2), 0.5),
@@ -589,8 +715,15 @@ def test_rescoring_redecides_from_the_kept_answers(
     """Joy wins every answer under the first judge and fear (a rival in the bank) under the
     second: joy's success drops to 0 while fluency and topic stay as they were."""
     first = _calibrate(setup, embedder, scorer=ConstantScorer(), tolerance=RejectAnger())
-    assert set(first.reports) == {tuple(b) for b in BANDS}
+    assert first.report is not None
+    assert {r["method"] for r in first.report.records} == {"plain"} | {
+        _setting_name(b, d, False) for b in BANDS for d in DOSES
+    }
     again = first.rescored(FearScorer())
+    assert again.report is not None and again.report.settings["scorer"] == "FearScorer"
+    assert [r["answer"] for r in again.report.records] == [
+        r["answer"] for r in first.report.records
+    ]  # the same answers, judged again
     assert again.settings["scorer"] == "FearScorer" and first.settings["scorer"] == "ConstantScorer"
     assert again.tolerance == first.tolerance  # the custom tolerance is kept: anger stays out
     assert "anger" not in again.placements
@@ -629,3 +762,264 @@ def test_rescoring_refuses_a_margin_outside_zero_to_one(
     first = _calibrate(setup, embedder, scorer=ConstantScorer())
     with pytest.raises(ValueError, match="success_margin must be between 0 and 1"):
         first.rescored(success_margin=-0.1)
+
+
+def test_calibration_plot_front_shows_every_trial(calibration: Calibration, tmp_path: Path) -> None:
+    """One point per trial and the plain answers per emotion, the chosen one marked."""
+    points = calibration.front_points()
+    assert set(points) == set(EMOTIONS)
+    for emotion in EMOTIONS:
+        trials = [t for t in calibration.trials if t.emotion == emotion]
+        assert len(points[emotion]) == len(trials) + 1
+        assert [p.kind for p in points[emotion]].count("plain") == 1
+        assert [p.kind for p in points[emotion]].count("chosen") == int(
+            emotion in calibration.placements
+        )
+        assert {p.label for p in points[emotion] if p.kind != "plain"} == {
+            f"{b[0]}–{b[-1]} ×{d:g}" for b in BANDS for d in DOSES
+        }
+    png = calibration.plot_front(tmp_path / "front.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+
+
+# --- the grid as one evaluation -------------------------------------------------------
+
+
+def test_the_whole_grid_is_one_evaluation_with_the_plain_answers_once(
+    setup: tuple, embedder: SentenceEmbedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One evaluate call, α = 1, one recipe per setting; the plain rows are generated once
+    (one per query), every steered row once, and batches mix settings (rows of different
+    doses in one generate call)."""
+    evaluations: list[dict[str, Any]] = []
+    real_evaluate = calibration_module.evaluate
+
+    def counting_evaluate(*args: Any, **kwargs: Any) -> EvaluationReport:
+        evaluations.append(kwargs)
+        return real_evaluate(*args, **kwargs)
+
+    calls: list[tuple[int, list[float] | None]] = []
+    real_generate = evaluation_module.generate_answers
+
+    def recording_generate(model: Any, tokenizer: Any, queries: Any, **kwargs: Any) -> list[str]:
+        steering = kwargs.get("steering")
+        calls.append((len(queries), None if steering is None else list(steering.dose)))
+        return real_generate(model, tokenizer, queries, **kwargs)
+
+    monkeypatch.setattr(calibration_module, "evaluate", counting_evaluate)
+    monkeypatch.setattr(evaluation_module, "generate_answers", recording_generate)
+    result = _calibrate(setup, embedder, scorer=ConstantScorer(), batch_size=5)
+
+    names = {_setting_name(b, d, False) for b in BANDS for d in DOSES}
+    assert names == {"0-1@0.5", "0-1@1.0", "1-2@0.5", "1-2@1.0"}
+    assert len(evaluations) == 1
+    assert evaluations[0]["alphas"] == [1.0] and set(evaluations[0]["recipes"]) == names
+    assert all(r.placement is not None for r in evaluations[0]["recipes"].values())
+    assert sum(n for n, doses in calls if doses is None) == len(QUERIES)  # plain: once
+    steered = [d for _, doses in calls if doses is not None for d in doses]
+    per_dose = len(QUERIES) * len(EMOTIONS) * len(BANDS)
+    assert sorted(steered) == pytest.approx(sorted(d for d in DOSES for _ in range(per_dose)))
+    assert all(n <= 5 for n, _ in calls)
+    assert len(calls) == math.ceil(len(QUERIES) / 5) + math.ceil(len(steered) / 5)
+    assert any(doses and max(doses) - min(doses) > 0.1 for _, doses in calls)
+    assert len(result.trials) == len(EMOTIONS) * len(BANDS) * len(DOSES)
+
+
+def test_each_trial_answers_as_its_placement_steered_alone(
+    setup: tuple, calibration: Calibration
+) -> None:
+    """Per-row placements are exact: a trial's answers are those of its emotion steered at
+    α = 1 alone with the trial's placement, which is α = dose / RELATIVE_DOSE at its band."""
+    model, tokenizer, bank = setup
+    report = calibration.report
+    assert report is not None
+    plain = {r["query"]: r["answer"] for r in report.records if r["method"] == "plain"}
+    changed = 0
+    for trial in calibration.trials:
+        name = _setting_name(trial.layers, trial.dose, False)
+        got = {
+            r["query"]: r["answer"]
+            for r in report.records
+            if r["method"] == name and r["target"] == trial.emotion
+        }
+        placed = bank.with_placements({trial.emotion: trial.placement})
+        with steer(model, placed, max_dose=math.inf, **{trial.emotion: 1.0}) as steering:
+            alone = generate_answers(
+                model,
+                tokenizer,
+                QUERIES,
+                max_new_tokens=DECODING.max_new_tokens,
+                batch_size=len(QUERIES),
+                steering=steering,
+            )
+        assert [got[q] for q in QUERIES] == alone, trial
+        changed += sum(answer != plain[q] for q, answer in zip(QUERIES, alone, strict=True))
+        banded = steer(
+            model,
+            bank,
+            layers=list(trial.layers),
+            max_dose=math.inf,
+            **{trial.emotion: trial.dose / RELATIVE_DOSE},
+        )
+        assert steering.layers == banded.layers == list(trial.layers)
+        for mine, old in zip(steering.deltas(), banded.deltas(), strict=True):
+            torch.testing.assert_close(mine, old, rtol=1e-6, atol=1e-7)
+    assert changed > 0  # steering changed answers: not plain compared with plain
+
+
+@dataclass(frozen=True)
+class OnlyInstructed(Tolerance):
+    """Accepts only the settings that asked for the emotion in the query."""
+
+    def accepts(self, row: Mapping[str, Any], plain: Mapping[str, Any]) -> bool:
+        return str(row["method"]).endswith("+instruction")
+
+
+def test_instructions_try_every_setting_with_and_without_and_store_the_chosen_one(
+    setup: tuple, embedder: SentenceEmbedder, tmp_path: Path
+) -> None:
+    """instructions=(False, True) tries each band × dose with and without the emotion's
+    instruction; a chosen instructed setting stores PROMPT_INSTRUCTIONS[emotion] in the
+    placement, the saved bank returns it from instruction(), and steering that bank with it
+    gives the trial's answers again."""
+    model, tokenizer, bank = setup
+    result = _calibrate(
+        setup,
+        embedder,
+        scorer=ConstantScorer(),
+        instructions=(False, True),
+        tolerance=OnlyInstructed(),
+    )
+    assert len(result.trials) == 2 * len(EMOTIONS) * len(BANDS) * len(DOSES)
+    for emotion in EMOTIONS:
+        text = PROMPT_INSTRUCTIONS[emotion]
+        tried = [(t.layers, t.dose, t.instruction) for t in result.trials if t.emotion == emotion]
+        assert tried == [(b, d, i) for b in BANDS for d in DOSES for i in (None, text)]
+        mine = [t for t in result.trials if t.emotion == emotion]
+        assert [t.acceptable for t in mine] == [t.instruction is not None for t in mine]
+    assert result.settings["instructions"] == [False, True]
+    assert result.settings["instruction_texts"] == {e: PROMPT_INSTRUCTIONS[e] for e in EMOTIONS}
+    assert set(result.placements) == set(EMOTIONS)
+    assert {e: p.instruction for e, p in result.placements.items()} == {
+        e: PROMPT_INSTRUCTIONS[e] for e in EMOTIONS
+    }
+
+    loaded = EmotionVectors.load(result.apply(bank).save(tmp_path / "hybrid.safetensors"))
+    assert loaded.placements == result.placements
+    chosen = loaded.settings["calibration"]["chosen"]
+    for emotion in EMOTIONS:
+        assert loaded.instruction(emotion) == PROMPT_INSTRUCTIONS[emotion]
+        assert chosen[emotion]["instruction"] == PROMPT_INSTRUCTIONS[emotion]
+    assert loaded.instruction("fear") is None  # not calibrated
+
+    report = result.report
+    assert report is not None
+    for emotion, placement in result.placements.items():
+        name = _setting_name(placement.layers, placement.dose, True)
+        got = {
+            r["query"]: r["answer"]
+            for r in report.records
+            if r["method"] == name and r["target"] == emotion
+        }
+        asked = [with_instructions(q, loaded, {emotion: 1.0}) for q in QUERIES]
+        assert asked == [f"{q} {PROMPT_INSTRUCTIONS[emotion]}" for q in QUERIES]
+        with steer(model, loaded, max_dose=math.inf, **{emotion: 1.0}) as steering:
+            alone = generate_answers(
+                model,
+                tokenizer,
+                asked,
+                max_new_tokens=DECODING.max_new_tokens,
+                batch_size=len(QUERIES),
+                steering=steering,
+            )
+        assert [got[q] for q in QUERIES] == alone, emotion
+
+    markdown = result.to_markdown()
+    assert markdown.count(" + instruction |") == len(result.trials) // 2
+    assert markdown.count("**chosen**") == len(EMOTIONS)
+    labels = {p.label for p in result.front_points()["joy"] if p.kind != "plain"}
+    assert labels == {
+        f"{b[0]}–{b[-1]} ×{d:g}{i}" for b in BANDS for d in DOSES for i in ("", " + instruction")
+    }
+
+    again = result.rescored()  # the same answers and judge decide the same
+    assert [(t.placement, t.acceptable, t.success) for t in again.trials] == [
+        (t.placement, t.acceptable, t.success) for t in result.trials
+    ]
+    assert again.placements == result.placements
+    default = result.rescored(tolerance=Tolerance())  # re-decided under the default tolerance
+    assert default.settings["instruction_texts"] == result.settings["instruction_texts"]
+    assert all(
+        t.acceptable == Tolerance().accepts(asdict(t), result.plain[t.emotion])
+        for t in default.trials
+    )
+
+
+@pytest.mark.parametrize("instructions", [(), ("yes",), (1,)])
+def test_instructions_must_be_booleans(setup: tuple, instructions: tuple[Any, ...]) -> None:
+    model, tokenizer, bank = setup
+    with pytest.raises(ValueError, match="instructions"):
+        calibrate(
+            model, tokenizer, bank, instructions=instructions, queries=QUERIES, progress=False
+        )
+
+
+def test_an_instruction_for_an_emotion_without_one_fails_before_generating(
+    setup: tuple, embedder: SentenceEmbedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An emotion PROMPT_INSTRUCTIONS lacks cannot be tried with an instruction: said at once."""
+    model, tokenizer, _ = setup
+    bank = random_bank(3, 32, ("joy", "wonder"), layers=[2])
+
+    def no_generation(*args: Any, **kwargs: Any) -> list[str]:
+        raise AssertionError("generated before checking the instructions")
+
+    monkeypatch.setattr(evaluation_module, "generate_answers", no_generation)
+    scorer = ConstantScorer(emotions=("joy", "wonder", "fear"))
+    with pytest.raises(ValueError, match="wonder"):
+        calibrate(
+            model,
+            tokenizer,
+            bank,
+            instructions=(False, True),
+            scorer=scorer,
+            queries=QUERIES,
+            embedder=embedder,
+            offensive_judge=JUDGE,
+            progress=False,
+        )
+
+
+def test_cli_calibrate_defaults_are_the_library_defaults(
+    setup: tuple, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Every calibrate option the library has a default for reads it from the library, and
+    --instructions asks for each setting with and without the instruction."""
+    import inspect
+
+    from emovec import cli
+
+    defaults = inspect.signature(calibrate).parameters
+    args = build_parser().parse_args(["calibrate"])
+    assert args.doses == list(defaults["doses"].default)
+    assert args.queries == defaults["num_queries"].default
+    assert args.success_margin == defaults["success_margin"].default
+    assert args.batch_size == defaults["batch_size"].default == DEFAULT_BATCH_SIZE
+    assert args.max_new_tokens == defaults["decoding"].default.max_new_tokens
+    assert args.repetition_penalty == defaults["decoding"].default.repetition_penalty
+    assert args.instructions is False and defaults["instructions"].default == (False,)
+
+    seen: list[dict[str, Any]] = []
+
+    def fake_calibrate(*args: Any, **kwargs: Any) -> Calibration:
+        seen.append(kwargs)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(cli, "_load", lambda args: setup)
+    monkeypatch.setattr(calibration_module, "calibrate", fake_calibrate)
+    out = str(tmp_path / "out.safetensors")
+    assert main(["calibrate", "--out", out]) == 2
+    assert main(["calibrate", "--out", out, "--instructions"]) == 2
+    assert [k["instructions"] for k in seen] == [(False,), (False, True)]
+    assert seen[0]["decoding"] == defaults["decoding"].default
+    assert seen[0]["batch_size"] == DEFAULT_BATCH_SIZE

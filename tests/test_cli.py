@@ -539,3 +539,85 @@ def test_extract_from_the_answers_refuses_conflicting_options(
     assert code == 2
     assert message in err
     assert not out.exists()
+
+
+# --- eval / calibrate: tolerance, clean decoding, offensive judge ------------------------
+
+
+@pytest.mark.parametrize("command", ["eval", "calibrate"])
+def test_tolerance_options_default_to_the_library_tolerance(
+    command: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The defaults are read from Tolerance(), so changing the library changes the CLI."""
+    from dataclasses import asdict, replace
+
+    from emovec import cli
+    from emovec.evaluation import Tolerance
+
+    options = ["min_topic_ratio", "max_offensive_increase", "max_degenerate_increase"]
+    options.append("max_perplexity_ratio")
+    args = cli.build_parser().parse_args([command])
+    assert {k: getattr(args, k) for k in options} == asdict(Tolerance())
+    assert cli._tolerance(args) == Tolerance()
+    assert args.clean is True
+    other = replace(Tolerance(), min_topic_ratio=0.5, max_offensive_increase=0.125)
+    monkeypatch.setattr(cli, "_TOLERANCE", other)
+    args = cli.build_parser().parse_args([command, "--no-clean", "--max-perplexity-ratio", "3"])
+    assert cli._tolerance(args) == replace(other, max_perplexity_ratio=3.0)
+    assert args.clean is False
+
+
+def test_eval_and_rescore_with_the_default_offensive_judge(
+    model_dir: Path, vectors_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`emovec eval` flags answers with the shipped judge; a report written before the
+    offensive rate and reference existed gets both back from `emovec rescore`."""
+    pytest.importorskip("profanity_check")
+    from emovec.evaluation import EvaluationReport
+
+    queries = tmp_path / "q.txt"
+    queries.write_text("my sister called me\nthe dog ran in the park\n", encoding="utf-8")
+    out = tmp_path / "eval"
+    code, printed, err = run(
+        capsys,
+        "eval",
+        "--model",
+        model_dir,
+        "--vectors",
+        vectors_file,
+        "--queries",
+        queries,
+        "--emotions",
+        "joy",
+        "--alphas",
+        "0",
+        "1",
+        "--max-new-tokens",
+        "3",
+        "--out",
+        out,
+    )
+    assert code == 0, err
+    report = EvaluationReport.from_json(out / "report.json")
+    assert report.settings["offensive_judge"] == "OffensiveJudge"
+    assert report.settings["clean"] is True
+    assert {r["offensive"] for r in report.records} <= {0.0, 1.0}
+    assert "topic retention" in printed and "hand-written answers" in printed
+
+    payload = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    for record in payload["records"]:
+        del record["offensive"], record["retention"]
+    del payload["settings"]["reference_retention"], payload["settings"]["offensive_judge"]
+    old = tmp_path / "old" / "report.json"
+    old.parent.mkdir()
+    old.write_text(json.dumps(payload), encoding="utf-8")
+    code, printed, err = run(capsys, "rescore", old, "--out", tmp_path / "again")
+    assert code == 0, err
+    again = EvaluationReport.from_json(tmp_path / "again" / "report.json")
+    assert [r["offensive"] for r in again.records] == [r["offensive"] for r in report.records]
+    assert json.dumps([r["retention"] for r in again.records]) == json.dumps(
+        [r["retention"] for r in report.records]
+    )
+    assert again.reference_retention == pytest.approx(report.reference_retention)
+    assert again.settings["offensive_judge"] == "OffensiveJudge"
+    assert (tmp_path / "again" / "front.png").read_bytes().startswith(b"\x89PNG")

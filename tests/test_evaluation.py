@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +18,18 @@ import pytest
 import torch
 from conftest import build_model, build_tokenizer, random_bank
 
+from emovec import evaluation
 from emovec.cli import main
-from emovec.evaluation import Decoding, EvaluationReport, evaluate, recommend_alpha
+from emovec.evaluation import (
+    Decoding,
+    EvaluationReport,
+    Tolerance,
+    evaluate,
+    recommend_alpha,
+)
 from emovec.generation import generate_answers
-from emovec.metrics import SentenceEmbedder
+from emovec.metrics import MIN_PLAIN_SIMILARITY, SentenceEmbedder
+from emovec.plots import pareto_front
 from emovec.scoring import NadeScorer
 from emovec.vectors import EmotionVectors
 
@@ -26,6 +37,31 @@ QUERIES = ["i walked to the store today", "my sister called me", "the dog ran in
 EMOTIONS = ["joy", "anger"]
 ALPHAS = [-1.0, 0.0, 1.0]
 DECODING = Decoding(max_new_tokens=4)
+
+
+class WordJudge:
+    """Flags every text containing one of ``words`` (a stand-in offensive judge)."""
+
+    def __init__(self, *words: str) -> None:
+        self.words = words
+        self.seen: list[list[str]] = []
+
+    def flags(self, texts: Sequence[str]) -> np.ndarray:
+        self.seen.append(list(texts))
+        return np.array([any(w in t.split() for w in self.words) for t in texts], dtype=bool)
+
+
+# Words the tiny random model says in some answers and not in others.
+JUDGE = WordJudge("before", "lonely")
+
+
+@pytest.fixture
+def default_judge(monkeypatch: pytest.MonkeyPatch) -> WordJudge:
+    """The judge evaluate, rescored and calibrate load when given none."""
+    judge = WordJudge(*JUDGE.words)
+    monkeypatch.setattr(evaluation, "load_offensive_judge", lambda j=None: j or judge)
+    monkeypatch.setattr("emovec.calibration.load_offensive_judge", lambda j=None: j or judge)
+    return judge
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +87,7 @@ def _sweep(
         "decoding": DECODING,
         "prompt_baseline": True,
         "progress": False,
+        "offensive_judge": JUDGE,
         **options,
     }
     return evaluate(model, tokenizer, bank, scorer=scorer, embedder=embedder, **settings)  # type: ignore[arg-type]
@@ -141,6 +178,7 @@ def test_unknown_emotion_and_empty_queries_are_rejected(
             queries=QUERIES,
             scorer=scorer,
             embedder=embedder,
+            offensive_judge=JUDGE,
             progress=False,
         )
     with pytest.raises(ValueError, match="No queries"):
@@ -152,19 +190,29 @@ def test_unknown_emotion_and_empty_queries_are_rejected(
             queries=[],
             scorer=scorer,
             embedder=embedder,
+            offensive_judge=JUDGE,
             progress=False,
         )
 
 
 def _record(
-    method: str, alpha: float, degenerate: float, ppl: float, sim_query: float = 0.5
+    method: str,
+    alpha: float,
+    degenerate: float,
+    ppl: float,
+    sim_query: float = 0.5,
+    offensive: float | None = 0.0,
+    *,
+    query: str = "q",
+    target: str = "joy",
 ) -> dict[str, object]:
-    return {
-        "query": "q",
+    """A record as evaluate writes it (``offensive=None``: as written before it was)."""
+    record: dict[str, object] = {
+        "query": query,
         "method": method,
-        "target": "joy",
+        "target": target,
         "alpha": alpha,
-        "answer": "a",
+        "answer": f"{method} {alpha} {query}",
         "eps": 0.5,
         "success": 1.0,
         "intensity": 0.0,
@@ -175,27 +223,242 @@ def _record(
         "distinct_2": 1.0,
         "degenerate": degenerate,
     }
+    if offensive is not None:
+        record["offensive"] = offensive
+    return record
 
 
-def test_recommend_alpha_picks_the_largest_fluent_alpha() -> None:
+def test_recommend_alpha_picks_the_largest_alpha_within_the_default_tolerance() -> None:
     report = EvaluationReport(
         [
             _record("plain", 0.0, 0.0, 10.0),
             _record("vector", 1.0, 0.0, 12.0),
-            _record("vector", 2.0, 0.05, 14.9),  # within both tolerances
-            _record("vector", 3.0, 0.0, 12.0, sim_query=0.05),  # fluent-looking but off topic
+            _record("vector", 2.0, 0.05, 14.9, sim_query=0.35),  # at the limits
+            _record("vector", 2.5, 0.0, 12.0, offensive=1.0),  # fluent, on topic, offensive
+            _record("vector", 3.0, 0.0, 12.0, sim_query=0.3),  # fluent-looking but off topic
             _record("vector", 4.0, 0.6, 40.0),  # degenerate
             _record("vector", -1.0, 0.0, 11.0),  # negative α is never recommended
         ]
     )
     assert recommend_alpha(report) == {"joy": 2.0}
-    assert recommend_alpha(report, max_perplexity_ratio=1.3) == {"joy": 1.0}
-    assert recommend_alpha(report, max_perplexity_ratio=1.1) == {"joy": 0.0}
-    assert recommend_alpha(report, min_topic_ratio=0.0) == {"joy": 3.0}
+    assert recommend_alpha(report) == recommend_alpha(report, Tolerance())
+
+
+def test_recommend_alpha_uses_the_tolerance_it_is_given() -> None:
+    report = EvaluationReport(
+        [
+            _record("plain", 0.0, 0.0, 10.0),
+            _record("vector", 1.0, 0.0, 12.0),
+            _record("vector", 2.0, 0.05, 14.9, sim_query=0.35),
+            _record("vector", 2.5, 0.0, 12.0, offensive=1.0),
+            _record("vector", 3.0, 0.0, 12.0, sim_query=0.3),
+            _record("vector", 4.0, 0.6, 40.0),
+        ]
+    )
+    assert recommend_alpha(report, Tolerance(max_perplexity_ratio=1.3)) == {"joy": 1.0}
+    assert recommend_alpha(report, Tolerance(max_perplexity_ratio=1.1)) == {"joy": 0.0}
+    assert recommend_alpha(report, Tolerance(max_degenerate_increase=0.04)) == {"joy": 1.0}
+    assert recommend_alpha(report, Tolerance(min_topic_ratio=0.71)) == {"joy": 1.0}
+    assert recommend_alpha(report, Tolerance(max_offensive_increase=1.0)) == {"joy": 2.5}
+    assert recommend_alpha(report, Tolerance(min_topic_ratio=0.6)) == {"joy": 3.0}
+    assert recommend_alpha(report, Tolerance(max_offensive_increase=1.0, min_topic_ratio=0.6)) == {
+        "joy": 3.0
+    }
+    lenient = Tolerance(1.0, 10.0, 0.0, 1.0)
+    assert recommend_alpha(report, lenient) == {"joy": 4.0}
+
+
+# --- topic retention and offensive rate -------------------------------------------------
+
+
+def _hand_made() -> EvaluationReport:
+    """Two queries, plain similarities 0.6 and 0.4, α = 1 answers at 0.3 and 0.4."""
+    return EvaluationReport(
+        [
+            _record("plain", 0.0, 0.0, 10.0, sim_query=0.6, query="q1", offensive=None),
+            _record("plain", 0.0, 0.0, 10.0, sim_query=0.4, query="q2", offensive=None),
+            _record("vector", 1.0, 0.0, 12.0, sim_query=0.3, query="q1", offensive=None),
+            _record("vector", 1.0, 0.0, 12.0, sim_query=0.4, query="q2", offensive=None),
+        ]
+    )
+
+
+def test_summary_retention_is_the_ratio_of_mean_similarities() -> None:
+    """(0.3 + 0.4) / (0.6 + 0.4) = 0.7, not the mean of 0.3 / 0.6 and 0.4 / 0.4 (0.75)."""
+    rows = {r["method"]: r for r in _hand_made().summary()}
+    assert rows["vector"]["retention"] == pytest.approx(0.7)
+    assert rows["plain"]["retention"] == pytest.approx(1.0)
+
+
+def test_retention_of_the_report_equals_a_hand_computation(report: EvaluationReport) -> None:
+    """Per answer: its query similarity over its plain answer's (nan where that is under
+    0.05, as for one of the tiny model's plain answers); per row: the ratio of the mean
+    similarities over the same queries."""
+    plain = {r["query"]: r["sim_query"] for r in report.records if r["method"] == "plain"}
+    assert min(plain.values()) < MIN_PLAIN_SIMILARITY < max(plain.values())
+    for record in report.records:
+        if plain[record["query"]] < MIN_PLAIN_SIMILARITY:
+            assert math.isnan(record["retention"])
+            continue
+        assert record["retention"] == pytest.approx(
+            record["sim_query"] / plain[record["query"]], rel=1e-9
+        )
+    for row in report.summary():
+        records = [
+            r
+            for r in report.records
+            if (r["method"], r["target"], r["alpha"])
+            == (row["method"], row["emotion"], row["alpha"])
+        ]
+        expected = sum(r["sim_query"] for r in records) / sum(plain[r["query"]] for r in records)
+        assert row["retention"] == pytest.approx(expected, rel=1e-9)
+
+
+def test_retention_needs_an_on_topic_plain_answer() -> None:
+    """A plain similarity under MIN_PLAIN_SIMILARITY (0.05) leaves nothing to retain."""
+    report = EvaluationReport(
+        [
+            _record("plain", 0.0, 0.0, 10.0, sim_query=0.04),
+            _record("vector", 1.0, 0.0, 12.0, sim_query=0.3),
+        ]
+    )
+    assert all(math.isnan(r["retention"]) for r in report.summary())
+    assert "| vector | +1 | 0.500 | 1.00 | – |" in report.to_markdown()
+
+
+def test_offensive_rate_comes_from_the_judge(report: EvaluationReport) -> None:
+    """Each answer is flagged by the injected judge; a row's rate is the share flagged."""
+    assert report.settings["offensive_judge"] == "WordJudge"
+    for record in report.records:
+        flagged = any(w in record["answer"].split() for w in JUDGE.words)
+        assert record["offensive"] == float(flagged)
+    rates = [row["offensive"] for row in report.summary()]
+    assert len(set(rates)) > 1, rates  # the judge flags some answers, not all
+    for row in report.summary():
+        records = [
+            r
+            for r in report.records
+            if (r["method"], r["target"], r["alpha"])
+            == (row["method"], row["emotion"], row["alpha"])
+        ]
+        assert row["offensive"] == pytest.approx(
+            sum(r["offensive"] for r in records) / len(records)
+        )
+
+
+def test_clean_is_passed_to_generation_and_recorded(
+    setup: tuple,
+    scorer: NadeScorer,
+    embedder: SentenceEmbedder,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[object] = []
+    real = evaluation.generate_answers
+
+    def spy(*args: object, **kwargs: object) -> list[str]:
+        seen.append(kwargs.get("clean"))
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(evaluation, "generate_answers", spy)
+    unclean = _sweep(setup, scorer, embedder, clean=False, prompt_baseline=False)
+    assert unclean.settings["clean"] is False
+    assert seen and set(seen) == {False}
+    seen.clear()
+    clean = _sweep(setup, scorer, embedder, prompt_baseline=False)
+    assert clean.settings["clean"] is True
+    assert seen and set(seen) == {True}
+
+
+def test_the_report_records_the_reference_retention(report: EvaluationReport) -> None:
+    reference = report.settings["reference_retention"]
+    assert list(reference) == EMOTIONS
+    assert all(0.8 < value < 1.0 for value in reference.values())
+    assert report.reference_retention == reference
+    for emotion in EMOTIONS:
+        assert (
+            f"**{emotion}** (reference retention of the hand-written {emotion} answers: "
+            f"{reference[emotion]:.2f})" in report.to_markdown()
+        )
+
+
+def test_an_old_report_loads_summarises_and_gets_offensive_when_rescored(
+    tmp_path: Path, scorer: NadeScorer, embedder: SentenceEmbedder
+) -> None:
+    """A report from before retention and offensive: retention is recomputed on load, the
+    offensive rate is nan (the tolerance does not hold it against a row) until rescored."""
+    path = tmp_path / "old.json"
+    old = _hand_made()
+    path.write_text(json.dumps({"settings": {"scorer": "NadeScorer"}, "records": old.records}))
+    loaded = EvaluationReport.from_json(path)
+    assert [r["retention"] for r in loaded.records] == pytest.approx([1.0, 1.0, 0.5, 1.0])
+    rows = {r["method"]: r for r in loaded.summary()}
+    assert rows["vector"]["retention"] == pytest.approx(0.7)
+    assert math.isnan(rows["vector"]["offensive"])
+    assert loaded.reference_retention == {}
+    markdown = loaded.to_markdown()
+    assert "reference retention of the hand-written joy answers: –" in markdown
+    assert "| vector | +1 | 0.500 | 1.00 | 0.70 | – |" in markdown
+    assert recommend_alpha(loaded) == {"joy": 1.0}
+    judge = WordJudge("vector")
+    rescored = loaded.rescored(scorer, offensive_judge=judge, embedder=embedder)
+    assert [r["offensive"] for r in rescored.records] == [0.0, 0.0, 1.0, 1.0]
+    assert judge.seen == [[r["answer"] for r in old.records]]
+    assert rescored.settings["offensive_judge"] == "WordJudge"
+    assert set(rescored.reference_retention) == {"joy"}
+    assert {r["method"]: r["offensive"] for r in rescored.summary()} == {
+        "plain": 0.0,
+        "vector": 1.0,
+    }
+    assert recommend_alpha(rescored) == {"joy": 0.0}  # now measured: +1.0 offensive
+
+
+def test_rescoring_keeps_the_offensive_flags_without_loading_a_judge(
+    report: EvaluationReport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fail(judge: object = None) -> object:
+        raise AssertionError("no judge should be loaded")
+
+    monkeypatch.setattr(evaluation, "load_offensive_judge", fail)
+    rescored = report.rescored(_Constant(joy=0.5, anger=0.5))
+    assert [r["offensive"] for r in rescored.records] == [r["offensive"] for r in report.records]
+    assert [r["retention"] for r in rescored.records] == [r["retention"] for r in report.records]
+
+
+# --- plots --------------------------------------------------------------------------
+
+
+def test_plot_front_writes_a_png(report: EvaluationReport, tmp_path: Path) -> None:
+    png = report.plot_front(tmp_path / "figures" / "front.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+    points = report.front_points()
+    assert set(points) == set(EMOTIONS)
+    assert {p.label for p in points["joy"]} == {"plain", "α=-1", "α=+1", "prompt"}
+    assert not [p.name for p in (tmp_path / "figures").iterdir() if p.name != "front.png"]
+
+
+def test_plots_do_not_use_pyplot(tmp_path: Path) -> None:
+    """Both figures draw on a bare Figure: pyplot (global state, a backend) is never loaded."""
+    report = _hand_made()
+    path = tmp_path / "report.json"
+    report.to_json(path)
+    code = (
+        "import sys\n"
+        "from emovec.evaluation import EvaluationReport\n"
+        f"r = EvaluationReport.from_json({str(path)!r})\n"
+        f"r.plot({str(tmp_path / 'a.png')!r}); r.plot_front({str(tmp_path / 'b.png')!r})\n"
+        "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot was imported'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    for name in ("a.png", "b.png"):
+        assert (tmp_path / name).read_bytes().startswith(b"\x89PNG")
 
 
 def test_cli_eval_writes_reports_and_stores_the_recommendation(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    default_judge: WordJudge,
 ) -> None:
     monkeypatch.setenv("EMOVEC_CACHE", str(tmp_path / "cache"))
     folder = tmp_path / "tiny"
@@ -223,13 +486,22 @@ def test_cli_eval_writes_reports_and_stores_the_recommendation(
             "--out",
             str(out),
             "--store-recommendation",
+            "--no-clean",
         ]
     )
     assert code == 0, capsys.readouterr().err
-    assert {p.name for p in out.iterdir()} == {"report.json", "report.md", "report.png"}
+    names = {p.name for p in out.iterdir()}
+    assert names == {"report.json", "report.md", "report.png", "front.png"}
+    assert (out / "front.png").read_bytes().startswith(b"\x89PNG")
+    written = EvaluationReport.from_json(out / "report.json")
+    assert written.settings["clean"] is False
+    assert written.settings["offensive_judge"] == "WordJudge" and default_judge.seen
     stored = EmotionVectors.load(vectors).settings["recommended_alpha"]
-    assert set(stored) == {"joy", "anger"}
-    assert "recommended α" in capsys.readouterr().out
+    assert stored == recommend_alpha(written)
+    printed = capsys.readouterr().out
+    assert "recommended α" in printed
+    reference = written.reference_retention
+    assert f"(hand-written answers {reference['joy']:.2f})" in printed
 
 
 def test_a_hugging_face_classifier_plugs_in(setup: tuple, embedder: SentenceEmbedder) -> None:
@@ -248,6 +520,7 @@ def test_a_hugging_face_classifier_plugs_in(setup: tuple, embedder: SentenceEmbe
         decoding=DECODING,
         scorer=scorer,
         embedder=embedder,
+        offensive_judge=JUDGE,
         progress=False,
     )
     assert report.settings["scorer"] == "ClassifierScorer"
@@ -284,6 +557,7 @@ def test_success_is_judged_against_every_emotion_of_the_bank(
         decoding=DECODING,
         scorer=_Constant(joy=0.6, anger=0.3, fear=0.1),
         embedder=embedder,
+        offensive_judge=JUDGE,
         progress=False,
     )
     assert {r["target"] for r in alone.records} == {"anger"}
@@ -298,6 +572,7 @@ def test_success_is_judged_against_every_emotion_of_the_bank(
         decoding=DECODING,
         scorer=_Constant(joy=0.6, anger=0.3, fear=0.1),
         embedder=embedder,
+        offensive_judge=JUDGE,
         progress=False,
     )
     assert all(r["success"] == 1.0 for r in joy.records if r["answer"].strip())
@@ -358,9 +633,11 @@ def test_cli_rescore_writes_the_rejudged_reports(report: EvaluationReport, tmp_p
     source = report.to_json(tmp_path / "eval" / "report.json")
     assert main(["rescore", str(source), "--scorer", "nade", "--out", str(tmp_path / "again")]) == 0
     written = EvaluationReport.from_json(tmp_path / "again" / "report.json")
-    assert written.records == report.records
+    # Compared as JSON: a retention is nan where the plain answer is off topic, and nan != nan.
+    assert json.dumps(written.records) == json.dumps(report.records)
     assert (tmp_path / "again" / "report.md").read_text().startswith("**anger**")
     assert (tmp_path / "again" / "report.png").stat().st_size > 0
+    assert (tmp_path / "again" / "front.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_cli_rescore_writes_beside_the_report_by_default(
@@ -388,3 +665,32 @@ def test_rescoring_an_older_report_keeps_the_bank_as_rivals(
 def test_a_nan_score_is_never_a_success(report: EvaluationReport) -> None:
     rescored = report.rescored(_Constant(joy=math.nan, anger=0.5))
     assert all(r["success"] == 0.0 for r in rescored.records)
+
+
+@pytest.mark.parametrize(
+    ("points", "front"),
+    [
+        # (retention, success): b beats a on both, c trades retention for success, d is
+        # beaten by c, e ties c exactly (neither dominates the other), f has no retention.
+        (
+            [(0.5, 0.2), (0.6, 0.4), (0.3, 0.9), (0.2, 0.8), (0.3, 0.9), (math.nan, 1.0)],
+            [2, 4, 1],
+        ),
+        ([(1.0, 0.0), (0.9, 0.0), (0.1, 0.5), (0.1, 0.4), (0.05, 0.5)], [2, 0]),
+        ([(0.4, 0.4)], [0]),
+        ([], []),
+    ],
+)
+def test_pareto_front_is_exactly_the_non_dominated_points(
+    points: list[tuple[float, float]], front: list[int]
+) -> None:
+    got = pareto_front(points)
+    assert got == front
+    finite = [i for i, (x, y) in enumerate(points) if math.isfinite(x) and math.isfinite(y)]
+    dominated = {
+        i
+        for i in finite
+        for j in finite
+        if points[j][0] >= points[i][0] and points[j][1] >= points[i][1] and points[j] != points[i]
+    }
+    assert set(got) == set(finite) - dominated

