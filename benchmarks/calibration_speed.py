@@ -18,6 +18,11 @@ noise, which greedy decoding can turn into another token).
 
 Both sides share the loaded model, judges and embedder; the hand-written answers' reference
 retention (cached per embedder) is computed before either is timed.
+
+Measured with the defaults (2 CPU cores shared with other jobs, one thread): (a) 209 s,
+(b) 169 s at batch 96, 1.24x; generation 120 -> 80 s, perplexity 85 -> 86 s (it scores
+almost the same rows either way: 264 vs 248). All 360 answers both sides have in common were
+identical, and so were the choices.
 """
 
 from __future__ import annotations

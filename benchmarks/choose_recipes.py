@@ -6,7 +6,9 @@ emotion, among the recipes whose fluency stays within the :class:`~emovec.evalua
 of plain (degeneration, perplexity, offensive rate; topic retention is the second goal, not
 a filter), the one closest to the quality bar: the highest
 ``min(success / target_success, 1) + min(retention / min_topic_ratio, 1)`` (ties: higher
-success, then higher retention), success by the judge the report was scored with. The chosen
+success, then higher retention), success by the judge the report was scored with; with
+``--reference NAME`` only among recipes at least as good as that one (the bank as it was) on
+both counts, success within one answer. The chosen
 recipe becomes the emotion's placement: its layers, its dose (the bank's dose × α), and the
 instruction, persona and positions it was answered with.
 
@@ -42,6 +44,7 @@ def main() -> None:
     parser.add_argument("report", type=Path)
     parser.add_argument("--vectors", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--reference", help="recipe the choice must not fall behind")
     args = parser.parse_args()
 
     report = EvaluationReport.from_json(args.report)
@@ -58,6 +61,15 @@ def main() -> None:
         fine = [
             r for r in rows if r["method"] in recipes and fluency.accepts(r, plain)
         ]  # "prompt" (no vector) is a baseline, not a placement
+        if args.reference:
+            ref = next(r for r in rows if r["method"] == args.reference)
+            one_answer = 1.0 / ref["n"]
+            fine = [
+                r
+                for r in fine
+                if r["success"] >= ref["success"] - one_answer - 1e-9
+                and r["retention"] >= ref["retention"]
+            ] or [ref]
         best = max(fine, key=lambda r: attainment(r, tolerance))
         recipe = recipes[best["method"]]
         old = vectors.placements[emotion]

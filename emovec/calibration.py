@@ -67,8 +67,11 @@ DEFAULT_DOSES = (0.25, 0.35, 0.5, 0.75)
 DEFAULT_NUM_QUERIES = 24
 DEFAULT_SUCCESS_MARGIN = 0.1
 DEFAULT_DECODING = Decoding(max_new_tokens=40)
-# Rows per generate call. Generation on CPU is matmul-bound, so larger batches gain little;
-# BATCH_NOTE (benchmarks/calibration_speed.py).
+# Rows per generate call (and perplexity pass). On CPU both are matmul-bound, so a larger
+# batch gains little: the SmolLM2 grid of benchmarks/calibration_speed.py took 169 s at 96
+# rows, 175 s at 48, 182 s at 128 and 191 s at 24 (one thread). A perplexity pass holds
+# rows × tokens × vocabulary logits twice (~3 GB here, ~11 GB for Gemma 3's 262k vocabulary):
+# pass a smaller batch_size where memory is short.
 DEFAULT_BATCH_SIZE = 96
 _DEFAULT_TOLERANCE = Tolerance()
 _INSTRUCTED = "+instruction"

@@ -337,7 +337,13 @@ class EmotionVectors(Mapping[str, "SteeringVector"]):
             emotions = json.loads(metadata["emotions"])
             vectors = {e: tensors[f"{_EMOTION_PREFIX}{e}"] for e in emotions}
             placements = {  # absent from files written before placements existed
-                e: Placement(tuple(p["layers"]), p["dose"], p.get("instruction"), p.get("persona"))
+                e: Placement(
+                    tuple(p["layers"]),
+                    p["dose"],
+                    p.get("instruction"),
+                    p.get("persona"),
+                    p.get("positions"),
+                )
                 for e, p in json.loads(metadata.get("placements", "{}")).items()
             }
             return cls(

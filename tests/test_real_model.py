@@ -134,8 +134,15 @@ def test_steering_raises_the_target_emotion_score(
     emotion: str,
 ) -> None:
     model, tokenizer = model_and_tokenizer
-    with steer(model, vectors, **{emotion: 1.0}):
-        steered = generate_answers(model, tokenizer, QUERIES, max_new_tokens=MAX_NEW_TOKENS)
+    strength = {emotion: 1.0}
+    with steer(model, vectors, **strength):  # as calibrated: the placement's prompt and vector
+        steered = generate_answers(
+            model,
+            tokenizer,
+            [with_instructions(q, vectors, strength) for q in QUERIES],
+            systems=[persona_for(vectors, strength)] * len(QUERIES),
+            max_new_tokens=MAX_NEW_TOKENS,
+        )
     column = scorer.emotions.index(emotion)
     before, after = scorer(plain_answers)[:, column], scorer(steered)[:, column]
     raised = float(np.mean(after > before))

@@ -137,9 +137,10 @@ def test_recipe_names_and_layers_are_checked(setup: tuple, scorer: NadeScorer) -
 
 def test_placement_instruction_round_trips_through_the_file(setup: tuple, tmp_path) -> None:  # type: ignore[no-untyped-def]
     _, _, bank = setup
-    placed = bank.with_placements({"anger": Placement((1, 2), 0.3, "Sound furious.")})
+    written = Placement((1, 2), 0.3, "Sound furious.", "You are furious.", "generated")
+    placed = bank.with_placements({"anger": written, "joy": Placement((1,), 0.2)})
     loaded = EmotionVectors.load(placed.save(tmp_path / "v.safetensors"))
-    assert loaded.placements["anger"] == Placement((1, 2), 0.3, "Sound furious.")
+    assert loaded.placements == {"anger": written, "joy": Placement((1,), 0.2)}
     with pytest.raises(ValueError, match="instruction"):
         Placement((1,), 0.3, instruction="  ")
 
