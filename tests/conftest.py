@@ -400,6 +400,21 @@ def capture_outputs(blocks: list[nn.Module]) -> Iterator[dict[int, torch.Tensor]
             handle.remove()
 
 
+@contextmanager
+def recording(block: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Record a copy of ``block``'s output, as seen when this hook runs, for every call."""
+    calls: list[torch.Tensor] = []
+
+    def hook(_module: nn.Module, _args: object, output: object) -> None:
+        calls.append(hidden_of(output).detach().clone())
+
+    handle = block.register_forward_hook(hook)
+    try:
+        yield calls
+    finally:
+        handle.remove()
+
+
 def no_hooks_anywhere(model: nn.Module) -> bool:
     return all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
 

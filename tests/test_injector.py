@@ -14,14 +14,12 @@ import copy
 import math
 import threading
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import pytest
 import torch
-from conftest import PAD_ID, build_model, random_bank
+from conftest import PAD_ID, build_model, random_bank, recording
 from conftest import capture_outputs as capture_all
-from conftest import hidden_of as _hidden
 from conftest import no_hooks_anywhere as _no_hooks_anywhere
 from torch import nn
 from transformers import PreTrainedTokenizerFast, TextIteratorStreamer, pipeline
@@ -42,21 +40,6 @@ NO_GUARD = {"max_dose": math.inf}  # raw random vectors are far above MAX_DOSE
 
 
 # --- helpers --------------------------------------------------------------------------
-
-
-@contextmanager
-def recording(block: nn.Module) -> Iterator[list[torch.Tensor]]:
-    """Record a copy of ``block``'s output, as seen when this hook runs, for every call."""
-    calls: list[torch.Tensor] = []
-
-    def hook(_module: nn.Module, _args: object, output: object) -> None:
-        calls.append(_hidden(output).detach().clone())
-
-    handle = block.register_forward_hook(hook)
-    try:
-        yield calls
-    finally:
-        handle.remove()
 
 
 def _encode(tokenizer: PreTrainedTokenizerFast, text: str | list[str]) -> dict[str, torch.Tensor]:

@@ -8,13 +8,10 @@ block's own output ``h`` and one registered after sees what the model passes on.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 import torch
-from conftest import PAD_ID, build_model, no_hooks_anywhere, random_bank
-from conftest import hidden_of as _hidden
+from conftest import PAD_ID, build_model, no_hooks_anywhere, random_bank, recording
 from torch import nn
 from transformers import PreTrainedTokenizerFast
 
@@ -42,20 +39,6 @@ def _bank(model: nn.Module, **kwargs: object) -> EmotionVectors:
 
 def _encode(tokenizer: PreTrainedTokenizerFast, text: str | list[str]) -> dict[str, torch.Tensor]:
     return dict(tokenizer(text, return_tensors="pt", padding=True, return_token_type_ids=False))
-
-
-@contextmanager
-def recording(block: nn.Module) -> Iterator[list[torch.Tensor]]:
-    calls: list[torch.Tensor] = []
-
-    def hook(_module: nn.Module, _args: object, output: object) -> None:
-        calls.append(_hidden(output).detach().clone())
-
-    handle = block.register_forward_hook(hook)
-    try:
-        yield calls
-    finally:
-        handle.remove()
 
 
 # --- the arithmetic of one position ---------------------------------------------------
