@@ -43,6 +43,7 @@ from emovec.evaluation import (
     evaluate,
     load_offensive_judge,
 )
+from emovec.layers import band_width
 from emovec.metrics import SentenceEmbedder
 from emovec.plots import FrontPoint
 from emovec.scoring import EmotionScorer, load_scorer
@@ -312,7 +313,7 @@ def candidate_bands(num_layers: int, width: int | None = None) -> list[tuple[int
     Very early layers still encode surface form and very late ones are committed to the
     next token; on SmolLM2 bands outside this range only broke the text sooner.
     """
-    width = max(1, round(num_layers / 6)) if width is None else width
+    width = band_width(num_layers) if width is None else width
     if not 0 < width <= num_layers:
         raise ValueError(f"width must be between 1 and {num_layers}, not {width}.")
     step = max(1, width // 2)

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from emovec._files import atomic_path
 from emovec.estimators import layer_cosine, lda_direction
+from emovec.layers import _half_up, band_width
 
 __all__ = ["DEFAULT_DEPTH", "DEFAULT_SATURATION", "LayerDiagnostics", "diagnose"]
 
@@ -38,11 +39,6 @@ _EPS = 1e-12
 DEFAULT_DEPTH = (0.2, 0.75)
 # A window counts as saturated at this share of the best window's score (see recommended_layers).
 DEFAULT_SATURATION = 0.95
-
-
-def _half_up(x: float) -> int:
-    # Python's round() rounds half to even (round(4.5) == 4); half-up is easier to predict.
-    return math.floor(x + 0.5)
 
 
 def _floats(t: torch.Tensor) -> list[float | None]:
@@ -200,7 +196,7 @@ class LayerDiagnostics:
         if not 0.0 <= lo_frac < hi_frac <= 1.0:
             raise ValueError(f"depth must satisfy 0 <= lo < hi <= 1, got {depth}")
         if width is None:
-            width = max(1, _half_up(num_layers / 6))
+            width = band_width(num_layers)
         if width < 1:
             raise ValueError(f"width must be at least 1, got {width}")
         scores = self.score()

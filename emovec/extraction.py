@@ -29,7 +29,13 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from emovec.datasets import Pair, ResponsePair, default_pairs, validate_pairs
 from emovec.estimators import ESTIMATORS, estimate
 from emovec.generation import format_prompts
-from emovec.layers import find_layers, hidden_size_of, layer_output
+from emovec.layers import (
+    context_length,
+    default_layer_band,
+    find_layers,
+    hidden_size_of,
+    layer_output,
+)
 from emovec.models import input_device
 from emovec.vectors import EmotionVectors
 
@@ -52,17 +58,6 @@ READINGS = ("mean", "last", "response")
 
 # The story is read as the assistant's own words, the role steering later acts on.
 _CHAT_PROMPT = "Tell me about something that happened to you recently."
-
-
-def default_layer_band(num_layers: int) -> list[int]:
-    """Layers steered when none are given: a band just before the middle of the stack.
-
-    Early layers still encode surface form and late layers are committed to the next token.
-    On SmolLM2 (30 layers) the band 12–16 gave the most even effect over the five emotions
-    at the same dose (README, "Strength"); 10–19 and 6–14 were weaker on fear and disgust.
-    """
-    start = min(num_layers - 1, round(0.4 * num_layers))
-    return list(range(start, min(num_layers, start + max(1, round(num_layers / 6)))))
 
 
 @dataclass(frozen=True)
@@ -275,16 +270,6 @@ def _all_reduce(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def _context_length(model: PreTrainedModel) -> int | None:
-    config = model.config
-    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    for name in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
-        value = getattr(text_config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
-
-
 def _items(checked: Mapping[str, Sequence[Pair]]) -> list[_Item]:
     items = []
     slot = 0
@@ -322,7 +307,7 @@ def _read(
 ) -> _Readings:
     names = list(checked)
     items = _items(checked)
-    limit = max_length if max_length is not None else _context_length(model)
+    limit = max_length if max_length is not None else context_length(model)
     encoded = _encode(tokenizer, items, template, reading == "last", limit)
     blocks = find_layers(model, layers)
     hidden_size = hidden_size_of(model) or int(

@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from emovec.hooks import SINK_RATIO, Method, Positions, Schedule, Steering
-from emovec.layers import find_layers, hidden_size_of
+from emovec.layers import default_layer_band, find_layers, hidden_size_of
 from emovec.vectors import EmotionVectors, Scale, SteeringVector
 
 __all__ = [
@@ -107,8 +107,6 @@ def _layer_weights(bank: EmotionVectors, layers: Layers | str | None) -> dict[in
     if layers is None:
         if bank.layers:
             return dict.fromkeys(bank.layers, 1.0)
-        from emovec.extraction import default_layer_band
-
         return dict.fromkeys(default_layer_band(n), 1.0)
     if isinstance(layers, str):
         if layers != "all":

@@ -17,7 +17,8 @@ from emovec import BASIC_EMOTIONS, PromptPair, extract, find_layers
 from emovec.datasets import ResponsePair
 from emovec.diagnostics import diagnose
 from emovec.estimators import mean_difference
-from emovec.extraction import _CHAT_PROMPT, default_layer_band, extract_activations
+from emovec.extraction import _CHAT_PROMPT, extract_activations
+from emovec.layers import default_layer_band
 
 # Texts of several lengths (so batches are padded), one with a word the tokenizer does not
 # know (an <unk> token, which is special and so excluded) and punctuation.

@@ -10,7 +10,7 @@ from conftest import ALL_ARCHS, build_model, decoder_blocks, text_num_layers
 from torch import nn
 
 from emovec import LayerDiscoveryError, find_layers
-from emovec.layers import hidden_size_of, num_layers_of
+from emovec.layers import band_width, default_layer_band, hidden_size_of, num_layers_of
 
 
 @pytest.mark.parametrize("arch", ALL_ARCHS)
@@ -122,3 +122,14 @@ def test_no_stack_error_is_a_lookup_error_and_override_rescues_it() -> None:
     with pytest.raises(LookupError):
         find_layers(model)
     assert find_layers(model, [model.first, model.second]) == [model.first, model.second]
+
+
+@pytest.mark.parametrize(
+    ("num_layers", "width"), [(1, 1), (3, 1), (6, 1), (9, 2), (15, 3), (18, 3), (30, 5)]
+)
+def test_band_width_is_a_sixth_rounded_half_up(num_layers: int, width: int) -> None:
+    # One rule for extraction's default band, calibration's candidates and diagnostics:
+    # 15 layers give 3 (Python's round(2.5) would give 2).
+    assert band_width(num_layers) == width
+    band = default_layer_band(num_layers)
+    assert len(band) == min(width, num_layers - band[0])

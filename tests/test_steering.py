@@ -27,7 +27,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerFast
 
 from emovec import EmotionVectors, Steering, VectorModelMismatchError, find_layers, steer
-from emovec.extraction import default_layer_band
+from emovec.layers import default_layer_band
 from emovec.steering import MAX_DOSE, RELATIVE_DOSE, DoseError
 from emovec.vectors import Placement
 
