@@ -5,7 +5,7 @@ In one run, on the embedded SmolLM2 and the shipped vectors, over the same grid:
 (a) the previous way, exactly what ``calibrate`` did before: per band one
     ``evaluate(vectors.without_placements(), layers=band, alphas=[d / RELATIVE_DOSE ...],
     batch_size=24)`` (each regenerating the plain answers), trials decided by the same rule;
-(b) :func:`emovec.calibration.calibrate`: one ``evaluate`` with a recipe per setting, the
+(b) :func:`emovec.evaluation.calibration.calibrate`: one ``evaluate`` with a recipe per setting, the
     plain answers once, every setting of every emotion a row of the same batches.
 
 Prints both times, their ratio, where the time went (generation, perplexity, embedding,
@@ -38,19 +38,15 @@ from typing import Any
 import torch
 
 from emovec import EmotionVectors, load_model
-from emovec import evaluation as evaluation_module
-from emovec.calibration import (
-    DEFAULT_BATCH_SIZE,
-    Calibration,
-    Trial,
-    _choose,
-    _setting_name,
-    calibrate,
-)
+from emovec.evaluation import sweep as evaluation_module
 from emovec.datasets import default_extraction_queries
-from emovec.evaluation import Decoding, EvaluationReport, Tolerance, evaluate, load_offensive_judge
-from emovec.metrics import SentenceEmbedder, reference_retention
-from emovec.scoring import load_scorer
+from emovec.evaluation import EvaluationReport, Tolerance, evaluate
+from emovec.evaluation.calibration import DEFAULT_BATCH_SIZE, calibrate
+from emovec.evaluation.records import load_offensive_judge
+from emovec.evaluation.scoring import load_scorer
+from emovec.evaluation.topic import SentenceEmbedder, reference_retention
+from emovec.evaluation.trials import Calibration, Trial, _choose, _setting_name
+from emovec.generation import Decoding
 from emovec.steering import RELATIVE_DOSE
 from emovec.vectors import Placement
 

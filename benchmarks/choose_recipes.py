@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from emovec import EmotionVectors
-from emovec.evaluation import PERSONAS, PROMPT_INSTRUCTIONS, EvaluationReport, Tolerance
+from emovec.evaluation import EvaluationReport, Tolerance
+from emovec.evaluation.recipes import PERSONAS, PROMPT_INSTRUCTIONS
 
 TARGET_SUCCESS = 0.8
 

@@ -16,7 +16,7 @@ from collections import Counter
 import numpy as np
 
 from emovec.datasets import BASIC_EMOTIONS, default_answer_pairs
-from emovec.scoring import load_scorer, recognition_rates
+from emovec.evaluation.scoring import load_scorer, recognition_rates
 
 
 def main() -> None:

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from emovec import extract, load_model
 from emovec.datasets import BASIC_EMOTIONS, default_pairs, default_queries, read_pairs
-from emovec.evaluation import Decoding, evaluate
+from emovec.evaluation import evaluate
+from emovec.generation import Decoding
 
 ANSWER_PAIRS = Path(__file__).resolve().parent / "data" / "answer_pairs"
 

@@ -26,9 +26,10 @@ from pathlib import Path
 
 from emovec import EmotionVectors, load_model
 from emovec.datasets import default_extraction_queries, default_queries
-from emovec.evaluation import Decoding, EvaluationReport, Recipe, evaluate
-from emovec.metrics import SentenceEmbedder
-from emovec.scoring import PrototypeScorer
+from emovec.evaluation import EvaluationReport, Recipe, evaluate
+from emovec.evaluation.scoring import PrototypeScorer
+from emovec.evaluation.topic import SentenceEmbedder
+from emovec.generation import Decoding
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "vectors" / "smollm2-135m-instruct.safetensors"
@@ -37,6 +38,9 @@ RECIPES: dict[str, tuple[float, Recipe]] = {  # name: (α, recipe)
     "calibrated": (1.0, Recipe()),
     "suppressed": (-1.0, Recipe()),
     "vector-only": (1.0, Recipe(instruct=False)),
+    "vector-only-0.5": (0.5, Recipe(instruct=False)),
+    "vector-only-0.75": (0.75, Recipe(instruct=False)),
+    "vector-only-1.5": (1.5, Recipe(instruct=False)),
     "hybrid-0.5": (0.5, Recipe(instruct=True)),
     "generated-1.5": (1.5, Recipe(instruct=False, positions="generated")),
     "angular": (1.0, Recipe(instruct=False, method="angular")),

@@ -19,9 +19,9 @@ import numpy as np
 
 from emovec import EmotionVectors, load_model, steer
 from emovec.datasets import default_queries
+from emovec.evaluation.metrics import distinct_n
+from emovec.evaluation.scoring import NadeScorer
 from emovec.generation import generate_answers
-from emovec.metrics import distinct_n
-from emovec.scoring import NadeScorer
 
 VECTORS = Path(__file__).resolve().parent.parent / "vectors" / "smollm2-135m-instruct.safetensors"
 

@@ -16,15 +16,15 @@ from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from emovec._files import write_text
-from emovec.calibration import (
+from emovec.datasets import BASIC_EMOTIONS, Pair, default_answer_pairs, read_pairs
+from emovec.evaluation import Tolerance
+from emovec.evaluation.calibration import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_DECODING,
     DEFAULT_DOSES,
     DEFAULT_NUM_QUERIES,
     DEFAULT_SUCCESS_MARGIN,
 )
-from emovec.datasets import BASIC_EMOTIONS, Pair, default_answer_pairs, read_pairs
-from emovec.evaluation import Tolerance
 from emovec.generation import generate_answers, persona_for, with_instructions
 from emovec.models import DEFAULT_MODEL, load_model
 from emovec.steering import steer
@@ -110,7 +110,7 @@ def _add_clean_option(parser: argparse.ArgumentParser) -> None:
 
 def _repetition_penalty(args: argparse.Namespace, vectors: EmotionVectors) -> float:
     """``--repetition-penalty``, else the one the bank's placements were calibrated with."""
-    from emovec.calibration import calibrated_repetition_penalty
+    from emovec.evaluation.calibration import calibrated_repetition_penalty
 
     given = args.repetition_penalty
     return float(given) if given is not None else calibrated_repetition_penalty(vectors)
@@ -292,7 +292,7 @@ def _tolerance(args: argparse.Namespace) -> Tolerance:
 def _headline(report: EvaluationReport, alphas: dict[str, float]) -> str:
     """Per emotion at its recommended α (none within tolerance: the smallest α > 0 tried):
     success, topic retention beside the hand-written answers', offensive rate beside plain's."""
-    from emovec.evaluation import _fmt
+    from emovec.evaluation.records import _fmt
 
     summary = report.summary()
     reference = report.reference_retention
@@ -316,7 +316,8 @@ def _headline(report: EvaluationReport, alphas: dict[str, float]) -> str:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from emovec.evaluation import Decoding, evaluate, recommend_alpha
+    from emovec.evaluation import evaluate, recommend_alpha
+    from emovec.generation import Decoding
     from emovec.prebuilt import prebuilt_path
 
     model, tokenizer, vectors = _load(args)
@@ -382,7 +383,7 @@ _SCORER_HELP = (
 def _calibrate(args: argparse.Namespace) -> None:
     from dataclasses import replace
 
-    from emovec.calibration import calibrate
+    from emovec.evaluation.calibration import calibrate
     from emovec.prebuilt import prebuilt_path
 
     model, tokenizer, vectors = _load(args)

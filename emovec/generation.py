@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedModel
@@ -16,12 +17,28 @@ from emovec.offensive import clean_generation_kwargs
 from emovec.vectors import EmotionVectors
 
 __all__ = [
+    "Decoding",
     "emotional_prompt",
     "format_prompts",
     "generate_answers",
     "persona_for",
     "with_instructions",
 ]
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """Decoding settings; greedy by default, or sampling with temperature/top-p and a seed.
+
+    ``repetition_penalty`` (1 = off) applies to plain and steered answers alike.
+    """
+
+    max_new_tokens: int = 48
+    do_sample: bool = False
+    temperature: float = 0.7
+    top_p: float = 0.9
+    seed: int = 0
+    repetition_penalty: float = 1.0
 
 
 def _bos_prefix(tokenizer: PreTrainedTokenizerBase) -> str:

@@ -18,8 +18,8 @@ from torch import nn
 from transformers import PreTrainedTokenizerFast
 
 from emovec import EmotionVectors
-from emovec.metrics import SentenceEmbedder
-from emovec.scoring import NadeScorer
+from emovec.evaluation.scoring import NadeScorer
+from emovec.evaluation.topic import SentenceEmbedder
 
 # --- speed ----------------------------------------------------------------------------
 

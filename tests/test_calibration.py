@@ -21,23 +21,21 @@ import torch
 from conftest import build_model, build_tokenizer, random_bank
 from test_evaluation import JUDGE, WordJudge
 
-from emovec import calibration as calibration_module
-from emovec import evaluation as evaluation_module
-from emovec.calibration import (
+from emovec.cli import build_parser, main
+from emovec.evaluation import EvaluationReport, Tolerance
+from emovec.evaluation import calibration as calibration_module
+from emovec.evaluation import sweep as evaluation_module
+from emovec.evaluation.calibration import (
     DEFAULT_BATCH_SIZE,
-    Calibration,
-    Trial,
-    _choose,
-    _setting_name,
     calibrate,
     calibrated_repetition_penalty,
     candidate_bands,
 )
-from emovec.cli import build_parser, main
-from emovec.evaluation import PROMPT_INSTRUCTIONS, Decoding, EvaluationReport, Tolerance
-from emovec.generation import generate_answers, with_instructions
-from emovec.metrics import SentenceEmbedder
-from emovec.scoring import NadeScorer
+from emovec.evaluation.recipes import PROMPT_INSTRUCTIONS
+from emovec.evaluation.scoring import NadeScorer
+from emovec.evaluation.topic import SentenceEmbedder
+from emovec.evaluation.trials import Calibration, Trial, _choose, _setting_name
+from emovec.generation import Decoding, generate_answers, with_instructions
 from emovec.steering import RELATIVE_DOSE, steer
 from emovec.vectors import EmotionVectors, Placement
 
@@ -52,8 +50,7 @@ DECODING = Decoding(max_new_tokens=4)
 def default_judge(monkeypatch: pytest.MonkeyPatch) -> WordJudge:
     """The judge calibrate loads when given none (the command line gives none)."""
     judge = WordJudge(*JUDGE.words)
-    monkeypatch.setattr("emovec.evaluation.load_offensive_judge", lambda j=None: j or judge)
-    monkeypatch.setattr("emovec.calibration.load_offensive_judge", lambda j=None: j or judge)
+    monkeypatch.setattr("emovec.offensive.OffensiveJudge", lambda: judge)
     return judge
 
 

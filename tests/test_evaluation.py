@@ -18,19 +18,13 @@ import pytest
 import torch
 from conftest import build_model, build_tokenizer, random_bank
 
-from emovec import evaluation
 from emovec.cli import main
-from emovec.evaluation import (
-    Decoding,
-    EvaluationReport,
-    Tolerance,
-    evaluate,
-    recommend_alpha,
-)
-from emovec.generation import generate_answers
-from emovec.metrics import MIN_PLAIN_SIMILARITY, SentenceEmbedder
-from emovec.plots import pareto_front
-from emovec.scoring import NadeScorer
+from emovec.evaluation import EvaluationReport, Tolerance, evaluate, recommend_alpha
+from emovec.evaluation import sweep as evaluation
+from emovec.evaluation.plots import pareto_front
+from emovec.evaluation.scoring import NadeScorer
+from emovec.evaluation.topic import MIN_PLAIN_SIMILARITY, SentenceEmbedder
+from emovec.generation import Decoding, generate_answers
 from emovec.vectors import EmotionVectors
 
 QUERIES = ["i walked to the store today", "my sister called me", "the dog ran in the park"]
@@ -59,8 +53,7 @@ JUDGE = WordJudge("before", "lonely")
 def default_judge(monkeypatch: pytest.MonkeyPatch) -> WordJudge:
     """The judge evaluate, rescored and calibrate load when given none."""
     judge = WordJudge(*JUDGE.words)
-    monkeypatch.setattr(evaluation, "load_offensive_judge", lambda j=None: j or judge)
-    monkeypatch.setattr("emovec.calibration.load_offensive_judge", lambda j=None: j or judge)
+    monkeypatch.setattr("emovec.offensive.OffensiveJudge", lambda: judge)
     return judge
 
 
@@ -418,7 +411,7 @@ def test_rescoring_keeps_the_offensive_flags_without_loading_a_judge(
     def fail(judge: object = None) -> object:
         raise AssertionError("no judge should be loaded")
 
-    monkeypatch.setattr(evaluation, "load_offensive_judge", fail)
+    monkeypatch.setattr("emovec.offensive.OffensiveJudge", fail)
     rescored = report.rescored(_Constant(joy=0.5, anger=0.5))
     assert [r["offensive"] for r in rescored.records] == [r["offensive"] for r in report.records]
     assert [r["retention"] for r in rescored.records] == [r["retention"] for r in report.records]
@@ -507,7 +500,7 @@ def test_cli_eval_writes_reports_and_stores_the_recommendation(
 def test_a_hugging_face_classifier_plugs_in(setup: tuple, embedder: SentenceEmbedder) -> None:
     from test_scoring import build_classifier
 
-    from emovec.scoring import ClassifierScorer
+    from emovec.evaluation.scoring import ClassifierScorer
 
     model, tokenizer, bank = setup
     scorer = ClassifierScorer(build_classifier(), build_tokenizer(), emotions=EMOTIONS)

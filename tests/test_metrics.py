@@ -23,16 +23,18 @@ import torch
 from conftest import build_model, build_tokenizer
 from transformers import PreTrainedTokenizerFast
 
-from emovec import metrics
+from emovec.evaluation import topic as metrics
 from emovec.datasets import default_answer_pairs
-from emovec.metrics import (
-    MIN_PLAIN_SIMILARITY,
+from emovec.evaluation.metrics import (
     NRC_EMOTIONS,
-    SentenceEmbedder,
     distinct_n,
     is_degenerate,
     lexicon_intensity,
     perplexity,
+)
+from emovec.evaluation.topic import (
+    MIN_PLAIN_SIMILARITY,
+    SentenceEmbedder,
     reference_retention,
     topic_retention,
 )

@@ -18,9 +18,9 @@ import pytest
 import torch
 
 from emovec import EmotionVectors, load_model, steer
+from emovec.evaluation.scoring import NadeScorer
 from emovec.generation import format_prompts, generate_answers
 from emovec.prebuilt import prebuilt_path
-from emovec.scoring import NadeScorer
 
 pytestmark = pytest.mark.real_model
 

@@ -16,12 +16,13 @@ import pytest
 import torch
 
 from emovec import EmotionVectors, extract, load_model, steer
-from emovec.calibration import calibrated_repetition_penalty
 from emovec.datasets import default_answer_pairs, default_pairs
+from emovec.evaluation.calibration import calibrated_repetition_penalty
+from emovec.evaluation.metrics import is_degenerate
+from emovec.evaluation.scoring import NadeScorer, PrototypeScorer
+from emovec.evaluation.topic import SentenceEmbedder, topic_retention
 from emovec.generation import generate_answers, persona_for, with_instructions
-from emovec.metrics import SentenceEmbedder, is_degenerate, topic_retention
 from emovec.offensive import OffensiveJudge
-from emovec.scoring import NadeScorer, PrototypeScorer
 
 pytestmark = pytest.mark.real_model
 

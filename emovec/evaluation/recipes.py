@@ -1,0 +1,160 @@
+"""Recipes: the ways of making an answer emotional that :func:`~emovec.evaluation.evaluate`
+compares (a vector at a placement, an instruction in the user turn, a persona in the system
+turn, a steering method), and the conditions of a sweep built from them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from emovec.hooks import Method as SteerMethod
+from emovec.steering import Positions
+from emovec.vectors import EmotionVectors, Placement, SteeringVector
+
+__all__ = ["PERSONAS", "PROMPT_INSTRUCTIONS", "Recipe"]
+
+
+# The prompt-based baseline: the same emotion asked for in words.
+PROMPT_INSTRUCTIONS = {
+    "joy": "Answer in a very happy, joyful, delighted tone.",
+    "anger": "Answer in a furious, angry, outraged tone.",
+    "disgust": "Answer in a disgusted, grossed-out, repulsed tone.",
+    "fear": "Answer in a terrified, scared, anxious tone.",
+    "sadness": "Answer in a very sad, heartbroken, gloomy tone.",
+    "surprise": "Answer in an astonished, amazed, surprised tone.",
+    "calm": "Answer in a calm, serene, peaceful tone.",
+}
+# The same emotion as a system turn: an assistant who feels it (the "persona" recipe).
+PERSONAS = {
+    "joy": "You are a cheerful assistant, overjoyed and delighted by every question.",
+    "anger": "You are a furious assistant, irritated and angry about every question.",
+    "disgust": "You are a disgusted assistant who finds everything gross and revolting.",
+    "fear": "You are a frightened assistant, nervous and scared about everything.",
+    "sadness": "You are a sad assistant, gloomy and heartbroken about everything.",
+    "surprise": "You are an astonished assistant, amazed and surprised by everything.",
+    "calm": "You are a calm assistant, serene and at peace with every question.",
+}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One way of making an answer emotional; :func:`evaluate` compares several by name.
+
+    Attributes:
+        placement: Layers and dose (and instruction) for every evaluated emotion, instead of
+            the bank's placements; ``None``: the bank's.
+        instruct: Also ask for the emotion in the user turn: the placement's instruction,
+            else :data:`PROMPT_INSTRUCTIONS`. ``None``: only where the placement has one.
+        persona: Replace the system turn by an assistant who feels the emotion: the
+            placement's persona, else :data:`PERSONAS`. ``None``: only where the placement
+            has one.
+        positions: ``steer``'s positions (``None``: its default).
+        method: ``steer``'s method.
+        guidance: Steered share of each next token's distribution, mixed with a plain
+            pass (:class:`emovec.guidance.PlainGuidance`); ``None``: the steered model alone.
+    """
+
+    placement: Placement | None = None
+    instruct: bool | None = None
+    persona: bool | None = None
+    positions: Positions | None = None
+    method: SteerMethod = "add"
+    guidance: float | None = None
+
+    def instruction(self, vectors: EmotionVectors, emotion: str) -> str | None:
+        """The instruction this recipe adds to the query for ``emotion`` (or ``None``)."""
+        return self._text(vectors, emotion, "instruction", self.instruct, PROMPT_INSTRUCTIONS)
+
+    def system(self, vectors: EmotionVectors, emotion: str) -> str | None:
+        """The system turn this recipe uses for ``emotion`` (``None``: the default one)."""
+        return self._text(vectors, emotion, "persona", self.persona, PERSONAS)
+
+    def _text(
+        self,
+        vectors: EmotionVectors,
+        emotion: str,
+        field: str,
+        wanted: bool | None,
+        defaults: Mapping[str, str],
+    ) -> str | None:
+        placement = self.placement or vectors.placements.get(emotion)
+        written = getattr(placement, field) if placement is not None else None
+        if wanted is False or (wanted is None and written is None):
+            return None
+        if written is not None:
+            return str(written)
+        try:
+            return defaults[emotion]
+        except KeyError:
+            raise ValueError(
+                f"No default {field} for {emotion!r} (known: {sorted(defaults)}); give the "
+                f"placement a {field}."
+            ) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "placement": None if self.placement is None else self.placement.to_dict(),
+            "instruct": self.instruct,
+            "persona": self.persona,
+            "positions": self.positions,
+            "method": self.method,
+            "guidance": self.guidance,
+        }
+
+
+# The recipe ``evaluate`` uses unless told: the bank as calibrated.
+_AS_CALIBRATED = {"vector": Recipe()}
+_PROMPT = Recipe(instruct=True, persona=False)
+
+
+@dataclass(frozen=True)
+class _Condition:
+    method: str  # "plain", "prompt" or a recipe's name
+    emotion: str | None
+    alpha: float
+    recipe: Recipe | None = None
+
+
+def _conditions(
+    emotions: Sequence[str],
+    alphas: Sequence[float],
+    prompt_baseline: bool,
+    recipes: Mapping[str, Recipe],
+) -> list[_Condition]:
+    conditions = [_Condition("plain", None, 0.0)]
+    conditions += [
+        _Condition(name, e, float(a), recipe)
+        for name, recipe in recipes.items()
+        for e in emotions
+        for a in alphas
+        if a != 0
+    ]
+    if prompt_baseline:
+        conditions += [_Condition("prompt", e, 1.0, _PROMPT) for e in emotions]
+    return conditions
+
+
+def _query_for(condition: _Condition, query: str, vectors: EmotionVectors) -> str:
+    """The query as asked: with the recipe's instruction when the emotion is raised (α > 0;
+    a suppressed emotion is not asked for, as in :func:`emovec.generation.with_instructions`)."""
+    if condition.recipe is None or condition.emotion is None or condition.alpha <= 0:
+        return query
+    instruction = condition.recipe.instruction(vectors, condition.emotion)
+    return query if instruction is None else f"{query} {instruction}"
+
+
+def _system_for(condition: _Condition, vectors: EmotionVectors) -> str | None:
+    """The system turn as asked: the recipe's persona when the emotion is raised."""
+    if condition.recipe is None or condition.emotion is None or condition.alpha <= 0:
+        return None
+    return condition.recipe.system(vectors, condition.emotion)
+
+
+def _mix(condition: _Condition, vectors: EmotionVectors) -> dict[str, float] | SteeringVector:
+    """What a condition's row steers: nothing, or its emotion at α (at the recipe's placement)."""
+    if condition.method == "prompt" or condition.emotion is None or condition.recipe is None:
+        return {}
+    placement = condition.recipe.placement
+    bank = vectors if placement is None else vectors.with_placements({condition.emotion: placement})
+    return condition.alpha * bank[condition.emotion]

@@ -1,0 +1,137 @@
+"""What an evaluation records: one answer's judgement, the summary row of a condition, and
+the offensive-language judge it uses."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, TypedDict
+
+import numpy as np
+
+from emovec.evaluation.topic import topic_retention
+
+__all__ = ["OffensiveJudgeLike", "SummaryRow", "load_offensive_judge"]
+
+_METRICS = (
+    "eps",
+    "success",
+    "intensity",
+    "sim_query",
+    "sim_plain",
+    "offensive",
+    "perplexity",
+    "distinct_1",
+    "distinct_2",
+    "degenerate",
+)
+
+
+class OffensiveJudgeLike(Protocol):
+    """What evaluation needs of an offensive-language judge (:class:`emovec.offensive.
+    OffensiveJudge` is one): a flag per text."""
+
+    def flags(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+def load_offensive_judge(judge: OffensiveJudgeLike | None = None) -> OffensiveJudgeLike:
+    """``judge``, or the default :class:`emovec.offensive.OffensiveJudge`."""
+    if judge is not None:
+        return judge
+    from emovec.offensive import OffensiveJudge
+
+    default: OffensiveJudgeLike = OffensiveJudge()
+    return default
+
+
+def _offensive(texts: Sequence[str], judge: OffensiveJudgeLike) -> dict[str, float]:
+    """Text -> 1.0 if ``judge`` flags it, else 0.0 (each distinct text judged once; an
+    empty answer says nothing offensive)."""
+    unique = list(dict.fromkeys(texts))
+    flags = np.asarray(judge.flags(unique), dtype=bool) if unique else np.zeros(0, dtype=bool)
+    if flags.shape != (len(unique),):
+        raise ValueError(f"The offensive judge gave {flags.shape} flags for {len(unique)} texts.")
+    return {t: float(bool(t.strip()) and bool(f)) for t, f in zip(unique, flags, strict=True)}
+
+
+class SummaryRow(TypedDict):
+    """One (method, emotion, α) of :meth:`EvaluationReport.summary`: means over its queries.
+
+    ``retention`` is :func:`emovec.evaluation.topic.topic_retention` of the row's mean answer–query
+    similarity and the plain answers' mean over the same queries (not the mean of the
+    answers' own retentions); ``offensive`` is ``nan`` where it was not measured.
+    """
+
+    method: str
+    emotion: str
+    alpha: float
+    n: int
+    eps: float
+    success: float
+    intensity: float
+    sim_query: float
+    sim_plain: float
+    retention: float
+    offensive: float
+    perplexity: float
+    distinct_1: float
+    distinct_2: float
+    degenerate: float
+    median_perplexity: float
+
+
+def _mean(values: Sequence[float]) -> float:
+    array = np.array(values, dtype=float)
+    return float(np.nanmean(array)) if np.isfinite(array).any() else math.nan
+
+
+def _plain_similarities(records: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], float]:
+    """(target, query) -> the plain answer's similarity to the query."""
+    return {
+        (r["target"], r["query"]): float(r["sim_query"]) for r in records if r["method"] == "plain"
+    }
+
+
+def _with_retention(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``records`` with ``retention`` computed where it is missing (older reports)."""
+    if all("retention" in r for r in records):
+        return list(records)
+    plain = _plain_similarities(records)
+    return [
+        r
+        if "retention" in r
+        else {
+            **r,
+            "retention": topic_retention(
+                float(r["sim_query"]), plain.get((r["target"], r["query"]), math.nan)
+            ),
+        }
+        for r in records
+    ]
+
+
+def _fmt(value: float, spec: str) -> str:
+    """``value`` formatted, or ``–`` where it is missing (nan)."""
+    return format(value, spec) if math.isfinite(value) else "–"
+
+
+def _judgement(
+    answer: str,
+    target: str,
+    scores: np.ndarray,
+    scored: Sequence[str],
+    rivals: Sequence[str],
+) -> dict[str, Any]:
+    """EPS, success and all scores of one answer for one target emotion."""
+    column = list(scored).index(target)
+    rival_scores = scores[[list(scored).index(e) for e in rivals]]
+    top = rivals[int(np.argmax(rival_scores))]
+    return {
+        "eps": float(scores[column]),
+        # An empty answer shows no emotion, whatever a scorer makes of "", and a NaN score
+        # (argmax would pick it) judges nothing.
+        "success": float(
+            bool(answer.strip()) and bool(np.isfinite(rival_scores).all()) and top == target
+        ),
+        "scores": dict(zip(scored, map(float, scores), strict=True)),
+    }
