@@ -38,9 +38,9 @@ from typing import Any
 import torch
 
 from emovec import EmotionVectors, load_model
-from emovec.evaluation import sweep as evaluation_module
 from emovec.datasets import default_extraction_queries
 from emovec.evaluation import EvaluationReport, Tolerance, evaluate
+from emovec.evaluation import sweep as evaluation_module
 from emovec.evaluation.calibration import DEFAULT_BATCH_SIZE, calibrate
 from emovec.evaluation.records import load_offensive_judge
 from emovec.evaluation.scoring import load_scorer
@@ -142,7 +142,7 @@ def old_decide(
     trials: list[Trial] = []
     for band, report in reports.items():
         summary = report.summary()
-        plain = {r["emotion"]: r for r in summary if r["method"] == "plain"}
+        plain = {r["emotion"]: r for r in summary if r["recipe"] == "plain"}
         trials += [
             Trial(
                 emotion=r["emotion"],
@@ -158,7 +158,7 @@ def old_decide(
                 acceptable=tolerance.accepts(r, plain[r["emotion"]]),
             )
             for r in summary
-            if r["method"] == "vector"
+            if r["recipe"] == "vector"
         ]
     placements = {}
     for emotion in dict.fromkeys(t.emotion for t in trials):
@@ -192,12 +192,12 @@ def differences(
 ) -> tuple[int, int, list[str]]:
     """(answers compared, answers that differ, a line per differing setting)."""
     assert new.report is not None
-    mine = {(r["method"], r["target"], r["query"]): r["answer"] for r in new.report.records}
+    mine = {(r["recipe"], r["target"], r["query"]): r["answer"] for r in new.report.records}
     compared, differ, lines = 0, 0, []
     for band, report in old.items():
         counts: dict[str, int] = {}
         for r in report.records:
-            if r["method"] == "plain":
+            if r["recipe"] == "plain":
                 key = ("plain", r["target"], r["query"])
                 label = "plain"
             else:

@@ -58,12 +58,12 @@ def main() -> None:
     placements = {}
     for emotion in vectors.emotions:
         rows = [r for r in summary if r["emotion"] == emotion]
-        plain = next(r for r in rows if r["method"] == "plain")
+        plain = next(r for r in rows if r["recipe"] == "plain")
         fine = [
-            r for r in rows if r["method"] in recipes and fluency.accepts(r, plain)
+            r for r in rows if r["recipe"] in recipes and fluency.accepts(r, plain)
         ]  # "prompt" (no vector) is a baseline, not a placement
         if args.reference:
-            ref = next(r for r in rows if r["method"] == args.reference)
+            ref = next(r for r in rows if r["recipe"] == args.reference)
             one_answer = 1.0 / ref["n"]
             fine = [
                 r
@@ -72,7 +72,7 @@ def main() -> None:
                 and r["retention"] >= ref["retention"]
             ] or [ref]
         best = max(fine, key=lambda r: attainment(r, tolerance))
-        recipe = recipes[best["method"]]
+        recipe = recipes[best["recipe"]]
         old = vectors.placements[emotion]
         placements[emotion] = replace(
             old,
@@ -82,7 +82,7 @@ def main() -> None:
             positions=recipe["positions"],
         )
         chosen[emotion] = {
-            "recipe": best["method"],
+            "recipe": best["recipe"],
             "alpha": best["alpha"],
             "success": best["success"],
             "retention": best["retention"],
@@ -90,7 +90,7 @@ def main() -> None:
             "offensive": best["offensive"],
             **placements[emotion].to_dict(),
         }
-        print(f"{emotion}: {best['method']} (α {best['alpha']:g}) success {best['success']:.2f} "
+        print(f"{emotion}: {best['recipe']} (α {best['alpha']:g}) success {best['success']:.2f} "
               f"retention {best['retention']:.2f}")  # fmt: skip
     record = {
         "method": "benchmarks/choose_recipes.py",

@@ -51,7 +51,7 @@ def main() -> None:
             progress=False,
         )
         for row in report.summary():
-            if row["method"] == "vector":
+            if row["recipe"] == "vector":
                 print(
                     f"| {style} | {row['emotion']} | {row['success']:.2f} | {row['eps']:.3f} "
                     f"| {row['sim_query']:.2f} | {row['degenerate']:.2f} |",

@@ -62,16 +62,16 @@ RECIPES: dict[str, tuple[float, Recipe]] = {  # name: (α, recipe)
 
 
 def _table(report: EvaluationReport, nade: EvaluationReport) -> list[str]:
-    by_nade = {(r["method"], r["emotion"]): r for r in nade.summary()}
+    by_nade = {(r["recipe"], r["emotion"]): r for r in nade.summary()}
     lines = [
         "| recipe | emotion | success (prototypes) | success (nade) | retention | "
         "degenerate | offensive |",
         "|---|---|---|---|---|---|---|",
     ]
     for row in report.summary():
-        other = by_nade[(row["method"], row["emotion"])]
+        other = by_nade[(row["recipe"], row["emotion"])]
         lines.append(
-            f"| {row['method']} {row['alpha']:+g} | {row['emotion']} | {row['success']:.2f} | "
+            f"| {row['recipe']} {row['alpha']:+g} | {row['emotion']} | {row['success']:.2f} | "
             f"{other['success']:.2f} | {row['retention']:.2f} | {row['degenerate']:.2f} | "
             f"{row['offensive']:.2f} |"
         )
@@ -122,7 +122,7 @@ def main() -> None:
     seconds = time.perf_counter() - started
     # Every sweep answered plain too (the same greedy answers): keep the first one's.
     records = reports[0].records + [
-        r for later in reports[1:] for r in later.records if r["method"] != "plain"
+        r for later in reports[1:] for r in later.records if r["recipe"] != "plain"
     ]
     recipes = {name: r for later in reports for name, r in later.settings["recipes"].items()}
     settings = {**reports[0].settings, "recipes": recipes, "split": args.split}

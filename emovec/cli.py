@@ -298,7 +298,7 @@ def _headline(report: EvaluationReport, alphas: dict[str, float]) -> str:
     reference = report.reference_retention
     lines = []
     for emotion, alpha in alphas.items():
-        rows = {(r["method"], r["alpha"]): r for r in summary if r["emotion"] == emotion}
+        rows = {(r["recipe"], r["alpha"]): r for r in summary if r["emotion"] == emotion}
         plain = rows.get(("plain", 0.0))
         steered = sorted(a for m, a in rows if m == "vector" and a > 0)
         shown = alpha if alpha > 0 else (steered[0] if steered else None)

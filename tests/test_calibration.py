@@ -176,7 +176,7 @@ def test_trials_carry_the_retention_and_offensive_rate_of_their_evaluation(
         (row,) = [
             r
             for r in summary
-            if r["method"] == _setting_name(trial.layers, trial.dose, False)
+            if r["recipe"] == _setting_name(trial.layers, trial.dose, False)
             and r["emotion"] == trial.emotion
         ]
         assert row["alpha"] == 1.0 and row["n"] == len(QUERIES)
@@ -655,7 +655,7 @@ def test_cli_calibrate_writes_placements_and_reports(
     assert (report / "front.png").read_bytes().startswith(b"\x89PNG")
     answers = EvaluationReport.from_json(report / "answers.json")
     assert {r["target"] for r in answers.records} == {"joy", "anger"}
-    assert {r["method"] for r in answers.records} == {"plain", "1-2@0.5"}
+    assert {r["recipe"] for r in answers.records} == {"plain", "1-2@0.5"}
     assert len({r["query"] for r in answers.records}) == 2
     payload = json.loads((report / "calibration.json").read_text(encoding="utf-8"))
     assert payload["settings"]["bands"] == [[1, 2]]
@@ -713,7 +713,7 @@ def test_rescoring_redecides_from_the_kept_answers(
     second: joy's success drops to 0 while fluency and topic stay as they were."""
     first = _calibrate(setup, embedder, scorer=ConstantScorer(), tolerance=RejectAnger())
     assert first.report is not None
-    assert {r["method"] for r in first.report.records} == {"plain"} | {
+    assert {r["recipe"] for r in first.report.records} == {"plain"} | {
         _setting_name(b, d, False) for b in BANDS for d in DOSES
     }
     again = first.rescored(FearScorer())
@@ -830,14 +830,14 @@ def test_each_trial_answers_as_its_placement_steered_alone(
     model, tokenizer, bank = setup
     report = calibration.report
     assert report is not None
-    plain = {r["query"]: r["answer"] for r in report.records if r["method"] == "plain"}
+    plain = {r["query"]: r["answer"] for r in report.records if r["recipe"] == "plain"}
     changed = 0
     for trial in calibration.trials:
         name = _setting_name(trial.layers, trial.dose, False)
         got = {
             r["query"]: r["answer"]
             for r in report.records
-            if r["method"] == name and r["target"] == trial.emotion
+            if r["recipe"] == name and r["target"] == trial.emotion
         }
         placed = bank.with_placements({trial.emotion: trial.placement})
         with steer(model, placed, max_dose=math.inf, **{trial.emotion: 1.0}) as steering:
@@ -869,7 +869,7 @@ class OnlyInstructed(Tolerance):
     """Accepts only the settings that asked for the emotion in the query."""
 
     def accepts(self, row: Mapping[str, Any], plain: Mapping[str, Any]) -> bool:
-        return str(row["method"]).endswith("+instruction")
+        return str(row["recipe"]).endswith("+instruction")
 
 
 def test_instructions_try_every_setting_with_and_without_and_store_the_chosen_one(
@@ -916,7 +916,7 @@ def test_instructions_try_every_setting_with_and_without_and_store_the_chosen_on
         got = {
             r["query"]: r["answer"]
             for r in report.records
-            if r["method"] == name and r["target"] == emotion
+            if r["recipe"] == name and r["target"] == emotion
         }
         asked = [with_instructions(q, loaded, {emotion: 1.0}) for q in QUERIES]
         assert asked == [f"{q} {PROMPT_INSTRUCTIONS[emotion]}" for q in QUERIES]

@@ -94,7 +94,7 @@ def report(setup: tuple, scorer: NadeScorer, embedder: SentenceEmbedder) -> Eval
 def test_report_has_one_record_per_query_condition_and_target(report: EvaluationReport) -> None:
     per_query = len(EMOTIONS) * (1 + 2 + 1)  # plain scored per emotion, α = ±1, prompt
     assert len(report.records) == len(QUERIES) * per_query
-    keys = {(r["query"], r["method"], r["target"], r["alpha"]) for r in report.records}
+    keys = {(r["query"], r["recipe"], r["target"], r["alpha"]) for r in report.records}
     assert len(keys) == len(report.records)
     for record in report.records:
         assert 0.0 <= record["eps"] <= 1.0
@@ -105,25 +105,25 @@ def test_report_has_one_record_per_query_condition_and_target(report: Evaluation
 
 def test_summary_rows_are_means_over_queries(report: EvaluationReport) -> None:
     summary = report.summary()
-    assert {(r["method"], r["emotion"], r["alpha"]) for r in summary} == {
+    assert {(r["recipe"], r["emotion"], r["alpha"]) for r in summary} == {
         (m, e, a)
         for e in EMOTIONS
         for m, a in [("plain", 0.0), ("vector", -1.0), ("vector", 1.0), ("prompt", 1.0)]
     }
     row = next(
-        r for r in summary if (r["method"], r["emotion"], r["alpha"]) == ("vector", "joy", 1.0)
+        r for r in summary if (r["recipe"], r["emotion"], r["alpha"]) == ("vector", "joy", 1.0)
     )
     records = [
         r
         for r in report.records
-        if (r["target"], r["alpha"], r["method"]) == ("joy", 1.0, "vector")
+        if (r["target"], r["alpha"], r["recipe"]) == ("joy", 1.0, "vector")
     ]
     assert row["n"] == len(QUERIES)
     assert row["eps"] == pytest.approx(sum(r["eps"] for r in records) / len(records))
 
 
 def test_plain_answers_are_shared_and_similar_to_themselves(report: EvaluationReport) -> None:
-    plain = [r for r in report.records if r["method"] == "plain"]
+    plain = [r for r in report.records if r["recipe"] == "plain"]
     for record in plain:
         assert record["sim_plain"] == pytest.approx(1.0, abs=1e-4)
     by_query = {}
@@ -140,8 +140,8 @@ def test_batched_rows_equal_one_condition_at_a_time(
 
 
 def test_steering_changes_the_answers(report: EvaluationReport) -> None:
-    plain = {r["query"]: r["answer"] for r in report.records if r["method"] == "plain"}
-    steered = [r for r in report.records if r["method"] == "vector" and r["alpha"] == 1.0]
+    plain = {r["query"]: r["answer"] for r in report.records if r["recipe"] == "plain"}
+    steered = [r for r in report.records if r["recipe"] == "vector" and r["alpha"] == 1.0]
     assert any(r["answer"] != plain[r["query"]] for r in steered)
 
 
@@ -202,7 +202,7 @@ def _record(
     """A record as evaluate writes it (``offensive=None``: as written before it was)."""
     record: dict[str, object] = {
         "query": query,
-        "method": method,
+        "recipe": method,
         "target": target,
         "alpha": alpha,
         "answer": f"{method} {alpha} {query}",
@@ -278,7 +278,7 @@ def _hand_made() -> EvaluationReport:
 
 def test_summary_retention_is_the_ratio_of_mean_similarities() -> None:
     """(0.3 + 0.4) / (0.6 + 0.4) = 0.7, not the mean of 0.3 / 0.6 and 0.4 / 0.4 (0.75)."""
-    rows = {r["method"]: r for r in _hand_made().summary()}
+    rows = {r["recipe"]: r for r in _hand_made().summary()}
     assert rows["vector"]["retention"] == pytest.approx(0.7)
     assert rows["plain"]["retention"] == pytest.approx(1.0)
 
@@ -287,7 +287,7 @@ def test_retention_of_the_report_equals_a_hand_computation(report: EvaluationRep
     """Per answer: its query similarity over its plain answer's (nan where that is under
     0.05, as for one of the tiny model's plain answers); per row: the ratio of the mean
     similarities over the same queries."""
-    plain = {r["query"]: r["sim_query"] for r in report.records if r["method"] == "plain"}
+    plain = {r["query"]: r["sim_query"] for r in report.records if r["recipe"] == "plain"}
     assert min(plain.values()) < MIN_PLAIN_SIMILARITY < max(plain.values())
     for record in report.records:
         if plain[record["query"]] < MIN_PLAIN_SIMILARITY:
@@ -300,8 +300,8 @@ def test_retention_of_the_report_equals_a_hand_computation(report: EvaluationRep
         records = [
             r
             for r in report.records
-            if (r["method"], r["target"], r["alpha"])
-            == (row["method"], row["emotion"], row["alpha"])
+            if (r["recipe"], r["target"], r["alpha"])
+            == (row["recipe"], row["emotion"], row["alpha"])
         ]
         expected = sum(r["sim_query"] for r in records) / sum(plain[r["query"]] for r in records)
         assert row["retention"] == pytest.approx(expected, rel=1e-9)
@@ -331,8 +331,8 @@ def test_offensive_rate_comes_from_the_judge(report: EvaluationReport) -> None:
         records = [
             r
             for r in report.records
-            if (r["method"], r["target"], r["alpha"])
-            == (row["method"], row["emotion"], row["alpha"])
+            if (r["recipe"], r["target"], r["alpha"])
+            == (row["recipe"], row["emotion"], row["alpha"])
         ]
         assert row["offensive"] == pytest.approx(
             sum(r["offensive"] for r in records) / len(records)
@@ -384,7 +384,7 @@ def test_an_old_report_loads_summarises_and_gets_offensive_when_rescored(
     path.write_text(json.dumps({"settings": {"scorer": "NadeScorer"}, "records": old.records}))
     loaded = EvaluationReport.from_json(path)
     assert [r["retention"] for r in loaded.records] == pytest.approx([1.0, 1.0, 0.5, 1.0])
-    rows = {r["method"]: r for r in loaded.summary()}
+    rows = {r["recipe"]: r for r in loaded.summary()}
     assert rows["vector"]["retention"] == pytest.approx(0.7)
     assert math.isnan(rows["vector"]["offensive"])
     assert loaded.reference_retention == {}
@@ -398,11 +398,34 @@ def test_an_old_report_loads_summarises_and_gets_offensive_when_rescored(
     assert judge.seen == [[r["answer"] for r in old.records]]
     assert rescored.settings["offensive_judge"] == "WordJudge"
     assert set(rescored.reference_retention) == {"joy"}
-    assert {r["method"]: r["offensive"] for r in rescored.summary()} == {
+    assert {r["recipe"]: r["offensive"] for r in rescored.summary()} == {
         "plain": 0.0,
         "vector": 1.0,
     }
     assert recommend_alpha(rescored) == {"joy": 0.0}  # now measured: +1.0 offensive
+
+
+def test_reports_that_named_the_recipe_method_load_with_recipe(tmp_path: Path) -> None:
+    """"method" is steer's rule (add / project / angular); a record names its recipe
+    "recipe". Reports written before the rename load with it renamed."""
+    path = tmp_path / "old.json"
+    old = [
+        {("method" if k == "recipe" else k): v for k, v in r.items()}
+        for r in _hand_made().records
+    ]
+    path.write_text(json.dumps({"settings": {}, "records": old}))
+    loaded = EvaluationReport.from_json(path)
+    assert [r["recipe"] for r in loaded.records] == ["plain", "plain", "vector", "vector"]
+    assert all("method" not in r for r in loaded.records)
+    assert {row["recipe"] for row in loaded.summary()} == {"plain", "vector"}
+
+
+def test_a_record_missing_a_field_is_refused_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "broken.json"
+    records = [{k: v for k, v in r.items() if k != "sim_query"} for r in _hand_made().records]
+    path.write_text(json.dumps({"settings": {}, "records": records}))
+    with pytest.raises(ValueError, match="sim_query"):
+        EvaluationReport.from_json(path)
 
 
 def test_rescoring_keeps_the_offensive_flags_without_loading_a_judge(
@@ -595,7 +618,7 @@ def test_rescoring_rejudges_emotion_and_keeps_everything_else(
     rescored = again.rescored(_Constant(anger=0.7, joy=0.2, sadness=0.1))
     assert rescored.settings["scorer"] == "_Constant"
     assert rescored.settings["rivals"] == ["joy", "anger"]  # sadness: not in the bank
-    kept = ("query", "method", "target", "alpha", "answer", "sim_query", "perplexity")
+    kept = ("query", "recipe", "target", "alpha", "answer", "sim_query", "perplexity")
     for old, new in zip(report.records, rescored.records, strict=True):
         assert {k: new[k] for k in kept} == {k: old[k] for k in kept}
         assert new["scores"] == {"anger": 0.7, "joy": 0.2, "sadness": 0.1}

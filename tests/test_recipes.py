@@ -94,16 +94,16 @@ def _alone(setup: tuple, name: str, emotion: str, query: str) -> str:
 def test_each_recipe_answers_as_it_would_alone(setup: tuple, report: EvaluationReport) -> None:
     seen = set()
     for record in report.records:
-        if record["method"] == "plain":
+        if record["recipe"] == "plain":
             continue
-        seen.add(record["method"])
-        expected = _alone(setup, record["method"], record["target"], record["query"])
-        assert record["answer"] == expected, record["method"]
+        seen.add(record["recipe"])
+        expected = _alone(setup, record["recipe"], record["target"], record["query"])
+        assert record["answer"] == expected, record["recipe"]
     assert seen == set(RECIPES)
 
 
 def test_recipes_are_summarised_and_recorded_by_name(report: EvaluationReport) -> None:
-    methods = {(row["method"], row["emotion"]) for row in report.summary()}
+    methods = {(row["recipe"], row["emotion"]) for row in report.summary()}
     assert {(name, e) for name in RECIPES for e in ("joy", "anger")} <= methods
     assert report.settings["recipes"]["late+instruction"]["placement"]["layers"] == [1, 2]
     assert report.settings["recipes"]["angular"]["method"] == "angular"

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol, TypedDict
+from typing import Any, Protocol, TypedDict, cast
 
 import numpy as np
 
 from emovec.evaluation.topic import topic_retention
 
-__all__ = ["OffensiveJudgeLike", "SummaryRow", "load_offensive_judge"]
+__all__ = ["OffensiveJudgeLike", "Record", "SummaryRow", "load_offensive_judge"]
 
 _METRICS = (
     "eps",
@@ -54,15 +54,60 @@ def _offensive(texts: Sequence[str], judge: OffensiveJudgeLike) -> dict[str, flo
     return {t: float(bool(t.strip()) and bool(f)) for t, f in zip(unique, flags, strict=True)}
 
 
+class Judgement(TypedDict):
+    """An emotion judge's verdict on one answer for one target emotion."""
+
+    eps: float
+    success: float
+    scores: dict[str, float]
+
+
+class _Answer(TypedDict):
+    query: str
+    recipe: str  # "plain", "prompt" or the name of a Recipe
+    target: str
+    alpha: float
+    answer: str
+    eps: float
+    success: float
+    intensity: float
+    sim_query: float
+    sim_plain: float
+    retention: float
+    perplexity: float
+    distinct_1: float
+    distinct_2: float
+    degenerate: float
+
+
+class Record(_Answer, total=False):
+    """One answer of an evaluation, judged for one target emotion.
+
+    ``recipe`` names how it was made (``"plain"``, ``"prompt"`` or a :class:`Recipe`'s
+    name), ``alpha`` the strength; ``eps``/``success``/``scores`` are the emotion judge's,
+    ``sim_query``/``sim_plain`` MiniLM similarities to the query and to the plain answer,
+    ``retention`` :func:`~emovec.evaluation.topic.topic_retention` against the plain answer,
+    ``perplexity`` under the unsteered model. ``offensive`` (1.0 flagged, 0.0 clean) is
+    absent from reports written before it was measured, ``scores`` (every emotion the judge
+    knows) from the oldest ones.
+    """
+
+    scores: dict[str, float]
+    offensive: float
+
+
+_REQUIRED = tuple(k for k in _Answer.__annotations__ if k != "retention")
+
+
 class SummaryRow(TypedDict):
-    """One (method, emotion, α) of :meth:`EvaluationReport.summary`: means over its queries.
+    """One (recipe, emotion, α) of :meth:`EvaluationReport.summary`: means over its queries.
 
     ``retention`` is :func:`emovec.evaluation.topic.topic_retention` of the row's mean answer–query
     similarity and the plain answers' mean over the same queries (not the mean of the
     answers' own retentions); ``offensive`` is ``nan`` where it was not measured.
     """
 
-    method: str
+    recipe: str
     emotion: str
     alpha: float
     n: int
@@ -88,26 +133,41 @@ def _mean(values: Sequence[float]) -> float:
 def _plain_similarities(records: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], float]:
     """(target, query) -> the plain answer's similarity to the query."""
     return {
-        (r["target"], r["query"]): float(r["sim_query"]) for r in records if r["method"] == "plain"
+        (r["target"], r["query"]): float(r["sim_query"]) for r in records if r["recipe"] == "plain"
     }
 
 
-def _with_retention(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``records`` with ``retention`` computed where it is missing (older reports)."""
-    if all("retention" in r for r in records):
-        return list(records)
-    plain = _plain_similarities(records)
-    return [
-        r
-        if "retention" in r
-        else {
-            **r,
-            "retention": topic_retention(
-                float(r["sim_query"]), plain.get((r["target"], r["query"]), math.nan)
-            ),
-        }
+def _with_retention(records: Sequence[Mapping[str, Any]]) -> list[Record]:
+    """``records`` as typed records: the recipe's name under ``"recipe"`` (reports written
+    before it was renamed call it ``"method"``, the word ``steer`` uses for its rule), and
+    ``retention`` computed where it is missing (older reports).
+
+    Raises:
+        ValueError: If a record lacks a field every report has.
+    """
+    renamed = [
+        {("recipe" if k == "method" and "recipe" not in r else k): v for k, v in r.items()}
         for r in records
     ]
+    plain = _plain_similarities(renamed)
+    typed: list[Record] = []
+    for r in renamed:
+        missing = [k for k in _REQUIRED if k not in r]
+        if missing:
+            raise ValueError(f"An evaluation record lacks {missing}: {sorted(r)}.")
+        retention = r.get("retention")
+        if retention is None:
+            retention = topic_retention(
+                float(r["sim_query"]), plain.get((r["target"], r["query"]), math.nan)
+            )
+        record = Record(**{**r, "retention": float(retention)})  # type: ignore[typeddict-item]
+        typed.append(record)
+    return typed
+
+
+def _value(record: Record, key: str) -> float:
+    """A metric of ``record`` by name (``nan`` where it was not measured)."""
+    return float(cast("Mapping[str, Any]", record).get(key, math.nan))
 
 
 def _fmt(value: float, spec: str) -> str:
@@ -121,7 +181,7 @@ def _judgement(
     scores: np.ndarray,
     scored: Sequence[str],
     rivals: Sequence[str],
-) -> dict[str, Any]:
+) -> Judgement:
     """EPS, success and all scores of one answer for one target emotion."""
     column = list(scored).index(target)
     rival_scores = scores[[list(scored).index(e) for e in rivals]]

@@ -15,12 +15,14 @@ from emovec.evaluation.plots import FrontPoint
 from emovec.evaluation.records import (
     _METRICS,
     OffensiveJudgeLike,
+    Record,
     SummaryRow,
     _fmt,
     _judgement,
     _mean,
     _offensive,
     _plain_similarities,
+    _value,
     _with_retention,
     load_offensive_judge,
 )
@@ -34,7 +36,7 @@ __all__ = ["EvaluationReport"]
 class EvaluationReport:
     """Every answer with its scores, and the means per (method, emotion, α)."""
 
-    records: list[dict[str, Any]]
+    records: list[Record]
     settings: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> list[SummaryRow]:
@@ -44,16 +46,16 @@ class EvaluationReport:
         row's ``retention`` is the ratio of means described at :class:`SummaryRow`; a
         metric no record has (``offensive`` in older reports) is ``nan``.
         """
-        groups: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
+        groups: dict[tuple[str, str, float], list[Record]] = {}
         for record in self.records:
-            key = (record["method"], record["target"], record["alpha"])
+            key = (record["recipe"], record["target"], record["alpha"])
             groups.setdefault(key, []).append(record)
         plain = _plain_similarities(self.records)
         rows: list[SummaryRow] = []
         for (method, target, alpha), records in sorted(
             groups.items(), key=lambda item: (item[0][1], item[0][0] != "plain", item[0])
         ):
-            means = {m: _mean([r.get(m, math.nan) for r in records]) for m in _METRICS}
+            means = {m: _mean([_value(r, m) for r in records]) for m in _METRICS}
             # Over the queries that have a plain answer, both sides the same queries.
             paired = np.array(
                 [
@@ -72,7 +74,7 @@ class EvaluationReport:
             ppl = np.array([r["perplexity"] for r in records], dtype=float)
             rows.append(
                 SummaryRow(
-                    method=method,
+                    recipe=method,
                     emotion=target,
                     alpha=alpha,
                     n=len(records),
@@ -138,7 +140,7 @@ class EvaluationReport:
         answers = list(dict.fromkeys(r["answer"] for r in self.records))
         row_of = {answer: i for i, answer in enumerate(answers)}
         scores = scorer(answers)
-        records = [
+        records: list[Record] = [
             {
                 **record,
                 **_judgement(
@@ -155,9 +157,8 @@ class EvaluationReport:
         if any("offensive" not in r for r in records):
             judge = load_offensive_judge(offensive_judge)
             flagged = _offensive([r["answer"] for r in records if "offensive" not in r], judge)
-            records = [
-                r if "offensive" in r else {**r, "offensive": flagged[r["answer"]]} for r in records
-            ]
+            for r in records:
+                r.setdefault("offensive", flagged[r["answer"]])
             settings["offensive_judge"] = type(judge).__name__
         if "reference_retention" not in settings:
             settings["reference_retention"] = reference_retention(embedder, targets)
@@ -177,7 +178,7 @@ class EvaluationReport:
             payload = json.loads(Path(path).read_text(encoding="utf-8"))
             records = _with_retention(list(payload["records"]))
             return cls(records, settings=dict(payload.get("settings", {})))
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
             raise ValueError(f"{path} is not an emovec evaluation report: {err!r}") from err
 
     def to_json(self, path: str | Path) -> Path:
@@ -204,9 +205,9 @@ class EvaluationReport:
                 header,
                 "|" + "---|" * 12,
             ]
-            for r in sorted(rows, key=lambda r: (r["method"] == "prompt", r["alpha"])):
+            for r in sorted(rows, key=lambda r: (r["recipe"] == "prompt", r["alpha"])):
                 lines.append(
-                    f"| {r['method']} | {r['alpha']:+g} | {r['eps']:.3f} | {r['success']:.2f} | "
+                    f"| {r['recipe']} | {r['alpha']:+g} | {r['eps']:.3f} | {r['success']:.2f} | "
                     f"{_fmt(r['retention'], '.2f')} | {_fmt(r['offensive'], '.2f')} | "
                     f"{r['intensity']:.3f} | {r['sim_query']:.2f} | {r['sim_plain']:.2f} | "
                     f"{r['median_perplexity']:.1f} | {r['distinct_2']:.2f} | "
@@ -220,7 +221,7 @@ class EvaluationReport:
 
         from emovec.evaluation.plots import save_figure
 
-        rows = [r for r in self.summary() if r["method"] in ("plain", "vector")]
+        rows = [r for r in self.summary() if r["recipe"] in ("plain", "vector")]
         emotions = sorted({r["emotion"] for r in rows})
         panels: tuple[tuple[Literal["eps", "degenerate", "median_perplexity"], str], ...] = (
             ("eps", "EPS (target probability)"),
@@ -246,9 +247,9 @@ class EvaluationReport:
         """Per emotion, every (method, α) as a point of success against topic retention."""
         points: dict[str, list[FrontPoint]] = {}
         for r in self.summary():
-            label = f"α={r['alpha']:+g}" if r["method"] == "vector" else r["method"]
+            label = f"α={r['alpha']:+g}" if r["recipe"] == "vector" else r["recipe"]
             points.setdefault(r["emotion"], []).append(
-                FrontPoint(label, r["success"], r["retention"], r["method"])
+                FrontPoint(label, r["success"], r["retention"], r["recipe"])
             )
         return points
 

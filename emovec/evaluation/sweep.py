@@ -52,6 +52,7 @@ from emovec.evaluation.recipes import (
 )
 from emovec.evaluation.records import (
     OffensiveJudgeLike,
+    Record,
     _judgement,
     _offensive,
     load_offensive_judge,
@@ -235,7 +236,7 @@ def evaluate(
     rivals = list(dict.fromkeys([e for e in vectors.emotions if e in scorer.emotions] + wanted))
     offensive = _offensive(answers, judge)
 
-    records: list[dict[str, Any]] = []
+    records: list[Record] = []
     for i, ((query, condition), answer) in enumerate(zip(jobs, answers, strict=True)):
         targets = wanted if condition.method == "plain" else [condition.emotion]
         for target in targets:
@@ -243,7 +244,7 @@ def evaluate(
             records.append(
                 {
                     "query": query,
-                    "method": condition.method,
+                    "recipe": condition.method,
                     "target": target,
                     "alpha": condition.alpha,
                     "answer": answer,

@@ -63,11 +63,11 @@ def recommend_alpha(
     recommended: dict[str, float] = {}
     for emotion in sorted({r["emotion"] for r in summary}):
         rows = [r for r in summary if r["emotion"] == emotion]
-        plain = next(r for r in rows if r["method"] == "plain")
+        plain = next(r for r in rows if r["recipe"] == "plain")
         fine = [
             r["alpha"]
             for r in rows
-            if r["method"] == "vector" and r["alpha"] > 0 and tolerance.accepts(r, plain)
+            if r["recipe"] == "vector" and r["alpha"] > 0 and tolerance.accepts(r, plain)
         ]
         recommended[emotion] = max(fine, default=0.0)
     return recommended

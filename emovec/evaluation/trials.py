@@ -269,9 +269,9 @@ def _decide(
     if not 0.0 <= success_margin <= 1.0:
         raise ValueError(f"success_margin must be between 0 and 1, not {success_margin}.")
     summary = report.summary()
-    rows = {(r["method"], r["emotion"]): r for r in summary if r["method"] != "plain"}
+    rows = {(r["recipe"], r["emotion"]): r for r in summary if r["recipe"] != "plain"}
     baseline: dict[str, Mapping[str, Any]] = {
-        r["emotion"]: r for r in summary if r["method"] == "plain"
+        r["emotion"]: r for r in summary if r["recipe"] == "plain"
     }
     plain = {e: {k: float(r[k]) for k in _KEYS} for e, r in baseline.items()}
     texts = settings.get("instruction_texts") or {}
