@@ -13,7 +13,7 @@ from emovec.extraction import extract
 from emovec.layers import LayerDiscoveryError, find_layers
 from emovec.models import load_model
 from emovec.steering import Schedule, Steering, VectorModelMismatchError, steer
-from emovec.vectors import EmotionVectors, Placement, SteeringVector
+from emovec.vectors import EmotionVectors, Placement, SteeringVector, VectorFileError
 
 __all__ = [
     "BASIC_EMOTIONS",
@@ -24,6 +24,7 @@ __all__ = [
     "Schedule",
     "Steering",
     "SteeringVector",
+    "VectorFileError",
     "VectorModelMismatchError",
     "__version__",
     "default_pairs",

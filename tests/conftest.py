@@ -371,7 +371,7 @@ def random_bank(
     generator = torch.Generator().manual_seed(seed)
     vectors = {e: torch.randn(num_layers, hidden_size, generator=generator) for e in emotions}
     norms = torch.rand(num_layers, generator=generator) * 5 + 1
-    return EmotionVectors(vectors, norms, model_name=model_name, layers=layers)
+    return EmotionVectors(vectors, norms, model_name=model_name, recommended_layers=layers)
 
 
 # --- hooks ----------------------------------------------------------------------------

@@ -1,21 +1,16 @@
-"""EmotionVectors / SteeringVector: validation, arithmetic, centring and the file format."""
+"""EmotionVectors / SteeringVector: validation, arithmetic, centring, names and placements
+(the file format: test_vector_format.py and test_vector_files.py)."""
 
 from __future__ import annotations
 
-import json
-import os
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import random_bank
-from safetensors import safe_open
-from safetensors.torch import save_file
 
-import emovec.vectors
 from emovec import EmotionVectors, SteeringVector
-from emovec.vectors import FORMAT, Placement
+from emovec.vectors import DIRECTION_RATIO_RANGE, RESERVED_NAMES, Placement, Scale
 
 L, H = 4, 8
 
@@ -79,17 +74,20 @@ def test_bad_hidden_norms_are_rejected(norms: torch.Tensor) -> None:
 @pytest.mark.parametrize("layers", [[0, L], [-1, 2]])
 def test_recommended_layers_out_of_range_are_rejected(layers: list[int]) -> None:
     with pytest.raises(ValueError, match="out of range"):
-        EmotionVectors(_vectors("joy"), _norms(), model_name="m", layers=layers)
+        EmotionVectors(_vectors("joy"), _norms(), model_name="m", recommended_layers=layers)
 
 
 def test_shape_properties_and_repr() -> None:
     bank = EmotionVectors(
-        _vectors("joy", "anger", "fear"), _norms(), model_name="tiny-llama", layers=[1, 2]
+        _vectors("joy", "anger", "fear"),
+        _norms(),
+        model_name="tiny-llama",
+        recommended_layers=[1, 2],
     )
     assert bank.emotions == ["joy", "anger", "fear"]
     assert list(bank) == bank.emotions and len(bank) == 3
     assert bank.num_layers == L and bank.hidden_size == H
-    assert bank.layers == (1, 2)
+    assert bank.recommended_layers == (1, 2)
     text = repr(bank)
     assert "tiny-llama" in text and "['joy', 'anger', 'fear']" in text
     assert f"num_layers={L}" in text and f"hidden_size={H}" in text and "1..2" in text
@@ -121,6 +119,11 @@ def test_unknown_emotion_lists_known_ones() -> None:
 # --- arithmetic -----------------------------------------------------------------------
 
 
+def _tensor(vector: SteeringVector, scale: Scale = "relative") -> torch.Tensor:
+    with pytest.deprecated_call():
+        return vector.tensor(scale)
+
+
 @pytest.fixture
 def bank() -> EmotionVectors:
     return EmotionVectors(_vectors("joy", "anger", "fear"), _norms(), model_name="m")
@@ -130,7 +133,7 @@ def test_indexing_gives_a_unit_combination(bank: EmotionVectors) -> None:
     joy = bank["joy"]
     assert isinstance(joy, SteeringVector)
     assert joy.bank is bank and joy.coefficients == {"joy": 1.0}
-    assert torch.equal(joy.tensor("raw"), bank.vector("joy"))
+    assert torch.equal(_tensor(joy, "raw"), bank.vector("joy"))
 
 
 def test_linear_combination_coefficients(bank: EmotionVectors) -> None:
@@ -143,7 +146,7 @@ def test_linear_combination_coefficients(bank: EmotionVectors) -> None:
     assert summed.coefficients == {"joy": 2.0, "anger": 1.0}
     # Terms that cancel disappear.
     assert (bank["joy"] - bank["joy"]).coefficients == {}
-    assert torch.equal((bank["joy"] - bank["joy"]).tensor("raw"), torch.zeros(L, H))
+    assert torch.equal(_tensor(bank["joy"] - bank["joy"], "raw"), torch.zeros(L, H))
     assert combo == 0.7 * bank["joy"] + (-0.3) * bank["fear"]
     assert combo != 0.7 * bank["joy"]
 
@@ -151,7 +154,7 @@ def test_linear_combination_coefficients(bank: EmotionVectors) -> None:
 def test_raw_tensor_is_the_exact_combination(bank: EmotionVectors) -> None:
     combo = 0.7 * bank["joy"] - 0.3 * bank["fear"]
     expected = 0.7 * bank.vector("joy") - 0.3 * bank.vector("fear")
-    assert torch.equal(combo.tensor("raw"), expected)
+    assert torch.equal(_tensor(combo, "raw"), expected)
 
 
 def test_unit_vectors_have_the_layer_hidden_norm(bank: EmotionVectors) -> None:
@@ -163,13 +166,19 @@ def test_unit_vectors_have_the_layer_hidden_norm(bank: EmotionVectors) -> None:
         assert torch.allclose(cosine, torch.ones(L), atol=1e-6)
 
 
-def test_relative_tensor_combines_unit_vectors(bank: EmotionVectors) -> None:
+def test_relative_tensor_sums_unit_vectors_and_is_deprecated(bank: EmotionVectors) -> None:
+    """tensor() is not what steer adds (a full hidden norm per layer at α = 1, where steer
+    spreads a dose of 0.5 over its band), so it warns and points to Steering.deltas()."""
     combo = 0.7 * bank["joy"] - 0.3 * bank["fear"]
     expected = 0.7 * bank.unit_vector("joy") - 0.3 * bank.unit_vector("fear")
-    relative = combo.tensor("relative")
+    with pytest.warns(DeprecationWarning, match=r"steer\(model, \.\.\.\)\.deltas\(\)"):
+        relative = combo.tensor("relative")
     assert torch.allclose(relative, expected, rtol=0, atol=1e-6)
-    assert torch.equal(combo.tensor(), relative)  # relative is the default
-    assert not torch.allclose(relative, combo.tensor("raw"))
+    assert torch.equal(_tensor(combo), relative)  # relative is the default
+    assert not torch.allclose(relative, _tensor(combo, "raw"))
+    rows = _tensor(bank["joy"]).norm(dim=1)
+    torch.testing.assert_close(rows, bank.hidden_norms)  # every layer, one hidden norm each
+    assert "deltas()" in (SteeringVector.tensor.__doc__ or "")
 
 
 def test_unit_vector_of_a_zero_layer_is_zero() -> None:
@@ -183,7 +192,7 @@ def test_unit_vector_of_a_zero_layer_is_zero() -> None:
 
 def test_bad_scale_is_rejected(bank: EmotionVectors) -> None:
     with pytest.raises(ValueError, match="scale"):
-        bank["joy"].tensor("absolute")  # type: ignore[arg-type]
+        _tensor(bank["joy"], "absolute")  # type: ignore[arg-type]
 
 
 def test_combining_across_banks_raises(bank: EmotionVectors) -> None:
@@ -214,7 +223,7 @@ def test_center_removes_the_mean_and_the_shared_component() -> None:
     g = torch.Generator().manual_seed(1)
     common = torch.randn(L, H, generator=g) * 5
     vectors = {e: common + torch.randn(L, H, generator=g) for e in ("joy", "anger", "fear")}
-    bank = EmotionVectors(vectors, _norms(), model_name="m", layers=[1])
+    bank = EmotionVectors(vectors, _norms(), model_name="m", recommended_layers=[1])
     centred = bank.center()
 
     stacked = torch.stack([centred.vector(e) for e in centred])
@@ -235,7 +244,10 @@ def test_center_removes_the_mean_and_the_shared_component() -> None:
     assert mean_pairwise_cosine(centred) < 0.2
     # Metadata carries over, and the new bank says it is centred.
     assert centred.settings.get("centered") == 1.0
-    assert centred.layers == bank.layers and centred.model_name == bank.model_name
+    assert (
+        centred.recommended_layers == bank.recommended_layers
+        and centred.model_name == bank.model_name
+    )
     assert torch.equal(centred.hidden_norms, bank.hidden_norms)
     assert centred is not bank and "centered" not in bank.settings
 
@@ -273,158 +285,6 @@ def test_select_keeps_the_chosen_emotions(bank: EmotionVectors) -> None:
     assert torch.equal(chosen.vector("fear"), bank.vector("fear"))
     with pytest.raises(KeyError):
         bank.select(["love"])
-
-
-# --- files ----------------------------------------------------------------------------
-
-
-def _full_bank() -> EmotionVectors:
-    return EmotionVectors(
-        _vectors("joy", "anger", "sadness", seed=3),
-        torch.tensor([0.5, 1.25, 3.0, 7.5]),
-        model_name="org/tiny-model",
-        layers=[1, 2],
-        settings={"method": "mean_difference", "pairs_per_emotion": {"joy": 3, "anger": 4}},
-        version="9.9.9",
-    )
-
-
-def test_save_load_round_trip_is_exact(tmp_path: Path) -> None:
-    bank = _full_bank()
-    path = bank.save(tmp_path / "bank.safetensors")
-    assert path == tmp_path / "bank.safetensors" and path.is_file()
-    loaded = EmotionVectors.load(path)
-    assert loaded.emotions == bank.emotions
-    for e in bank:
-        assert torch.equal(loaded.vector(e), bank.vector(e))
-    assert torch.equal(loaded.hidden_norms, bank.hidden_norms)
-    assert loaded.model_name == bank.model_name
-    assert loaded.layers == bank.layers
-    assert loaded.settings == bank.settings
-    assert loaded.version == bank.version
-    assert loaded.num_layers == bank.num_layers and loaded.hidden_size == bank.hidden_size
-
-
-def test_round_trip_without_recommended_layers(tmp_path: Path) -> None:
-    bank = EmotionVectors(_vectors("joy"), _norms(), model_name="m")
-    loaded = EmotionVectors.load(bank.save(str(tmp_path / "b.safetensors")))
-    assert loaded.layers is None and loaded.settings == {}
-
-
-def test_save_creates_parent_directories(tmp_path: Path) -> None:
-    path = _full_bank().save(tmp_path / "a" / "b" / "bank.safetensors")
-    assert path.is_file()
-
-
-def test_save_leaves_no_temporary_files(tmp_path: Path) -> None:
-    bank = _full_bank()
-    bank.save(tmp_path / "bank.safetensors")
-    bank.save(tmp_path / "bank.safetensors")  # overwrite
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bank.safetensors"]
-
-
-def test_failed_save_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (tmp_path / "other.txt").write_text("keep me")
-
-    def failing_save_file(tensors: object, filename: str, metadata: object = None) -> None:
-        with open(filename, "wb") as handle:  # a partial write, then the disk fills up
-            handle.write(b"\x10\x00\x00\x00partial")
-        raise OSError("No space left on device")
-
-    monkeypatch.setattr(emovec.vectors, "save_file", failing_save_file)
-    target = tmp_path / "bank.safetensors"
-    with pytest.raises(OSError, match="No space"):
-        _full_bank().save(target)
-    assert not target.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.txt"]
-
-
-def test_failed_save_keeps_the_previous_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    target = _full_bank().save(tmp_path / "bank.safetensors")
-    before = target.read_bytes()
-
-    def failing_save_file(tensors: object, filename: str, metadata: object = None) -> None:
-        Path(filename).write_bytes(b"garbage")
-        raise RuntimeError("interrupted")
-
-    monkeypatch.setattr(emovec.vectors, "save_file", failing_save_file)
-    with pytest.raises(RuntimeError):
-        EmotionVectors(_vectors("fear"), _norms(), model_name="new").save(target)
-    assert target.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bank.safetensors"]
-
-
-@pytest.mark.skipif(sys.platform == "win32", reason="POSIX permission bits")
-def test_saved_file_has_the_permissions_of_a_normally_created_file(tmp_path: Path) -> None:
-    # A vector file is meant to be shared; it should get the mode any other new file gets
-    # under the current umask (typically 0o644), not the owner-only 0o600 of a temp file.
-    umask = os.umask(0o022)
-    try:
-        path = _full_bank().save(tmp_path / "bank.safetensors")
-        reference = tmp_path / "reference.bin"
-        reference.write_bytes(b"")
-    finally:
-        os.umask(umask)
-    assert oct(path.stat().st_mode & 0o777) == oct(reference.stat().st_mode & 0o777)
-
-
-def test_loading_a_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="No vector file"):
-        EmotionVectors.load(tmp_path / "nope.safetensors")
-    with pytest.raises(FileNotFoundError):
-        EmotionVectors.load(tmp_path)  # a directory is not a vector file
-
-
-@pytest.mark.parametrize("keep", [0, 4, 8, 40, 0.5, -1])
-def test_loading_a_truncated_file(tmp_path: Path, keep: float) -> None:
-    data = _full_bank().save(tmp_path / "bank.safetensors").read_bytes()
-    cut = int(len(data) * keep) if isinstance(keep, float) else keep % len(data)
-    broken = tmp_path / "broken.safetensors"
-    broken.write_bytes(data[:cut])
-    with pytest.raises(ValueError, match="truncated or corrupt"):
-        EmotionVectors.load(broken)
-
-
-def test_loading_garbage(tmp_path: Path) -> None:
-    garbage = tmp_path / "garbage.safetensors"
-    garbage.write_bytes(bytes(range(256)) * 4)
-    with pytest.raises(ValueError, match="truncated or corrupt"):
-        EmotionVectors.load(garbage)
-
-
-def test_loading_a_foreign_safetensors_file(tmp_path: Path) -> None:
-    foreign = tmp_path / "model.safetensors"
-    save_file({"weight": torch.zeros(2, 2)}, str(foreign))
-    with pytest.raises(ValueError, match="not an emovec vector file"):
-        EmotionVectors.load(foreign)
-    save_file({"weight": torch.zeros(2, 2)}, str(foreign), metadata={"format": "pt"})
-    with pytest.raises(ValueError, match="not an emovec vector file"):
-        EmotionVectors.load(foreign)
-
-
-def test_loading_an_incomplete_emovec_file(tmp_path: Path) -> None:
-    path = tmp_path / "incomplete.safetensors"
-    metadata = {
-        "format": FORMAT,
-        "emovec_version": "0",
-        "model_name": "m",
-        "emotions": json.dumps(["joy", "fear"]),
-        "layers": "null",
-        "settings": "{}",
-    }
-    save_file(
-        {"emotion.joy": torch.ones(L, H), "hidden_norms": _norms()}, str(path), metadata=metadata
-    )
-    with pytest.raises(ValueError, match="incomplete"):
-        EmotionVectors.load(path)
-
-
-def test_random_bank_helper_round_trips(tmp_path: Path) -> None:
-    bank = random_bank(3, 16, seed=5)
-    loaded = EmotionVectors.load(bank.save(tmp_path / "r.safetensors"))
-    assert all(torch.equal(loaded.vector(e), bank.vector(e)) for e in bank)
 
 
 @pytest.mark.parametrize("strength", [float("nan"), float("inf"), -float("inf")])
@@ -468,7 +328,11 @@ def test_bank_stores_its_placements() -> None:
     """Placements are kept per emotion; a bank built without them has none."""
     joy = Placement((2, 1), 0.75)
     bank = EmotionVectors(
-        _vectors("joy", "fear"), _norms(), model_name="m", layers=[1], placements={"joy": joy}
+        _vectors("joy", "fear"),
+        _norms(),
+        model_name="m",
+        recommended_layers=[1],
+        placements={"joy": joy},
     )
     assert bank.placements == {"joy": Placement((1, 2), 0.75)}
     assert EmotionVectors(_vectors("joy"), _norms(), model_name="m").placements == {}
@@ -498,7 +362,7 @@ def test_with_placements_merges_and_without_placements_clears() -> None:
         _vectors("joy", "anger", "fear"),
         _norms(),
         model_name="m",
-        layers=[1, 2],
+        recommended_layers=[1, 2],
         settings={"method": "x"},
         placements={"joy": Placement([0], 0.3), "anger": Placement([1], 0.4)},
     )
@@ -509,11 +373,11 @@ def test_with_placements_merges_and_without_placements_clears() -> None:
         "fear": Placement([3], 0.6),
     }
     assert bank.placements == {"joy": Placement([0], 0.3), "anger": Placement([1], 0.4)}
-    assert updated.layers == (1, 2) and updated.settings == {"method": "x"}
+    assert updated.recommended_layers == (1, 2) and updated.settings == {"method": "x"}
     assert all(torch.equal(updated.vector(e), bank.vector(e)) for e in bank)
     cleared = updated.without_placements()
     assert cleared.placements == {} and len(updated.placements) == 3
-    assert cleared.layers == (1, 2) and cleared.settings == {"method": "x"}
+    assert cleared.recommended_layers == (1, 2) and cleared.settings == {"method": "x"}
     with pytest.raises(ValueError, match="out of range"):
         bank.with_placements({"fear": Placement([L], 0.5)})
 
@@ -530,40 +394,136 @@ def test_select_center_and_with_settings_keep_placements() -> None:
     assert bank.select(["anger"]).placements == {}
 
 
-def test_placements_round_trip_through_the_file(tmp_path: Path) -> None:
-    """Placements are saved in the "placements" metadata as JSON and load back equal."""
-    placements = {"joy": Placement([2, 1], 0.75), "sadness": Placement([0, 1, 2, 3], 1.25)}
-    bank = _full_bank().with_placements(placements)
-    path = bank.save(tmp_path / "bank.safetensors")
-    with safe_open(str(path), framework="pt") as handle:
-        stored = json.loads(handle.metadata()["placements"])
-    assert stored == {
-        "joy": {"layers": [1, 2], "dose": 0.75},
-        "sadness": {"layers": [0, 1, 2, 3], "dose": 1.25},
-    }
-    loaded = EmotionVectors.load(path)
-    assert loaded.placements == bank.placements
-    assert all(isinstance(p, Placement) for p in loaded.placements.values())
-    assert loaded.settings == bank.settings and loaded.layers == bank.layers
-    empty = EmotionVectors.load(_full_bank().save(tmp_path / "empty.safetensors"))
-    assert empty.placements == {}
+# --- strict types, names and plausible norms (issue 13) -------------------------------
 
 
-def test_files_written_before_placements_load_without_them(tmp_path: Path) -> None:
-    """A vector file without the "placements" key (older emovec) loads with no placements."""
-    path = tmp_path / "old.safetensors"
-    metadata = {
-        "format": FORMAT,
-        "emovec_version": "0.1.0",
-        "model_name": "m",
-        "num_layers": str(L),
-        "hidden_size": str(H),
-        "emotions": json.dumps(["joy"]),
-        "layers": json.dumps([1]),
-        "settings": "{}",
-    }
-    vector = torch.randn(L, H)
-    save_file({"emotion.joy": vector, "hidden_norms": _norms()}, str(path), metadata=metadata)
-    loaded = EmotionVectors.load(path)
-    assert loaded.placements == {}
-    assert loaded.layers == (1,) and torch.equal(loaded.vector("joy"), vector)
+@pytest.mark.parametrize("layers", ["12", [1.9], [True], [1, "2"], 3, None])
+def test_placement_layers_must_be_integers(layers: object) -> None:
+    """ "12" was read as layers (1, 2), [1.9] as 1 and [True] as 1: now refused."""
+    with pytest.raises(TypeError, match="layers"):
+        Placement(layers, 0.5)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("dose", ["0.5", True, None, [0.5]])
+def test_placement_dose_must_be_a_number(dose: object) -> None:
+    with pytest.raises(TypeError, match="dose"):
+        Placement([1], dose)  # type: ignore[arg-type]
+
+
+def test_placement_dose_too_large_for_a_float_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="not finite"):
+        Placement([1], 10**400)
+
+
+@pytest.mark.parametrize("layers", ["12", [1.9], [False, 1], 2])
+def test_recommended_layers_must_be_integers(layers: object) -> None:
+    with pytest.raises(TypeError, match="recommended_layers"):
+        EmotionVectors(_vectors("joy"), _norms(), model_name="m", recommended_layers=layers)  # type: ignore[arg-type]
+
+
+def test_recommended_layers_are_stored_sorted_once_each() -> None:
+    bank = EmotionVectors(_vectors("joy"), _norms(), model_name="m", recommended_layers=[3, 1, 3])
+    assert bank.recommended_layers == (1, 3)
+    assert "1..3" in repr(bank)
+
+
+@pytest.mark.parametrize("name", sorted(RESERVED_NAMES))
+def test_emotions_named_like_steer_options_are_refused(name: str) -> None:
+    """steer(model, vecs, max_dose=1.0) with an emotion "max_dose" steered nothing, silently."""
+    with pytest.raises(ValueError, match=f"{name!r} is a parameter of emovec.steer"):
+        EmotionVectors(_vectors("joy", name), _norms(), model_name="m")
+
+
+def test_reserved_names_cover_steer_parameters() -> None:
+    import inspect
+
+    from emovec.steering import steer
+
+    parameters = inspect.signature(steer).parameters.values()
+    named = {p.name for p in parameters if p.kind is not inspect.Parameter.VAR_KEYWORD}
+    assert named <= RESERVED_NAMES
+    assert {"model", "vectors", "blocks", "max_dose", "layers"} <= RESERVED_NAMES
+
+
+@pytest.mark.parametrize("name", ["", " joy", "joy ", "jo\ny", "tab\t", "\x00", "\ud800"])
+def test_emotion_names_that_cannot_be_stored_are_refused(name: str) -> None:
+    with pytest.raises(ValueError, match="cannot be stored"):
+        EmotionVectors({name: torch.randn(L, H)}, _norms(), model_name="m")
+
+
+def test_wrongly_typed_bank_parts_are_refused() -> None:
+    with pytest.raises(TypeError, match="names must be strings"):
+        EmotionVectors({1: torch.randn(L, H)}, _norms(), model_name="m")  # type: ignore[dict-item]
+    with pytest.raises(TypeError, match="must be a tensor"):
+        EmotionVectors({"joy": [[1.0] * H] * L}, _norms(), model_name="m")  # type: ignore[dict-item]
+    with pytest.raises(TypeError, match="hidden_norms"):
+        EmotionVectors(_vectors("joy"), [1.0] * L, model_name="m")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="model_name"):
+        EmotionVectors(_vectors("joy"), _norms(), model_name=3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="Placement"):
+        EmotionVectors(
+            _vectors("joy"),
+            _norms(),
+            model_name="m",
+            placements={"joy": {"layers": [1]}},  # type: ignore[dict-item]
+        )
+
+
+def _realistic_bank(norms: list[float]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Vectors 5% as long as the hidden states, as in the shipped SmolLM2 bank."""
+    hidden = torch.tensor(norms)
+    vectors = _vectors("joy", "fear")
+    return {
+        e: v / v.norm(dim=1, keepdim=True) * hidden[:, None] * 0.05 for e, v in vectors.items()
+    }, hidden
+
+
+def test_a_flipped_exponent_bit_in_hidden_norms_is_refused() -> None:
+    """161.5 -> 6.9e11 (bit 28 of the float32) loaded silently and left steer's dose at
+    0.35 while the delta grew 4e9-fold; the ratio ‖vector‖ / hidden norm exposes it."""
+    vectors, norms = _realistic_bank([47.5, 118.6, 161.5, 201.6])
+    EmotionVectors(vectors, norms, model_name="m")  # the intact bank is fine
+    flipped = norms.clone()
+    flipped.view(torch.int32)[2] ^= 1 << 28
+    assert float(flipped[2]) == pytest.approx(6.94e11, rel=1e-2)
+    with pytest.raises(ValueError, match=r"hidden_norms\[2\].*implausible.*'joy'"):
+        EmotionVectors(vectors, flipped, model_name="m")
+    shrunk = norms.clone()
+    shrunk.view(torch.int32)[1] ^= 1 << 28  # the other way: 2**-32 times
+    with pytest.raises(ValueError, match=r"hidden_norms\[1\]"):
+        EmotionVectors(vectors, shrunk, model_name="m")
+
+
+def test_direction_ratio_range_allows_zero_rows() -> None:
+    """A layer where an emotion's vector is exactly zero says nothing about the norm."""
+    vectors = _vectors("joy")
+    vectors["joy"][1] = 0
+    bank = EmotionVectors(vectors, torch.tensor([1.0, 1e12, 2.0, 3.0]), model_name="m")
+    assert float(bank.hidden_norms[1]) == pytest.approx(1e12)
+
+
+def _shipped_files() -> list[Path]:
+    from importlib import resources
+
+    return sorted(Path(str(resources.files("emovec") / "data" / "vectors")).glob("*.safetensors"))
+
+
+@pytest.mark.parametrize("path", _shipped_files(), ids=lambda p: p.name)
+def test_shipped_files_load_and_sit_well_inside_the_ratio_range(path: Path) -> None:
+    """The shipped banks measure 0.0049-0.080: the range leaves three decades each side."""
+    bank = EmotionVectors.load(path)
+    ratios = torch.stack([bank.vector(e).norm(dim=1) for e in bank]) / bank.hidden_norms
+    low, high = DIRECTION_RATIO_RANGE
+    assert float(ratios.min()) > 1000 * low and float(ratios.max()) < high / 1000
+
+
+def test_layers_is_the_deprecated_spelling_of_recommended_layers() -> None:
+    with pytest.warns(DeprecationWarning, match="recommended_layers"):
+        bank = EmotionVectors(_vectors("joy"), _norms(), model_name="m", layers=[2, 1])
+    assert bank.recommended_layers == (1, 2)
+    with pytest.warns(DeprecationWarning, match="recommended_layers"):
+        assert bank.layers == (1, 2)
+    with pytest.warns(DeprecationWarning), pytest.raises(TypeError, match="only"):
+        EmotionVectors(
+            _vectors("joy"), _norms(), model_name="m", layers=[1], recommended_layers=[1]
+        )

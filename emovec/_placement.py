@@ -1,0 +1,82 @@
+"""Per-emotion placements (where and how strongly an emotion is steered by default)."""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Placement", "layer_indices"]
+
+
+def layer_indices(layers: object, what: str) -> tuple[int, ...]:
+    """Sorted distinct layer indices; integers only (not bools, floats or digit strings)."""
+    if isinstance(layers, (str, bytes)) or not isinstance(layers, Iterable):
+        raise TypeError(f"{what} must be a sequence of layer indices, not {layers!r}.")
+    indices = []
+    for i in layers:
+        if isinstance(i, bool) or not hasattr(type(i), "__index__"):
+            raise TypeError(f"{what} must be integers, not {i!r} (in {layers!r}).")
+        indices.append(operator.index(i))
+    return tuple(sorted(set(indices)))
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one emotion is steered, and how strongly α = 1 is, when no layers are given.
+
+    Emotions differ in where a model carries them and how much push they take before the
+    text breaks (on SmolLM2 sadness steers best at layers 8–12, joy at 12–16), so a bank
+    may record one placement per emotion, found by :func:`emovec.evaluation.calibrate`.
+
+    Attributes:
+        layers: Decoder layers steered for this emotion (integers; stored sorted, once each).
+        dose: The relative dose at α = 1 (``Σ_l ‖Δ_l‖ / typical ‖h_l‖`` over ``layers``;
+            see :mod:`emovec.steering`).
+        instruction: A short request for the emotion added to the user's turn beside the
+            vector (the "hybrid" recipe), or ``None``. ``steer`` cannot change a prompt:
+            :func:`emovec.generation.generate_answers` and the CLI add it
+            (:meth:`EmotionVectors.instruction`).
+        persona: A system turn describing an emotional assistant, used instead of the
+            model's default system prompt beside the vector, or ``None``
+            (:meth:`EmotionVectors.persona`).
+        positions: The positions steered (``"generated"``: only the answer's tokens), or
+            ``None`` for ``steer``'s default.
+    """
+
+    layers: tuple[int, ...]
+    dose: float
+    instruction: str | None = None
+    persona: str | None = None
+    positions: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layers", layer_indices(self.layers, "A placement's layers"))
+        if isinstance(self.dose, (bool, str)) or not hasattr(type(self.dose), "__float__"):
+            raise TypeError(f"A placement's dose must be a number, not {self.dose!r}.")
+        try:
+            object.__setattr__(self, "dose", float(self.dose))
+        except OverflowError:
+            raise ValueError(f"A placement's dose {self.dose} is not finite.") from None
+        if not self.layers:
+            raise ValueError("A placement needs at least one layer.")
+        if not (math.isfinite(self.dose) and self.dose > 0):
+            raise ValueError(f"A placement's dose must be finite and positive, not {self.dose}.")
+        if self.positions not in (None, "all", "prompt", "generated", "last"):
+            raise ValueError(
+                "A placement's positions must be 'all', 'prompt', 'generated' or 'last', "
+                f"not {self.positions!r}."
+            )
+        for name in ("instruction", "persona"):
+            text = getattr(self, name)
+            if text is not None and not (isinstance(text, str) and text.strip()):
+                raise ValueError(f"A placement's {name} must be text, not {text!r}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        written: dict[str, Any] = {"layers": list(self.layers), "dose": self.dose}
+        for name in ("instruction", "persona", "positions"):
+            if getattr(self, name) is not None:
+                written[name] = getattr(self, name)
+        return written
