@@ -2,7 +2,8 @@
 
 While a :class:`~emovec.steering.Steering` is applied, ``model.generate`` runs the steered
 model; :class:`PlainGuidance`, a logits processor, runs the same model once more per step with
-the steering paused (its own KV cache) and mixes the two next-token distributions::
+the steering paused (its own KV cache; paused in the generating thread or task only) and
+mixes the two next-token distributions::
 
     log p(t) = weight · log p_steered(t) + (1 − weight) · log p_plain(t)
 

@@ -2,8 +2,9 @@
 
 :func:`emovec.steering.steer` decides *what* each layer receives (the deltas, their dose);
 this module applies it: the :class:`Steering` hooks, the steering methods (how a layer's
-vector meets a hidden state), the :class:`Schedule` over generated tokens, and the tracker
-that tells prompt positions from generated ones under the KV cache and without it.
+vector meets a hidden state) and the :class:`Schedule` over generated tokens. Where the
+hooks act (the context that applied them) and which positions a forward call holds is
+:mod:`emovec._scope`'s part.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from emovec import _scope
+from emovec._doses import DoseError, cast_delta, check_hidden_norms, median_norm
 from emovec.layers import layer_output, replace_layer_output
 
 __all__ = ["METHODS", "SINK_RATIO", "Method", "Positions", "Schedule", "Steering", "steered"]
@@ -96,71 +99,9 @@ def steered(
     return torch.where(lift > 0, hidden + lift * direction, hidden)
 
 
-def past_length(kwargs: Mapping[str, Any]) -> int:
-    cache_position = kwargs.get("cache_position")
-    if isinstance(cache_position, torch.Tensor) and cache_position.numel():
-        return int(cache_position.reshape(-1)[0])
-    # transformers ≥ 5.24 passes the cache as ``cache`` (and no ``cache_position``).
-    past = kwargs.get("past_key_values", kwargs.get("cache"))
-    if past is None:
-        return 0
-    if hasattr(past, "get_seq_length"):
-        return int(past.get_seq_length())
-    try:  # legacy tuple-of-tuples cache
-        return int(past[0][0].shape[-2])
-    except (IndexError, TypeError, AttributeError):
-        return 0
-
-
-class CallTracker:
-    """Knows, for the current forward call, where its positions sit in the sequence.
-
-    With a KV cache, a call's first position is the cache length, and the prompt is whatever
-    the first, cache-less call saw. Without a cache, ``generate`` re-runs the whole sequence
-    one token longer each step; such a call continues the previous one. (So, without a cache,
-    a new ``generate`` whose prompt is exactly the previous call's tokens plus one looks like
-    a continuation: re-enter the steering between such calls, which resets this tracker.)
-    """
-
-    def __init__(self) -> None:
-        self.offset = 0
-        self.prompt_length: int | None = None
-        self._previous: torch.Tensor | None = None
-
-    def reset(self) -> None:
-        self.offset, self.prompt_length, self._previous = 0, None, None
-
-    def before_forward(self, _module: nn.Module, args: tuple, kwargs: dict) -> None:
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        embeds = kwargs.get("inputs_embeds")
-        first = ids if isinstance(ids, torch.Tensor) else embeds
-        if not isinstance(first, torch.Tensor):
-            return
-        width = int(first.shape[1])
-        past = past_length(kwargs)
-        if past > 0:
-            self.offset = past
-            if self.prompt_length is None:  # steering began in the middle of a generation
-                self.prompt_length = past
-            return
-        self.offset = 0
-        previous = self._previous
-        continues = (
-            kwargs.get("use_cache") is False
-            and isinstance(ids, torch.Tensor)
-            and previous is not None
-            and self.prompt_length is not None
-            and ids.shape[0] == previous.shape[0]
-            and ids.shape[1] == previous.shape[1] + 1
-            and torch.equal(ids[:, :-1], previous)
-        )
-        if not continues:
-            self.prompt_length = width
-        self._previous = ids.detach() if isinstance(ids, torch.Tensor) else None
-
-
-def _block_placement(block: nn.Module) -> tuple[torch.device, torch.dtype] | None:
-    """Where the block computes, if its parameters say so (not for offloaded "meta" ones)."""
+def _block_device_dtype(block: nn.Module) -> tuple[torch.device, torch.dtype] | None:
+    """Where and in what dtype the block computes, if its parameters say so (not for
+    offloaded "meta" ones)."""
     for parameter in block.parameters():
         if parameter.is_floating_point():
             if parameter.device.type == "meta":
@@ -169,11 +110,22 @@ def _block_placement(block: nn.Module) -> tuple[torch.device, torch.dtype] | Non
     return None
 
 
+@dataclass
+class _Target:
+    """One hooked layer: its block, the delta its hook adds, its typical hidden norm."""
+
+    index: int
+    block: nn.Module
+    delta: torch.Tensor
+    typical_norm: float
+
+
 class Steering:
     """Hooks adding fixed per-layer vectors to a model's decoder layers.
 
     Use as a context manager (re-enterable after exit) or with :meth:`apply` / :meth:`remove`
-    where ``with`` does not fit, such as notebook cells. Build it with :func:`steer`.
+    where ``with`` does not fit, such as notebook cells. Build it with :func:`steer`, whose
+    docstring says where it acts: only in the context (thread, asyncio task) that applied it.
 
     Attributes:
         positions: Which positions are steered.
@@ -181,6 +133,9 @@ class Steering:
         schedule: Strength over the generated tokens, or ``None`` for constant.
         dose: Per batch row (one entry unless ``rows`` was given), ``Σ_l ‖delta_l‖ / ‖h_l‖``
             after any clamping.
+
+    Raises:
+        DoseError: for deltas that are not finite, or not in the model's dtype.
     """
 
     def __init__(
@@ -213,69 +168,94 @@ class Steering:
         self.schedule = schedule
         self.dose = list(dose)
         self._model = model
-        self._tracker = CallTracker()
-        self._paused = False
         norms = dict(hidden_norms or {})
-        self._targets: list[tuple[int, nn.Module, torch.Tensor, float]] = []
+        self._targets: list[_Target] = []
         for index, delta in sorted(deltas.items()):
-            placement = _block_placement(blocks[index])
-            # Cast and move once here, not on every forward step (the hook corrects it once
+            if not bool(torch.isfinite(delta).all()):
+                raise DoseError(f"The steering vector for layer {index} is not finite.")
+            where = _block_device_dtype(blocks[index])
+            # Cast and move once here, not on every forward step (the hook does it once
             # more for blocks whose weights arrive at call time, e.g. accelerate offloading).
-            if placement is not None:
-                delta = delta.to(device=placement[0], dtype=placement[1])
-            self._targets.append((index, blocks[index], delta, norms.get(index, math.inf)))
+            if where is not None:
+                delta = cast_delta(delta, *where, index)
+            norm = float(norms.get(index, math.inf))
+            self._targets.append(_Target(index, blocks[index], delta, norm))
         self._handles: list[RemovableHandle] = []
+        self._key: object | None = None  # this application's key, while applied
+        # The live hidden-norm check: the first active forward measures each layer once.
+        self._live: dict[int, float] = {}
+        self._to_measure = {t.index for t in self._targets if math.isfinite(t.typical_norm)}
 
     @property
     def layers(self) -> list[int]:
         """Indices of the hooked layers (empty when every strength is zero)."""
-        return [index for index, *_ in self._targets]
+        return [target.index for target in self._targets]
 
     @property
     def active(self) -> bool:
-        return bool(self._handles)
+        """Whether the steering is applied (it then steers the context that applied it)."""
+        return self._key is not None
 
     def deltas(self) -> list[torch.Tensor]:
-        """What each hooked layer adds (``[hidden]``, or ``[rows, hidden]``), in layer order."""
-        return [delta for _, _, delta, _ in self._targets]
+        """What each hooked layer's hook adds, in the order of :attr:`layers`.
+
+        Each is ``[hidden]`` (added to every row) or, with ``rows=``, ``[rows, hidden]`` (one
+        per batch row), in the block's dtype and device: the very tensors the hooks add. With
+        ``method="add"`` a steered position of layer ``l`` leaves the block as exactly
+        ``h + delta_l`` (times the schedule's factor where one is given; positions not
+        steered are left as they are). With ``"project"`` and ``"angular"`` ``delta_l`` is
+        the target the method aims at (see :func:`steered`): what reaches ``h`` depends on
+        ``h``, so read it from a forward pass.
+        """
+        return [target.delta for target in self._targets]
 
     def apply(self) -> Steering:
-        """Start steering. Raises if this steering is already applied."""
-        if self._handles:
+        """Start steering the current context (thread or task) until :meth:`remove`.
+
+        Raises:
+            RuntimeError: If this steering is already applied (in any context).
+        """
+        if self._key is not None:
             raise RuntimeError("This steering is already applied; remove() it first.")
-        self._tracker.reset()
         try:
-            if self._targets and (
-                self.positions in ("prompt", "generated") or self.schedule is not None
-            ):
+            if self._targets and (self.positions != "all" or self.schedule is not None):
                 self._handles.append(
-                    self._model.register_forward_pre_hook(
-                        self._tracker.before_forward, with_kwargs=True
-                    )
+                    self._model.register_forward_pre_hook(self._before_forward, with_kwargs=True)
                 )
-            for _, block, delta, norm in self._targets:
-                self._handles.append(block.register_forward_hook(self._hook(delta, norm)))
+            for target in self._targets:
+                self._handles.append(target.block.register_forward_hook(self._hook(target)))
         except Exception:
             self.remove()
             raise
+        self._key = object()
+        _scope.put(self._key, _scope.Call())
         return self
 
     def remove(self) -> None:
-        """Stop steering; safe to call when not applied."""
+        """Stop steering, in every context; safe to call when not applied."""
+        key, self._key = self._key, None
         while self._handles:
             self._handles.pop().remove()
+        _scope.drop(key)  # other contexts keep a stale key, which no hook answers to
 
     @contextmanager
     def paused(self) -> Iterator[None]:
         """Forward calls inside this block run unsteered (the hooks stay in place).
 
-        Used for a plain pass beside the steered one, e.g. by :mod:`emovec.guidance`.
+        Pauses only the current context. Used for a plain pass beside the steered one, e.g.
+        by :mod:`emovec.guidance`.
         """
-        before, self._paused = self._paused, True
+        key = self._key
+        saved = _scope.call_of(key)
+        if saved is None:
+            yield
+            return
+        _scope.drop(key)
         try:
             yield
         finally:
-            self._paused = before
+            if self._key is key:  # still applied: active again, where it was
+                _scope.put(key, saved)
 
     def __enter__(self) -> Steering:
         return self.apply()
@@ -283,23 +263,28 @@ class Steering:
     def __exit__(self, *exc_info: object) -> None:
         self.remove()
 
-    def _weights(self, hidden: torch.Tensor) -> torch.Tensor | None:
+    def _before_forward(self, _module: nn.Module, args: tuple, kwargs: dict) -> None:
+        _scope.advance(self._key, args, kwargs)
+
+    def _weights(self, hidden: torch.Tensor, call: _scope.Call) -> torch.Tensor | None:
         """Per-position factor ``[seq]`` for this call (``None``: 1 everywhere)."""
-        positions, tracker, schedule = self.positions, self._tracker, self.schedule
+        positions, schedule = self.positions, self.schedule
         width = hidden.shape[1]
         if positions == "all" and schedule is None:
             return None
-        if positions == "last":
+        if positions == "last" and call.prompt_length is None:  # a call outside the model
             weights = torch.zeros(width, device=hidden.device)
             weights[-1] = 1.0
             return weights
-        if tracker.prompt_length is None:
+        if call.prompt_length is None:
             raise RuntimeError(
                 f"positions={positions!r} (or a schedule) needs the forward calls to go through "
                 "the model given to steer(), which tells prompt from generated positions."
             )
-        absolute = tracker.offset + torch.arange(width, device=hidden.device)
-        index = absolute - tracker.prompt_length
+        absolute = call.offset + torch.arange(width, device=hidden.device)
+        index = absolute - call.prompt_length
+        if positions == "last":  # the newest position as each token is read
+            return (index >= -1).to(torch.float32)
         generated = index >= 0
         if positions == "prompt":
             return (~generated).to(torch.float32)
@@ -307,26 +292,40 @@ class Steering:
         factors = torch.where(generated, factors.to(hidden.device), 1.0)
         return factors if positions == "all" else factors * generated
 
-    def _hook(self, delta: torch.Tensor, typical_norm: float) -> Any:
-        placed = {"delta": delta}
+    def _measure(self, target: _Target, hidden: torch.Tensor) -> None:
+        """Note the live hidden norm at ``target``'s layer; once every steered layer is
+        measured, compare them with the bank's (one warning at most per steering)."""
+        if target.index not in self._to_measure or target.index in self._live:
+            return
+        self._live[target.index] = median_norm(hidden, SINK_RATIO)
+        if set(self._live) >= self._to_measure:
+            self._to_measure = set()
+            recorded = {t.index: t.typical_norm for t in self._targets}
+            check_hidden_norms(self._live, recorded)
 
+    def _hook(self, target: _Target) -> Any:
         def hook(_module: nn.Module, _args: Any, output: Any) -> Any:
-            if self._paused:
+            call = _scope.call_of(self._key)
+            if call is None:  # not applied in this context
                 return output
             hidden = layer_output(output)
-            delta = placed["delta"]
+            delta = target.delta
             if delta.device != hidden.device or delta.dtype != hidden.dtype:
-                delta = placed["delta"] = delta.to(device=hidden.device, dtype=hidden.dtype)
+                delta = target.delta = cast_delta(delta, hidden.device, hidden.dtype, target.index)
             if delta.dim() == 2 and delta.shape[0] != hidden.shape[0]:
                 raise ValueError(
                     f"steer(rows=...) gave {delta.shape[0]} rows but the batch has "
                     f"{hidden.shape[0]}; pass one mix per row (sampling several sequences "
                     "per prompt multiplies the batch)."
                 )
+            if self._to_measure:
+                self._measure(target, hidden)
             added = delta[:, None, :] if delta.dim() == 2 else delta[None, None, :]
-            weights = self._weights(hidden)
+            weights = self._weights(hidden, call)
             if weights is not None:
                 added = added * weights[None, :, None].to(hidden.dtype)
-            return replace_layer_output(output, steered(hidden, added, self.method, typical_norm))
+            return replace_layer_output(
+                output, steered(hidden, added, self.method, target.typical_norm)
+            )
 
         return hook

@@ -14,7 +14,7 @@ Scales:
     ``"raw"``: α times the raw mean difference, the paper's "1×".
 
 Placements: without ``layers=``, an emotion the bank holds a
-:class:`~emovec.vectors.Placement` for (found by :func:`emovec.calibration.calibrate`) is
+:class:`~emovec.vectors.Placement` for (found by :func:`emovec.evaluation.calibrate`) is
 steered at its own layers, and α = 1 is its own calibrated dose rather than ``RELATIVE_DOSE``:
 emotions differ in where a model carries them and how much push they take.
 
@@ -30,18 +30,36 @@ A :class:`Schedule` varies the strength over the generated tokens.
 Dose: ``Σ_l ‖delta_l‖ / typical ‖h_l‖`` over the steered layers, what the residual stream
 receives in units of a hidden state. α = 1 in relative scale is a dose of 0.5; on SmolLM2
 repetition takes over by a dose of 1.0. Above ``MAX_DOSE`` steering warns (or clamps, or
-raises, as asked): never silently.
+raises, as asked): never silently. Strengths, weights and doses that are NaN, infinite or
+overflow are refused (:class:`DoseError`). On its first forward pass a steering compares the
+model's hidden norms at the steered layers with the bank's and warns
+(:class:`HiddenNormWarning`) when they are more than 2x apart: a bank made for another model
+or dtype steers with a dose off by that factor.
+
+Scope: a steering acts only in the context (thread, asyncio task) that entered it; see
+:func:`steer`.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
+from emovec._doses import (
+    DoseError,
+    DoseGuard,
+    DoseWarning,
+    HiddenNormWarning,
+    checked_strengths,
+    doses_of,
+    guard_factors,
+    layer_weights,
+    max_dose_of,
+)
 from emovec.hooks import SINK_RATIO, Method, Positions, Schedule, Steering
 from emovec.layers import default_layer_band, find_layers, hidden_size_of
 from emovec.vectors import EmotionVectors, Scale, SteeringVector
@@ -54,6 +72,7 @@ __all__ = [
     "DoseError",
     "DoseGuard",
     "DoseWarning",
+    "HiddenNormWarning",
     "Method",
     "Positions",
     "Schedule",
@@ -62,8 +81,8 @@ __all__ = [
     "steer",
 ]
 
-DoseGuard = Literal["warn", "clamp", "raise"]
 Layers = Sequence[int] | Mapping[int, float]
+Mix = Mapping[str, float] | SteeringVector
 
 # Measured on SmolLM2-135M-Instruct (README, "Strength"): at α = 1 the target emotion's score
 # rises on most answers for all five emotions and most answers stay fluent; at 2 repetition
@@ -82,14 +101,6 @@ class VectorModelMismatchError(ValueError):
     """Raised when a vector bank was extracted from a model of a different shape."""
 
 
-class DoseError(ValueError):
-    """Raised by ``guard="raise"`` when the steering dose exceeds ``max_dose``."""
-
-
-class DoseWarning(UserWarning):
-    """Warned when the steering dose exceeds ``max_dose`` (and when it is clamped)."""
-
-
 def _check_fits(bank: EmotionVectors, model: nn.Module, blocks: Sequence[nn.Module]) -> None:
     hidden = hidden_size_of(model)
     if bank.num_layers != len(blocks) or (hidden is not None and bank.hidden_size != hidden):
@@ -101,43 +112,10 @@ def _check_fits(bank: EmotionVectors, model: nn.Module, blocks: Sequence[nn.Modu
         )
 
 
-def _layer_weights(bank: EmotionVectors, layers: Layers | str | None) -> dict[int, float]:
-    """Layer index → weight, from a list/range, a ``{layer: weight}`` mapping, or "all"."""
-    n = bank.num_layers
-    if layers is None:
-        if bank.layers:
-            return dict.fromkeys(bank.layers, 1.0)
-        return dict.fromkeys(default_layer_band(n), 1.0)
-    if isinstance(layers, str):
-        if layers != "all":
-            raise ValueError(f"layers must be indices, a mapping or 'all', not {layers!r}.")
-        return dict.fromkeys(range(n), 1.0)
-    items = list(layers.items()) if isinstance(layers, Mapping) else [(i, 1.0) for i in layers]
-    if not items or any(not -n <= int(i) < n for i, _ in items):
-        raise ValueError(f"layers {list(layers)} out of range for {n} layers (0..{n - 1}).")
-    return {int(i) % n: float(w) for i, w in items}
-
-
-def _guard(doses: torch.Tensor, max_dose: float, guard: DoseGuard) -> torch.Tensor:
-    """Per-row factors (1 where the dose is fine) after applying the guard policy."""
-    if guard not in ("warn", "clamp", "raise"):
-        raise ValueError(f"guard must be 'warn', 'clamp' or 'raise', not {guard!r}.")
-    over = doses > max_dose
-    if not bool(over.any()):
-        return torch.ones_like(doses)
-    worst = float(doses.max())
-    message = (
-        f"Steering dose {worst:.2f} exceeds max_dose={max_dose:g} (a dose of 1 adds a typical "
-        "hidden state's norm across the steered layers; on SmolLM2 output degenerates into "
-        "repetition near 1.0). Lower α, or pass max_dose= to accept it."
-    )
-    if guard == "raise":
-        raise DoseError(message)
-    if guard == "clamp":
-        warnings.warn(message + f" Clamped to {max_dose:g}.", DoseWarning, stacklevel=3)
-        return torch.where(over, max_dose / doses, torch.ones_like(doses))
-    warnings.warn(message, DoseWarning, stacklevel=3)
-    return torch.ones_like(doses)
+def _band(bank: EmotionVectors) -> list[int]:
+    """The bank's recommended layers, else the default band."""
+    recorded = bank.recommended_layers
+    return list(recorded) if recorded else default_layer_band(bank.num_layers)
 
 
 def _same_vectors(a: EmotionVectors, b: EmotionVectors) -> bool:
@@ -149,7 +127,7 @@ def _same_vectors(a: EmotionVectors, b: EmotionVectors) -> bool:
     )
 
 
-def _as_vector(bank: EmotionVectors, row: Mapping[str, float] | SteeringVector) -> SteeringVector:
+def _as_vector(bank: EmotionVectors, row: Mix) -> SteeringVector:
     """A row's mix; a row may come from a copy of the bank with other placements."""
     if isinstance(row, SteeringVector):
         if not _same_vectors(row.bank, bank):
@@ -158,12 +136,39 @@ def _as_vector(bank: EmotionVectors, row: Mapping[str, float] | SteeringVector) 
                 "differ only in placements)."
             )
         return row
-    return SteeringVector(bank, row)
+    return SteeringVector(bank, checked_strengths(row, "strength in rows"))
+
+
+def _mixes(
+    vectors: EmotionVectors | SteeringVector,
+    given: Mapping[str, float] | None,
+    alphas: Mapping[str, Any],
+    rows: Sequence[Mix] | None,
+) -> tuple[EmotionVectors, list[SteeringVector]]:
+    """The bank and one mix per row (a single mix without ``rows``), numbers checked."""
+    if given is not None:
+        if alphas:
+            raise TypeError("Give strengths either as a mapping or as keywords, not both.")
+        alphas = checked_strengths(given)
+    if isinstance(vectors, SteeringVector):
+        if alphas or rows is not None:
+            raise TypeError("Give strengths either as a combination, as keywords, or as rows.")
+        return vectors.bank, [vectors]
+    if not isinstance(vectors, EmotionVectors):
+        raise TypeError(f"Expected EmotionVectors or SteeringVector, got {type(vectors)}.")
+    if rows is None:
+        return vectors, [SteeringVector(vectors, checked_strengths(alphas))]
+    if alphas:
+        raise TypeError("Give strengths either as keywords or as rows, not both.")
+    if not rows:
+        raise ValueError("rows is empty: give one mix per batch row.")
+    return vectors, [_as_vector(vectors, row) for row in rows]
 
 
 def steer(
     model: nn.Module,
     vectors: EmotionVectors | SteeringVector,
+    strengths: Mapping[str, float] | None = None,
     /,
     *,
     layers: Layers | str | None = None,
@@ -171,33 +176,49 @@ def steer(
     positions: Positions | None = None,
     method: Method = "add",
     schedule: Schedule | None = None,
-    rows: Sequence[Mapping[str, float] | SteeringVector] | None = None,
+    rows: Sequence[Mix] | None = None,
     preset: str | None = None,
     max_dose: float = MAX_DOSE,
     guard: DoseGuard = "warn",
+    blocks: str | Sequence[nn.Module] | None = None,
     block_layers: str | Sequence[nn.Module] | None = None,
     **alphas: float,
 ) -> Steering:
     """Steer ``model`` with emotion vectors while the returned object is applied.
 
+    ``with steer(model, vecs, joy=1.0): model.generate(...)`` steers the calls made inside the
+    block by the same thread or asyncio task: steering is scoped to the :mod:`contextvars`
+    context that entered it. Another thread generating with the same model meanwhile runs
+    plain (a :class:`threading.Thread` starts in a fresh context); a task created inside
+    the block is steered (tasks copy their context). To steer a ``generate`` run in a
+    thread, e.g. beside a ``TextIteratorStreamer``, run it in a copy of the context:
+    ``Thread(target=contextvars.copy_context().run, args=(model.generate,), kwargs=...)``.
+    ``apply()`` / ``remove()`` do the same without ``with``: ``apply()`` steers the context
+    it is called in (in a notebook, the later cells) until ``remove()``, called from any
+    context, takes the hooks off. To serve several emotions at once, give ``rows=``.
+
     Args:
         model: The model the vectors were extracted from (same layer count and width). Calls
             must go through this module for ``positions="prompt"``/``"generated"``.
         vectors: A bank, with strengths given as keyword arguments (``joy=1.0,
-            sadness=-0.5``), or a combination such as ``0.7 * vecs["joy"] - 0.3 * vecs["fear"]``.
+            sadness=-0.5``) or as a mapping, or a combination such as
+            ``0.7 * vecs["joy"] - 0.3 * vecs["fear"]``.
+        strengths: Emotion → α as a mapping, ``steer(model, vecs, {"joy": 1.0})``: the same
+            as keywords, for any emotion name (also one spelled like an option).
         layers: Decoder layers to steer: indices or a ``range`` (negative indices count from
             the end), ``{layer: weight}`` to weight layers, or ``"all"``; every emotion is
             then steered there, α = 1 being a dose of ``RELATIVE_DOSE``. Default: each
             emotion's placement in the bank (its calibrated layers and dose, see
-            :class:`~emovec.vectors.Placement`), else the bank's recommended band.
+            :class:`~emovec.vectors.Placement`), else the bank's recommended layers.
         scale: ``"relative"`` (default; α = 1 is the everyday strength on any model) or
             ``"raw"`` (α times the raw mean difference). See the module docstring.
         positions: ``"all"`` (default), ``"prompt"`` (only the prompt's positions),
-            ``"generated"`` (only generated tokens), or ``"last"`` (the newest position of
-            each forward call). Correct under the KV cache and with left padding.
-            Default: the positions the emotions' placements were calibrated for, else
-            ``"all"`` (``"generated"`` for ``method="project"``: lifting the prompt's
-            positions too loses the question).
+            ``"generated"`` (only generated tokens), or ``"last"`` (the newest position as
+            each token is read: the prompt's last position and every generated one; a lone
+            forward call: its last position). The same with and without the KV cache, with
+            beam search and with left padding. Default: the positions the emotions'
+            placements were calibrated for, else ``"all"`` (``"generated"`` for
+            ``method="project"``: lifting the prompt's positions too loses the question).
         method: ``"add"`` (default), ``"project"`` or ``"angular"``; see the module docstring.
         schedule: A :class:`Schedule` of the strength over generated tokens.
         rows: One mix per batch row, e.g. ``[{"joy": 1}, {"anger": 0.8}, {}]``, so one batched
@@ -206,20 +227,36 @@ def steer(
             (``vecs.with_placements(...)["joy"]``), so rows can differ in layers and dose.
         preset: Named defaults for ``layers``/``scale``/``positions``; ``"paper"`` is Dong
             et al.'s mode (all layers, raw, last position). Explicit arguments win.
-        max_dose: Dose above which ``guard`` acts (see the module docstring).
+        max_dose: Dose above which ``guard`` acts (see the module docstring); ``math.inf``
+            turns the guard off.
         guard: ``"warn"`` (default), ``"clamp"`` (scale the row down to ``max_dose`` and
             warn), or ``"raise"`` (:class:`DoseError`).
-        block_layers: Where the decoder blocks are, for models :func:`find_layers` misses.
+        blocks: The decoder blocks (a dotted attribute path or the modules), for models
+            :func:`find_layers` misses.
+        block_layers: Deprecated name of ``blocks``.
         **alphas: Strength per emotion when ``vectors`` is a bank. Negative suppresses.
 
     Returns:
         A :class:`Steering`; use it with ``with`` or call ``apply()`` / ``remove()``.
+        ``deltas()`` gives what it adds at each layer.
 
     Raises:
         KeyError: for an emotion the bank does not have.
+        TypeError: for strengths, weights or ``max_dose`` that are not numbers (bools and
+            strings such as ``"1"`` included), and for strengths given two ways.
         VectorModelMismatchError: when the vectors were made for a differently shaped model.
-        DoseError: with ``guard="raise"`` when the dose exceeds ``max_dose``.
+        DoseError: for NaN or infinite strengths, weights or ``max_dose``, strengths so large
+            the vectors overflow, and with ``guard="raise"`` a dose above ``max_dose``.
     """
+    if block_layers is not None:
+        if blocks is not None:
+            raise TypeError("Give blocks= only (block_layers= is its deprecated name).")
+        warnings.warn(
+            "steer(block_layers=) is now steer(blocks=); block_layers= goes in the next release.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        blocks = block_layers
     defaults: dict[str, Any] = {
         "layers": None,
         "scale": "relative",
@@ -231,44 +268,29 @@ def steer(
         defaults.update(PRESETS[preset])
     layers = defaults["layers"] if layers is None else layers
     scale = defaults["scale"] if scale is None else scale
-
-    if isinstance(vectors, SteeringVector):
-        if alphas or rows is not None:
-            raise TypeError("Give strengths either as a combination, as keywords, or as rows.")
-        bank, mixes = vectors.bank, [vectors]
-    elif isinstance(vectors, EmotionVectors):
-        if rows is not None and alphas:
-            raise TypeError("Give strengths either as keywords or as rows, not both.")
-        bank = vectors
-        mixes = (
-            [_as_vector(bank, r) for r in rows]
-            if rows is not None
-            else [SteeringVector(bank, alphas)]
-        )
-        if not mixes:
-            raise ValueError("rows is empty: give one mix per batch row.")
-    else:
-        raise TypeError(f"Expected EmotionVectors or SteeringVector, got {type(vectors)}.")
+    if scale not in ("relative", "raw"):
+        raise ValueError(f"scale must be 'relative' or 'raw', not {scale!r}.")
+    max_dose = max_dose_of(max_dose)
+    bank, mixes = _mixes(vectors, strengths, alphas, rows)
 
     if positions is None:
         positions = _placed_positions(mixes) if layers is None else None
         positions = positions or defaults["positions"]
-    blocks = find_layers(model, block_layers)
-    _check_fits(bank, model, blocks)
-    if scale not in ("relative", "raw"):
-        raise ValueError(f"scale must be 'relative' or 'raw', not {scale!r}.")
-    explicit = None if layers is None else _layer_weights(bank, layers)
+    found = find_layers(model, blocks)
+    _check_fits(bank, model, found)
+    explicit = None if layers is None else layer_weights(bank.num_layers, layers)
     per_layer = torch.stack([_placed(mix, scale, explicit) for mix in mixes])  # [rows, L, H]
     chosen = [i for i in range(bank.num_layers) if bool(per_layer[:, i].any())]
-    doses = (per_layer[:, chosen].norm(dim=-1) / bank.hidden_norms[chosen][None]).sum(dim=1)
-    factors = _guard(doses, max_dose, guard)
-    per_layer = per_layer * factors[:, None, None]
+    doses = doses_of(per_layer[:, chosen], bank.hidden_norms[chosen])
+    factors = guard_factors(doses, max_dose, guard)
+    if bool((factors != 1).any()):  # clamped rows: scale in float64, then back
+        per_layer = (per_layer.double() * factors[:, None, None]).float()
     deltas = {
         layer: per_layer[:, layer] if rows is not None else per_layer[0, layer] for layer in chosen
     }
     return Steering(
         model,
-        blocks,
+        found,
         deltas,
         positions=positions,
         method=method,
@@ -312,7 +334,7 @@ def _placed(
         elif placement is not None:
             weights, dose = dict.fromkeys(placement.layers, 1.0), placement.dose
         else:
-            weights, dose = _layer_weights(bank, None), RELATIVE_DOSE
+            weights, dose = dict.fromkeys(_band(bank), 1.0), RELATIVE_DOSE
         vector = bank.unit_vector(emotion) if scale == "relative" else bank.vector(emotion)
         unit = dose / len(weights) if scale == "relative" else 1.0
         for layer, weight in weights.items():

@@ -11,27 +11,38 @@ rest of the model. So, around a steering hook on block ``l``:
 
 Both are taken in the same forward pass, so ``post - pre`` is exactly what steering added at
 that layer, whatever the upstream layers did. Tests that need "layers before ``l`` are
-bit-for-bit unchanged" compare the post-steering captures with a separate plain run.
+bit-for-bit unchanged" compare the post-steering captures with a separate plain run. For
+every call of a ``generate``, the positions where the two recordings differ are exactly the
+positions that were steered.
+
+Also here: positions, per-row mixes, layer weights, presets, the dose guard, nesting, and the
+checks on the numbers steer is given.
 """
 
 from __future__ import annotations
 
+import contextvars
 import copy
+import math
+import threading
+import warnings
+from collections.abc import Callable
 
 import pytest
 import torch
-from conftest import PAD_ID, build_model, random_bank
+from conftest import PAD_ID, build_model, random_bank, recording
 from conftest import capture_outputs as capture
 from conftest import no_hooks_anywhere as _no_hooks_anywhere
 from torch import nn
-from transformers import PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast, TextIteratorStreamer, pipeline
 
 from emovec import EmotionVectors, Steering, VectorModelMismatchError, find_layers, steer
 from emovec.layers import default_layer_band
-from emovec.steering import MAX_DOSE, RELATIVE_DOSE, DoseError
+from emovec.steering import MAX_DOSE, PRESETS, RELATIVE_DOSE, DoseError
 from emovec.vectors import Placement
 
-# Random vectors are far above the dose guard; its warnings are tested in test_injector.py.
+# Random vectors are far above the dose guard (its warnings are tested below, under
+# pytest.warns) and far from a tiny model's hidden norms.
 pytestmark = pytest.mark.filterwarnings("ignore::emovec.steering.DoseWarning")
 
 CORE_ARCHS = ["llama", "qwen2", "gemma2", "gpt2", "gpt_neox"]
@@ -348,14 +359,27 @@ def test_out_of_range_layers_raise_value_error(layers: list[int]) -> None:
     assert _no_hooks_anywhere(model)
 
 
-def test_block_layers_override(tokenizer: PreTrainedTokenizerFast) -> None:
+def test_blocks_override(tokenizer: PreTrainedTokenizerFast) -> None:
     model = build_model("gpt2")
     bank = _bank_for(model)
-    steering = steer(model, bank, joy=1.0, layers=[1], block_layers="transformer.h")
-    with steering:
-        assert len(model.transformer.h[1]._forward_hooks) == 1
-        assert not model.transformer.h[0]._forward_hooks
-    assert _no_hooks_anywhere(model)
+    for blocks in ("transformer.h", list(model.transformer.h)):
+        steering = steer(model, bank, joy=1.0, layers=[1], blocks=blocks)
+        with steering:
+            assert len(model.transformer.h[1]._forward_hooks) == 1
+            assert not model.transformer.h[0]._forward_hooks
+        assert _no_hooks_anywhere(model)
+
+
+def test_block_layers_is_the_deprecated_name_of_blocks() -> None:
+    model = build_model("gpt2")
+    bank = _bank_for(model)
+    with pytest.warns(DeprecationWarning, match=r"blocks="):
+        old = steer(model, bank, joy=1.0, layers=[1], block_layers="transformer.h")
+    new = steer(model, bank, joy=1.0, layers=[1], blocks="transformer.h")
+    assert old.layers == new.layers == [1]
+    assert torch.equal(old.deltas()[0], new.deltas()[0])
+    with pytest.raises(TypeError, match="blocks"):
+        steer(model, bank, joy=1.0, blocks="transformer.h", block_layers="transformer.h")
 
 
 # --- errors ---------------------------------------------------------------------------
@@ -605,3 +629,936 @@ def test_dose_guard_sees_the_placed_dose() -> None:
     clamped = steer(model, bank, joy=2.0, guard="clamp")
     assert clamped.dose == [pytest.approx(MAX_DOSE, rel=1e-5)]
     assert _no_hooks_anywhere(model)
+
+
+TWO_PROMPTS = PROMPTS[:2]
+NEW = 4
+GREEDY = {
+    "max_new_tokens": NEW,
+    "min_new_tokens": NEW,  # no early EOS: every generate makes the same number of calls
+    "do_sample": False,
+    "pad_token_id": PAD_ID,
+}
+NO_GUARD = {"max_dose": math.inf}  # raw random vectors are far above MAX_DOSE
+
+
+# --- helpers --------------------------------------------------------------------------
+
+
+def _batch_logits(model: nn.Module, **batch: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(**batch).logits
+
+
+def _expected_masks(mode: str, widths: list[int], prompt: int, cache: bool) -> list[torch.Tensor]:
+    """Which positions of each forward call ``mode`` steers.
+
+    ``widths`` are the calls' sequence lengths, ``prompt`` the padded prompt width. With a KV
+    cache, call ``i > 0`` holds the single position ``prompt + i - 1``; without one every call
+    starts at position 0.
+    """
+    masks = []
+    for i, width in enumerate(widths):
+        start = prompt + i - 1 if cache and i > 0 else 0
+        absolute = torch.arange(start, start + width)
+        if mode == "all":
+            mask = torch.ones(width, dtype=torch.bool)
+        elif mode == "last":  # the newest position as each token is read
+            mask = absolute >= prompt - 1
+        elif mode == "prompt":
+            mask = absolute < prompt
+        else:
+            mask = absolute >= prompt
+        masks.append(mask)
+    return masks
+
+
+def _positions(mask: torch.Tensor) -> list[int]:
+    return mask.nonzero().flatten().tolist()
+
+
+def _check_calls(
+    pre: list[torch.Tensor],
+    post: list[torch.Tensor],
+    masks: list[torch.Tensor],
+    delta: torch.Tensor,
+    *,
+    atol: float = 1e-5,
+    what: str = "generate",
+) -> None:
+    """Each call changed exactly ``masks[i]``'s positions (all rows), by exactly ``delta``."""
+    assert len(pre) == len(post) == len(masks)
+    for call, (before, after, mask) in enumerate(zip(pre, post, masks, strict=True)):
+        assert before.shape == after.shape
+        rows, width = before.shape[:2]
+        changed = (after != before).any(dim=-1)
+        if not torch.equal(changed, mask.expand(rows, width)):
+            pytest.fail(
+                f"{what}, forward call {call} (width {width}): steered positions "
+                f"{[_positions(row) for row in changed]}, expected {_positions(mask)} in every row"
+            )
+        expected = mask[None, :, None].to(delta.dtype) * delta
+        torch.testing.assert_close(
+            (after.float() - before.float()),
+            expected.float().expand_as(before),
+            rtol=0,
+            atol=atol,
+            msg=lambda m, call=call: f"{what}, forward call {call}: {m}",
+        )
+
+
+def _steered_calls(
+    model: nn.Module,
+    bank: EmotionVectors,
+    layer: int,
+    mode: str,
+    batch: dict[str, torch.Tensor],
+    **generate: object,
+) -> tuple[list[torch.Tensor], list[torch.Tensor], Steering, torch.Tensor]:
+    block = find_layers(model)[layer]
+    with (
+        recording(block) as pre,
+        steer(
+            model, bank, joy=1.0, layers=[layer], positions=mode, scale="raw", **NO_GUARD
+        ) as steering,
+        recording(block) as post,
+    ):
+        tokens = model.generate(**batch, **generate)
+    assert _no_hooks_anywhere(model)
+    return pre, post, steering, tokens
+
+
+# --- shared models --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def llama() -> nn.Module:
+    return build_model("llama", num_layers=3)
+
+
+@pytest.fixture(scope="module")
+def gpt2() -> nn.Module:
+    return build_model("gpt2", num_layers=2)
+
+
+# --- position modes ----------------------------------------------------------------
+
+POSITION_CASES = [
+    *[("llama", mode) for mode in ("all", "last", "prompt", "generated")],
+    ("gpt2", "prompt"),
+    ("gpt2", "generated"),
+    ("gpt2", "last"),
+]
+
+
+@pytest.mark.parametrize("use_cache", [True, False], ids=["cache", "no_cache"])
+@pytest.mark.parametrize(("arch", "mode"), POSITION_CASES)
+def test_position_modes_steer_exactly_their_positions(
+    arch: str,
+    mode: str,
+    use_cache: bool,
+    request: pytest.FixtureRequest,
+    tokenizer: PreTrainedTokenizerFast,
+) -> None:
+    model = request.getfixturevalue(arch)
+    bank = _bank_for(model)
+    layer = 1
+    batch = _encode(tokenizer, TWO_PROMPTS)
+    assert (batch["attention_mask"][:, 0] == 0).any()  # really left-padded
+    prompt = batch["input_ids"].shape[1]
+
+    pre, post, steering, tokens = _steered_calls(
+        model, bank, layer, mode, batch, use_cache=use_cache, **GREEDY
+    )
+
+    assert tokens.shape == (2, prompt + NEW)
+    widths = [p.shape[1] for p in pre]
+    if use_cache:
+        assert widths == [prompt] + [1] * (NEW - 1)
+    else:
+        assert widths == [prompt + i for i in range(NEW)]
+    (delta,) = steering.deltas()
+    assert steering.layers == [layer]
+    assert torch.equal(delta, 1.0 * bank.vector("joy")[layer])
+    _check_calls(pre, post, _expected_masks(mode, widths, prompt, use_cache), delta)
+
+
+def test_position_mode_with_seeded_sampling(
+    llama: nn.Module, tokenizer: PreTrainedTokenizerFast
+) -> None:
+    bank = _bank_for(llama)
+    batch = _encode(tokenizer, TWO_PROMPTS)
+    prompt = batch["input_ids"].shape[1]
+    sampling = {**GREEDY, "do_sample": True, "top_k": 0}
+    results = []
+    for _ in range(2):
+        torch.manual_seed(1234)
+        results.append(_steered_calls(llama, bank, 2, "generated", batch, **sampling))
+    (pre, post, steering, tokens), (_, _, _, again) = results
+    assert torch.equal(tokens, again)  # the seed fixes the sample
+    widths = [p.shape[1] for p in pre]
+    assert widths == [prompt] + [1] * (NEW - 1)
+    masks = _expected_masks("generated", widths, prompt, cache=True)
+    _check_calls(pre, post, masks, steering.deltas()[0])
+
+
+def test_paper_preset_steers_the_last_position_of_every_layer(
+    llama: nn.Module, tokenizer: PreTrainedTokenizerFast
+) -> None:
+    bank = _bank_for(llama)
+    blocks = find_layers(llama)
+    batch = _encode(tokenizer, TWO_PROMPTS)
+    with (
+        capture(blocks) as pre,
+        steer(llama, bank, joy=0.5, preset="paper", **NO_GUARD),
+        capture(blocks) as post,
+    ):
+        _batch_logits(llama, **batch)
+    for layer in range(len(blocks)):
+        width = pre[layer].shape[1]
+        mask = torch.arange(width) == width - 1
+        _check_calls([pre[layer]], [post[layer]], [mask], 0.5 * bank.vector("joy")[layer])
+
+
+# --- a second generate in the same block -------------------------------------------
+
+
+def _two_generates(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerFast,
+    mode: str,
+    use_cache: bool,
+    second: Callable[[dict[str, torch.Tensor], torch.Tensor], dict[str, torch.Tensor]],
+) -> None:
+    """Two ``generate`` calls in one ``with``; each is steered by its own prompt length."""
+    bank = _bank_for(model)
+    layer = 1
+    block = find_layers(model)[layer]
+    first = _encode(tokenizer, TWO_PROMPTS)
+    settings = {**GREEDY, "use_cache": use_cache}
+    with (
+        recording(block) as pre,
+        steer(
+            model, bank, joy=1.0, layers=[layer], positions=mode, scale="raw", **NO_GUARD
+        ) as steering,
+        recording(block) as post,
+    ):
+        out = model.generate(**first, **settings)
+        split = len(pre)
+        batch = second(first, out)
+        model.generate(**batch, **settings)
+    assert _no_hooks_anywhere(model)
+
+    segments = [(first["input_ids"].shape[1], 0, split)]
+    segments.append((batch["input_ids"].shape[1], split, len(pre)))
+    for number, (prompt, start, end) in enumerate(segments):
+        widths = [p.shape[1] for p in pre[start:end]]
+        assert widths[0] == prompt  # the prefill call sees the whole new prompt
+        masks = _expected_masks(mode, widths, prompt, use_cache)
+        if mode == "prompt":
+            assert masks[0].all()  # the full prompt is steered at prefill
+        _check_calls(
+            pre[start:end], post[start:end], masks, steering.deltas()[0], what=f"generate {number}"
+        )
+
+
+@pytest.mark.parametrize("mode", ["prompt", "generated"])
+@pytest.mark.parametrize("use_cache", [True, False], ids=["cache", "no_cache"])
+def test_second_generate_with_a_longer_extended_prompt(
+    mode: str, use_cache: bool, llama: nn.Module, tokenizer: PreTrainedTokenizerFast
+) -> None:
+    """The second prompts extend the first ones word for word, and are longer."""
+
+    def longer(first: dict[str, torch.Tensor], _out: torch.Tensor) -> dict[str, torch.Tensor]:
+        batch = _encode(tokenizer, [p + " and then saw my friend at the park" for p in TWO_PROMPTS])
+        assert batch["input_ids"].shape[1] > first["input_ids"].shape[1]
+        return batch
+
+    _two_generates(llama, tokenizer, mode, use_cache, longer)
+
+
+# Without a KV cache, a prompt that is exactly the previous forward call plus one token is
+# indistinguishable from the next step of the same generation (the tracker's documented
+# limit); re-entering the steering resets it, which the test below checks.
+@pytest.mark.parametrize("mode", ["prompt", "generated"])
+@pytest.mark.parametrize("use_cache", [True], ids=["cache"])
+def test_second_generate_continuing_the_first_output(
+    mode: str, use_cache: bool, llama: nn.Module, tokenizer: PreTrainedTokenizerFast
+) -> None:
+    """Continue the conversation: the first generate's whole output is the next prompt."""
+
+    def continued(first: dict[str, torch.Tensor], out: torch.Tensor) -> dict[str, torch.Tensor]:
+        ones = torch.ones(out.shape[0], NEW, dtype=torch.long)
+        return {"input_ids": out, "attention_mask": torch.cat([first["attention_mask"], ones], 1)}
+
+    _two_generates(llama, tokenizer, mode, use_cache, continued)
+
+
+# --- per-row mixes -----------------------------------------------------------------
+
+
+def _rows_match_single_steers(
+    model: nn.Module,
+    bank: EmotionVectors,
+    tokenizer: PreTrainedTokenizerFast,
+    rows: list[object],
+    singles: list[Callable[[], Steering] | None],
+    layers: list[int],
+) -> None:
+    blocks = find_layers(model)
+    batch = _encode(tokenizer, PROMPTS)
+    steering = steer(model, bank, rows=rows, layers=layers)  # type: ignore[arg-type]
+    assert len(steering.dose) == 3
+    assert all(d.shape == (3, bank.hidden_size) for d in steering.deltas())
+
+    # Each row of each hooked layer gets its own mix's delta.
+    with capture(blocks) as pre, steering, capture(blocks) as post:
+        _batch_logits(model, **batch)
+    for k, layer in enumerate(steering.layers):
+        for row, single in enumerate(singles):
+            expected = torch.zeros(bank.hidden_size)
+            if single is not None:
+                alone = single()
+                expected = alone.deltas()[alone.layers.index(layer)]
+            torch.testing.assert_close(steering.deltas()[k][row], expected, rtol=1e-6, atol=1e-6)
+            torch.testing.assert_close(
+                post[layer][row] - pre[layer][row],
+                expected.expand_as(pre[layer][row]),
+                rtol=0,
+                atol=1e-5,
+            )
+
+    with steering:
+        together = model.generate(**batch, **GREEDY)[:, -NEW:]
+    for row, (prompt, single) in enumerate(zip(PROMPTS, singles, strict=True)):
+        encoded = _encode(tokenizer, prompt)
+        if single is None:
+            alone = model.generate(**encoded, **GREEDY)[0, -NEW:]
+        else:
+            with single():
+                alone = model.generate(**encoded, **GREEDY)[0, -NEW:]
+        assert torch.equal(together[row], alone), (row, together[row], alone)
+    assert _no_hooks_anywhere(model)
+
+
+def test_rows_of_keyword_mixes_match_prompts_steered_alone(
+    llama: nn.Module, tokenizer: PreTrainedTokenizerFast
+) -> None:
+    bank = _bank_for(llama)
+    layers = [0, 1]
+    _rows_match_single_steers(
+        llama,
+        bank,
+        tokenizer,
+        [{"joy": 1}, {"anger": 0.8}, {}],
+        [
+            lambda: steer(llama, bank, joy=1, layers=layers),
+            lambda: steer(llama, bank, anger=0.8, layers=layers),
+            None,
+        ],
+        layers,
+    )
+
+
+def test_rows_of_steering_vectors_match_prompts_steered_alone(
+    llama: nn.Module, tokenizer: PreTrainedTokenizerFast
+) -> None:
+    bank = _bank_for(llama)
+    layers = [1, 2]
+    mixed = 0.7 * bank["joy"] - 0.3 * bank["fear"]
+    _rows_match_single_steers(
+        llama,
+        bank,
+        tokenizer,
+        [mixed, bank["anger"] * 0.5, {"fear": 0.5}],
+        [
+            lambda: steer(llama, mixed, layers=layers),
+            lambda: steer(llama, 0.5 * bank["anger"], layers=layers),
+            lambda: steer(llama, bank, fear=0.5, layers=layers),
+        ],
+        layers,
+    )
+
+
+def test_rows_errors(llama: nn.Module, tokenizer: PreTrainedTokenizerFast) -> None:
+    bank = _bank_for(llama)
+    batch = _encode(tokenizer, TWO_PROMPTS)  # two rows
+    with (
+        pytest.raises(ValueError, match=r"rows.*3 rows but the batch has 2"),
+        steer(llama, bank, rows=[{"joy": 1}, {"anger": 1}, {}], layers=[1]),
+    ):
+        _batch_logits(llama, **batch)
+    assert _no_hooks_anywhere(llama)
+    with pytest.raises(ValueError, match="rows"):
+        steer(llama, bank, rows=[], layers=[1])
+    with pytest.raises(TypeError):
+        steer(llama, bank, rows=[{"joy": 1}, {}], joy=1.0)
+    with pytest.raises(TypeError):
+        steer(llama, bank["joy"], rows=[{"joy": 1}, {}])
+    other = _bank_for(llama, seed=1)
+    with pytest.raises(ValueError, match="same bank"):
+        steer(llama, bank, rows=[other["joy"], {}])
+    assert _no_hooks_anywhere(llama)
+
+
+# --- scales, layer weights, "all", presets -----------------------------------------
+
+
+def test_relative_and_raw_deltas_and_layer_weights() -> None:
+    model = build_model("llama", num_layers=4)
+    bank = _bank_for(model)
+    alpha = 0.6
+    for layers, weights in (([1, 2], {1: 1.0, 2: 1.0}), ({1: 2.0, 2: 0.5}, {1: 2.0, 2: 0.5})):
+        relative = steer(model, bank, joy=alpha, layers=layers)
+        raw = steer(model, bank, joy=alpha, layers=layers, scale="raw", **NO_GUARD)
+        assert relative.layers == raw.layers == [1, 2]
+        for i, layer in enumerate([1, 2]):
+            w = weights[layer]
+            torch.testing.assert_close(
+                relative.deltas()[i],
+                w * alpha * RELATIVE_DOSE / 2 * bank.unit_vector("joy")[layer],
+                rtol=1e-6,
+                atol=1e-6,
+            )
+            torch.testing.assert_close(
+                raw.deltas()[i], w * alpha * bank.vector("joy")[layer], rtol=1e-6, atol=1e-6
+            )
+            # Relative and raw differ by a per-layer scalar only.
+            gain = RELATIVE_DOSE / 2 * bank.hidden_norms[layer] / bank.vector("joy")[layer].norm()
+            torch.testing.assert_close(relative.deltas()[i], gain * raw.deltas()[i])
+
+
+def test_layers_all_hooks_every_layer(tokenizer: PreTrainedTokenizerFast) -> None:
+    model = build_model("llama", num_layers=4)
+    blocks = find_layers(model)
+    bank = _bank_for(model)
+    steering = steer(model, bank, joy=1.0, layers="all")
+    assert steering.layers == [0, 1, 2, 3]
+    for layer, delta in zip(steering.layers, steering.deltas(), strict=True):
+        expected = RELATIVE_DOSE / 4 * bank.unit_vector("joy")[layer]
+        torch.testing.assert_close(delta, expected, rtol=1e-6, atol=1e-6)
+    with steering:
+        assert all(len(block._forward_hooks) == 1 for block in blocks)
+    assert _no_hooks_anywhere(model)
+    with pytest.raises(ValueError, match="layers"):
+        steer(model, bank, joy=1.0, layers="most")
+
+
+def test_paper_preset_and_overrides() -> None:
+    model = build_model("llama", num_layers=4)
+    bank = _bank_for(model)
+    assert PRESETS["paper"] == {"layers": "all", "scale": "raw", "positions": "last"}
+    paper = steer(model, bank, joy=0.5, preset="paper", **NO_GUARD)
+    assert paper.layers == [0, 1, 2, 3]
+    assert paper.positions == "last"
+    for layer, delta in zip(paper.layers, paper.deltas(), strict=True):
+        torch.testing.assert_close(delta, 0.5 * bank.vector("joy")[layer], rtol=1e-6, atol=1e-6)
+
+    overridden = steer(model, bank, joy=0.5, preset="paper", positions="all", **NO_GUARD)
+    assert overridden.positions == "all" and overridden.layers == [0, 1, 2, 3]
+    narrowed = steer(model, bank, joy=0.5, preset="paper", layers=[2], scale="relative")
+    assert narrowed.layers == [2] and narrowed.positions == "last"
+    torch.testing.assert_close(
+        narrowed.deltas()[0], 0.5 * RELATIVE_DOSE * bank.unit_vector("joy")[2]
+    )
+    with pytest.raises(ValueError, match="preset"):
+        steer(model, bank, joy=0.5, preset="dong")
+
+
+# --- dose guard --------------------------------------------------------------------
+
+
+def _dose_by_hand(steering: Steering, bank: EmotionVectors, row: int | None = None) -> float:
+    total = 0.0
+    for layer, delta in zip(steering.layers, steering.deltas(), strict=True):
+        vector = delta if row is None else delta[row]
+        total += float(vector.float().norm()) / float(bank.hidden_norms[layer])
+    return total
+
+
+def test_dose_is_the_sum_of_relative_norms() -> None:
+    model = build_model("llama", num_layers=4)
+    bank = _bank_for(model)
+    raw = steer(model, bank, joy=0.3, anger=-0.2, layers=[0, 2, 3], scale="raw", **NO_GUARD)
+    by_hand = sum(
+        float((0.3 * bank.vector("joy")[l] - 0.2 * bank.vector("anger")[l]).norm())
+        / float(bank.hidden_norms[l])
+        for l in (0, 2, 3)  # noqa: E741
+    )
+    assert raw.dose == pytest.approx([by_hand], rel=1e-5)
+    assert raw.dose[0] == pytest.approx(_dose_by_hand(raw, bank), rel=1e-5)
+    for layers in ([1], [0, 1, 2], "all"):
+        for emotion in ("joy", "fear"):
+            relative = steer(model, bank, layers=layers, **{emotion: 1.0})
+            assert relative.dose == pytest.approx([RELATIVE_DOSE], rel=1e-5)
+            assert _dose_by_hand(relative, bank) == pytest.approx(RELATIVE_DOSE, rel=1e-5)
+
+
+def test_below_max_dose_is_silent() -> None:
+    model = build_model("llama", num_layers=4)
+    bank = _bank_for(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        steering = steer(model, bank, joy=1.0, layers=[1, 2])
+        assert steering.dose[0] < MAX_DOSE
+        steer(model, bank, joy=1.4, anger=0.0, layers=[1, 2], guard="raise")
+        steer(model, bank, joy=0.2, layers=[1], scale="raw", max_dose=10.0, guard="clamp")
+
+
+def test_over_max_dose_warns_by_default() -> None:
+    model = build_model("llama", num_layers=4)
+    bank = _bank_for(model)
+    with pytest.warns(UserWarning, match=r"max_dose=0\.75") as record:
+        steering = steer(model, bank, joy=2.0, layers=[1, 2])
+    assert steering.dose == pytest.approx([2 * RELATIVE_DOSE], rel=1e-5)
+    assert record[0].filename == __file__  # points at the caller of steer()
+    torch.testing.assert_close(
+        steering.deltas()[0], 2.0 * RELATIVE_DOSE / 2 * bank.unit_vector("joy")[1]
+    )
+    with pytest.warns(UserWarning, match=r"max_dose=0\.3"):
+        steer(model, bank, joy=1.0, layers=[1, 2], max_dose=0.3)
+
+
+def test_clamp_scales_down_to_max_dose_keeping_direction() -> None:
+    model = build_model("llama", num_layers=4)
+    bank = _bank_for(model)
+    unclamped = steer(model, bank, joy=1.0, fear=-0.5, layers=[0, 3], scale="raw", **NO_GUARD)
+    assert unclamped.dose[0] > MAX_DOSE
+    with pytest.warns(UserWarning, match="max_dose"):
+        clamped = steer(model, bank, joy=1.0, fear=-0.5, layers=[0, 3], scale="raw", guard="clamp")
+    assert clamped.dose == pytest.approx([MAX_DOSE], rel=1e-5)
+    assert _dose_by_hand(clamped, bank) == pytest.approx(MAX_DOSE, rel=1e-5)
+    factor = MAX_DOSE / unclamped.dose[0]
+    for small, big in zip(clamped.deltas(), unclamped.deltas(), strict=True):
+        torch.testing.assert_close(small, factor * big, rtol=1e-5, atol=1e-6)
+        cosine = torch.nn.functional.cosine_similarity(small, big, dim=0)
+        assert float(cosine) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_raise_guard_raises_before_hooking() -> None:
+    model = build_model("llama", num_layers=4)
+    bank = _bank_for(model)
+    with (
+        pytest.raises(DoseError, match="max_dose") as info,
+        steer(model, bank, joy=3.0, layers=[1, 2], guard="raise"),
+    ):
+        pytest.fail("the body must not run")  # pragma: no cover
+    assert isinstance(info.value, ValueError)
+    assert _no_hooks_anywhere(model)
+    with pytest.raises(DoseError):
+        steer(model, bank, rows=[{"joy": 0.1}, {"joy": 3.0}], layers=[1], guard="raise")
+    assert _no_hooks_anywhere(model)
+
+
+def test_invalid_guard_is_rejected_even_below_max_dose() -> None:
+    model = build_model("llama", num_layers=4)
+    bank = _bank_for(model)
+    with pytest.raises(ValueError, match="guard"):
+        steer(model, bank, joy=5.0, layers=[1], guard="ignore")  # type: ignore[arg-type]
+    # A typo in guard= must not pass silently just because this dose happens to be low.
+    with pytest.raises(ValueError, match="guard"):
+        steer(model, bank, joy=0.1, layers=[1], guard="ignore")  # type: ignore[arg-type]
+
+
+def test_clamp_is_per_row(tokenizer: PreTrainedTokenizerFast) -> None:
+    model = build_model("llama", num_layers=4)
+    bank = _bank_for(model)
+    rows = [{"joy": 3.0}, {"joy": 1.0}, {"anger": -2.0}, {}]
+    with pytest.warns(UserWarning, match="max_dose"):
+        clamped = steer(model, bank, rows=rows, layers=[1, 2], guard="clamp")  # type: ignore[arg-type]
+    assert clamped.dose == pytest.approx([MAX_DOSE, RELATIVE_DOSE, MAX_DOSE, 0.0], rel=1e-5)
+    for row in range(4):
+        assert _dose_by_hand(clamped, bank, row) == pytest.approx(clamped.dose[row], abs=1e-6)
+    for k, layer in enumerate(clamped.layers):
+        unit = RELATIVE_DOSE / 2
+        torch.testing.assert_close(
+            clamped.deltas()[k][1], unit * bank.unit_vector("joy")[layer]
+        )  # under the limit: untouched
+        torch.testing.assert_close(
+            clamped.deltas()[k][0], MAX_DOSE / 1.5 * 3.0 * unit * bank.unit_vector("joy")[layer]
+        )
+        torch.testing.assert_close(
+            clamped.deltas()[k][2], MAX_DOSE / 1.0 * -2.0 * unit * bank.unit_vector("anger")[layer]
+        )
+        assert not clamped.deltas()[k][3].any()
+
+
+# --- nesting and several models ----------------------------------------------------
+
+
+def test_nested_steers_add_up_and_unwind(
+    llama: nn.Module, tokenizer: PreTrainedTokenizerFast
+) -> None:
+    blocks = find_layers(llama)
+    bank = _bank_for(llama)
+    batch = _encode(tokenizer, TWO_PROMPTS)
+    plain = _batch_logits(llama, **batch)
+
+    # Same layers: the nest equals one steer of the combined strengths.
+    with steer(llama, bank, joy=0.7, anger=-0.4, layers=[0, 2]), capture(blocks) as combined:
+        combined_logits = _batch_logits(llama, **batch)
+    with steer(llama, bank, joy=0.7, layers=[0, 2]):
+        outer_only = _batch_logits(llama, **batch)
+        with steer(llama, bank, anger=-0.4, layers=[0, 2]), capture(blocks) as nested:
+            nested_logits = _batch_logits(llama, **batch)
+        assert torch.equal(_batch_logits(llama, **batch), outer_only)  # inner exit leaves the outer
+    assert torch.equal(_batch_logits(llama, **batch), plain)
+    torch.testing.assert_close(nested_logits, combined_logits, rtol=1e-5, atol=1e-5)
+    for layer in range(len(blocks)):
+        torch.testing.assert_close(nested[layer], combined[layer], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(outer_only, combined_logits)
+
+    # Different emotions and layers: at each layer, exactly the sum of what each adds.
+    outer = steer(llama, bank, joy=1.0, layers=[0, 1], scale="raw", **NO_GUARD)
+    inner = steer(llama, bank, fear=0.5, layers=[1, 2], scale="raw", **NO_GUARD)
+    with capture(blocks) as pre, outer, inner, capture(blocks) as post:
+        _batch_logits(llama, **batch)
+    expected = {
+        0: bank.vector("joy")[0],
+        1: bank.vector("joy")[1] + 0.5 * bank.vector("fear")[1],
+        2: 0.5 * bank.vector("fear")[2],
+    }
+    for layer, delta in expected.items():
+        torch.testing.assert_close(
+            post[layer] - pre[layer], delta.expand_as(pre[layer]), rtol=0, atol=1e-5
+        )
+    assert _no_hooks_anywhere(llama)
+
+
+def test_steering_reentered_sequentially_and_apply_twice(
+    llama: nn.Module, tokenizer: PreTrainedTokenizerFast
+) -> None:
+    bank = _bank_for(llama)
+    batch = _encode(tokenizer, TWO_PROMPTS)
+    plain = llama.generate(**batch, **GREEDY)
+    steering = steer(
+        llama, bank, joy=2.0, layers=[1], positions="generated", scale="raw", **NO_GUARD
+    )
+    outputs = []
+    for _ in range(2):
+        with steering:
+            outputs.append(llama.generate(**batch, **GREEDY))
+        assert not steering.active and _no_hooks_anywhere(llama)
+    assert torch.equal(outputs[0], outputs[1])
+    assert not torch.equal(outputs[0], plain)
+    assert torch.equal(llama.generate(**batch, **GREEDY), plain)
+
+    steering.apply()
+    try:
+        with pytest.raises(RuntimeError, match="already applied"):
+            steering.apply()
+        assert torch.equal(llama.generate(**batch, **GREEDY), outputs[0])  # applied once
+    finally:
+        steering.remove()
+    assert _no_hooks_anywhere(llama)
+
+
+def test_two_models_steered_at_once_keep_their_own_vectors(
+    llama: nn.Module, gpt2: nn.Module, tokenizer: PreTrainedTokenizerFast
+) -> None:
+    other = build_model("llama", seed=1)
+    banks = {"a": _bank_for(llama), "b": _bank_for(other, seed=2), "c": _bank_for(gpt2, seed=3)}
+    batch = _encode(tokenizer, TWO_PROMPTS)
+
+    def steerings() -> dict[str, Steering]:
+        return {
+            "a": steer(llama, banks["a"], joy=1.0, layers=[1], positions="prompt"),
+            "b": steer(other, banks["b"], anger=1.0, layers=[0, 2]),
+            "c": steer(gpt2, banks["c"], fear=-1.0, layers=[1], positions="generated"),
+        }
+
+    models = {"a": llama, "b": other, "c": gpt2}
+    alone = {}
+    for name, steering in steerings().items():
+        with steering:
+            alone[name] = (
+                _batch_logits(models[name], **batch),
+                models[name].generate(**batch, **GREEDY),
+            )
+    plain = {name: _batch_logits(m, **batch) for name, m in models.items()}
+
+    together = steerings()
+    with together["a"], together["b"], together["c"]:
+        for name, model in models.items():
+            assert torch.equal(_batch_logits(model, **batch), alone[name][0])
+            assert torch.equal(model.generate(**batch, **GREEDY), alone[name][1])
+    for name, model in models.items():
+        assert torch.equal(_batch_logits(model, **batch), plain[name])
+        assert _no_hooks_anywhere(model)
+    assert not torch.equal(alone["a"][0], plain["a"])
+    assert not torch.equal(alone["b"][0], plain["b"])
+
+
+# --- pipeline and streaming --------------------------------------------------------
+
+
+def test_pipeline_is_steered_like_generate(
+    llama: nn.Module, tokenizer: PreTrainedTokenizerFast
+) -> None:
+    bank = _bank_for(llama)
+    generator = pipeline("text-generation", model=llama, tokenizer=tokenizer)
+    prompt = TWO_PROMPTS[1]
+    encoded = _encode(tokenizer, prompt)
+    width = encoded["input_ids"].shape[1]
+    settings = {"max_new_tokens": NEW, "min_new_tokens": NEW, "do_sample": False}
+
+    plain_text = generator(prompt, **settings)[0]["generated_text"]
+    steering = steer(llama, bank, joy=2.0, anger=1.0, layers=[0, 1, 2], scale="raw", **NO_GUARD)
+    with steering:
+        steered_text = generator(prompt, **settings)[0]["generated_text"]
+        steered_ids = generator(prompt, return_tensors=True, **settings)[0]["generated_token_ids"]
+        expected = llama.generate(**encoded, **GREEDY)[0]
+    assert _no_hooks_anywhere(llama)
+    assert steered_text != plain_text
+    assert list(steered_ids) == expected.tolist()
+    new_text = tokenizer.decode(expected[width:], skip_special_tokens=True)
+    assert steered_text.startswith(prompt) and steered_text.endswith(new_text)
+    assert generator(prompt, **settings)[0]["generated_text"] == plain_text
+
+
+@pytest.mark.parametrize("mode", ["all", "generated"])
+def test_streamed_generation_is_steered_like_plain_generate(
+    mode: str, llama: nn.Module, tokenizer: PreTrainedTokenizerFast
+) -> None:
+    """generate in a thread (as a streamer needs) runs in a copy of the steered context."""
+    bank = _bank_for(llama)
+    encoded = _encode(tokenizer, TWO_PROMPTS[0])
+    width = encoded["input_ids"].shape[1]
+    plain = llama.generate(**encoded, **GREEDY)[0, width:]
+    steering = steer(
+        llama, bank, joy=2.0, anger=1.0, layers=[0, 1, 2], positions=mode, scale="raw", **NO_GUARD
+    )
+    with steering:
+        expected = llama.generate(**encoded, **GREEDY)[0, width:]
+        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            torch.set_num_threads(1)
+            try:
+                llama.generate(**encoded, **GREEDY, streamer=streamer)
+            except BaseException as err:  # pragma: no cover - reported below
+                errors.append(err)
+                streamer.end()
+
+        thread = threading.Thread(target=contextvars.copy_context().run, args=(run,))
+        thread.start()
+        streamed = "".join(streamer)
+        thread.join(timeout=60)
+    assert not errors and not thread.is_alive()
+    assert not torch.equal(expected, plain)
+    assert streamed == tokenizer.decode(expected, skip_special_tokens=True)
+    assert streamed != tokenizer.decode(plain, skip_special_tokens=True)
+
+
+# --- half precision ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_generated_positions(
+    dtype: torch.dtype, llama: nn.Module, tokenizer: PreTrainedTokenizerFast
+) -> None:
+    model = copy.deepcopy(llama).to(dtype)
+    bank = _bank_for(model)
+    batch = _encode(tokenizer, TWO_PROMPTS)
+    prompt = batch["input_ids"].shape[1]
+    pre, post, steering, tokens = _steered_calls(model, bank, 1, "generated", batch, **GREEDY)
+    (delta,) = steering.deltas()
+    assert delta.dtype == dtype
+    torch.testing.assert_close(delta, bank.vector("joy")[1].to(dtype))
+    assert all(p.dtype == dtype for p in post)
+    assert tokens.shape == (2, prompt + NEW)
+    widths = [p.shape[1] for p in pre]
+    assert widths == [prompt] + [1] * (NEW - 1)
+    masks = _expected_masks("generated", widths, prompt, cache=True)
+    for before, after, mask in zip(pre, post, masks, strict=True):
+        # Exactly what the model's dtype gives for h + delta at steered positions.
+        expected = torch.where(mask[None, :, None], before + delta, before)
+        assert torch.equal(after, expected)
+    _check_calls(pre, post, masks, delta, atol=0.1)
+    relative = steer(model, bank, joy=1.0, layers=[0, 1])
+    assert all(d.dtype == dtype for d in relative.deltas())
+
+
+# --- errors ------------------------------------------------------------------------
+
+
+def test_bad_positions_raise(llama: nn.Module) -> None:
+    bank = _bank_for(llama)
+    with pytest.raises(ValueError, match="positions"):
+        steer(llama, bank, joy=1.0, positions="bogus")  # type: ignore[arg-type]
+    assert _no_hooks_anywhere(llama)
+
+
+@pytest.mark.parametrize("mode", ["prompt", "generated"])
+def test_prompt_positions_need_the_top_level_model(
+    mode: str, llama: nn.Module, tokenizer: PreTrainedTokenizerFast
+) -> None:
+    bank = _bank_for(llama)
+    batch = _encode(tokenizer, TWO_PROMPTS)
+    with (
+        steer(llama, bank, joy=1.0, layers=[1], positions=mode),  # type: ignore[arg-type]
+        pytest.raises(RuntimeError, match=rf"positions='{mode}'.*model given to steer"),
+        torch.no_grad(),
+    ):
+        llama.model(**batch)
+    assert _no_hooks_anywhere(llama)
+    # The position-free modes work on the bare decoder.
+    with steer(llama, bank, joy=1.0, layers=[1], positions="last"), torch.no_grad():
+        llama.model(**batch)
+
+
+@pytest.mark.parametrize("mode", ["prompt", "generated"])
+def test_reentering_resets_prompt_length_without_cache(
+    mode: str, llama: nn.Module, tokenizer: PreTrainedTokenizerFast
+) -> None:
+    bank = _bank_for(llama)
+    block = find_layers(llama)[1]
+    first = _encode(tokenizer, TWO_PROMPTS)
+    settings = {**GREEDY, "use_cache": False}
+    steering = steer(llama, bank, joy=1.0, layers=[1], positions=mode, scale="raw", **NO_GUARD)
+    with steering:
+        out = llama.generate(**first, **settings)
+    ones = torch.ones(out.shape[0], NEW, dtype=torch.long)
+    second = {"input_ids": out, "attention_mask": torch.cat([first["attention_mask"], ones], 1)}
+    with recording(block) as pre, steering, recording(block) as post:
+        llama.generate(**second, **settings)
+    widths = [p.shape[1] for p in pre]
+    prompt = out.shape[1]
+    assert widths[0] == prompt
+    masks = _expected_masks(mode, widths, prompt, False)
+    _check_calls(pre, post, masks, steering.deltas()[0], what="re-entered generate")
+
+
+def test_offloaded_model_is_steered_like_the_original(
+    llama: nn.Module, tokenizer: PreTrainedTokenizerFast
+) -> None:
+    """accelerate offloading keeps weights on "meta" until each call; the vector follows."""
+    from accelerate import cpu_offload
+
+    bank = _bank_for(llama)
+    batch = _encode(tokenizer, TWO_PROMPTS)
+    with steer(llama, bank, joy=1.0, layers=[1, 2], **NO_GUARD):
+        expected = llama.generate(**batch, **GREEDY)
+    offloaded = copy.deepcopy(llama)
+    cpu_offload(offloaded, execution_device=torch.device("cpu"))
+    assert next(find_layers(offloaded)[1].parameters()).device.type == "meta"
+    with steer(offloaded, bank, joy=1.0, layers=[1, 2], **NO_GUARD) as steering:
+        got = offloaded.generate(**batch, **GREEDY)
+    assert torch.equal(got, expected)
+    assert all(d.device.type == "cpu" for d in steering.deltas())
+
+
+# --- numbers: NaN, infinities, overflow, strings and bools ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"joy": math.nan}, DoseError),
+        ({"joy": -math.inf}, DoseError),
+        ({"joy": "1"}, TypeError),
+        ({"joy": True}, TypeError),
+        ({"joy": None}, TypeError),
+        ({"joy": 1.0, "layers": {1: math.nan}}, DoseError),
+        ({"joy": 1.0, "layers": {1: math.inf}}, DoseError),
+        ({"joy": 1.0, "layers": {1: "2"}}, TypeError),
+        ({"joy": 1.0, "layers": {1: True}}, TypeError),
+        ({"joy": 1.0, "layers": [1.0]}, TypeError),
+        ({"joy": 1.0, "layers": [True]}, TypeError),
+        ({"joy": 1.0, "layers": 1}, TypeError),
+        ({"joy": 1.0, "max_dose": math.nan}, DoseError),
+        ({"joy": 1.0, "max_dose": 0.0}, DoseError),
+        ({"joy": 1.0, "max_dose": "1"}, TypeError),
+        ({"joy": 1.0, "max_dose": True}, TypeError),
+        ({"rows": [{"joy": 1.0}, {"joy": math.nan}]}, DoseError),
+        ({"rows": [{"joy": "1"}]}, TypeError),
+        ({"joy": 1e39, "max_dose": math.inf}, DoseError),  # overflows float32
+        ({"joy": 1.0, "layers": {1: 1e39}, "guard": "clamp"}, DoseError),
+    ],
+)
+def test_bad_numbers_are_refused_before_hooking(kwargs: dict[str, object], error: type) -> None:
+    model = build_model("llama")
+    bank = _bank_for(model)
+    with pytest.raises(error):
+        steer(model, bank, **kwargs)  # type: ignore[arg-type]
+    assert _no_hooks_anywhere(model)
+
+
+def test_strengths_are_numbers_of_any_real_type() -> None:
+    model = build_model("llama")
+    bank = _bank_for(model)
+    by_float = steer(model, bank, joy=2.0, layers={1: 1.0})
+    by_int = steer(model, bank, joy=2, layers={1: 1})
+    assert torch.equal(by_float.deltas()[0], by_int.deltas()[0])
+    assert steer(model, bank, joy=1.0, max_dose=math.inf, layers=[1]).layers == [1]
+
+
+def test_clamp_of_a_huge_strength_is_finite_and_points_the_same_way() -> None:
+    """α so large that a float32 norm overflows: clamp still gives max_dose, in the
+    direction α = 1 gives, and reports a finite dose."""
+    model = build_model("llama")
+    bank = _bank_for(model)
+    unit = steer(model, bank, joy=1.0, fear=-0.5, layers=[0, 2])
+    with pytest.warns(UserWarning, match="Clamped"):
+        huge = steer(model, bank, joy=1e37, fear=-0.5e37, layers=[0, 2], guard="clamp")
+    assert huge.dose == pytest.approx([MAX_DOSE], rel=1e-5)
+    for small, big in zip(unit.deltas(), huge.deltas(), strict=True):
+        assert bool(torch.isfinite(big).all())
+        torch.testing.assert_close(big, small * (MAX_DOSE / unit.dose[0]), rtol=1e-5, atol=1e-6)
+    with pytest.raises(DoseError, match="max_dose"):
+        steer(model, bank, joy=1e37, layers=[0, 2], guard="raise")
+
+
+def test_deltas_overflowing_the_models_dtype_are_refused() -> None:
+    model = copy.deepcopy(build_model("llama")).to(torch.float16)
+    bank = _bank_for(model)
+    with pytest.raises(DoseError, match="float16"):
+        steer(model, bank, joy=1e6, layers=[1], scale="raw", max_dose=math.inf)
+    steer(model, bank, joy=1.0, layers=[1], scale="raw", max_dose=math.inf)  # fits
+    assert _no_hooks_anywhere(model)
+
+
+def test_steering_refuses_non_finite_deltas_given_directly() -> None:
+    model = build_model("llama")
+    delta = torch.ones(32)
+    delta[3] = math.nan
+    with pytest.raises(DoseError, match="layer 1"):
+        Steering(model, find_layers(model), {1: delta})
+
+
+# --- strengths as a mapping; option names -----------------------------------------------
+
+
+def test_strengths_as_a_mapping_equal_keywords() -> None:
+    model = build_model("llama")
+    bank = _bank_for(model)
+    by_mapping = steer(model, bank, {"joy": 0.7, "fear": -0.3}, layers=[0, 1])
+    by_keywords = steer(model, bank, joy=0.7, fear=-0.3, layers=[0, 1])
+    assert by_mapping.layers == by_keywords.layers == [0, 1]
+    for a, b in zip(by_mapping.deltas(), by_keywords.deltas(), strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(TypeError, match="not both"):
+        steer(model, bank, {"joy": 1.0}, fear=1.0)
+    with pytest.raises(TypeError, match="mapping"):
+        steer(model, bank, 1.0)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        steer(model, bank["joy"], {"joy": 1.0})
+    with pytest.raises(KeyError, match="love"):
+        steer(model, bank, {"love": 1.0})
+
+
+def test_every_option_of_steer_is_a_reserved_emotion_name() -> None:
+    """An emotion called like an option could not be steered by keyword: banks refuse
+    such names (emovec.vectors.RESERVED_NAMES)."""
+    import inspect
+
+    from emovec.vectors import RESERVED_NAMES
+
+    options = [
+        name
+        for name, parameter in inspect.signature(steer).parameters.items()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+    ]
+    assert "max_dose" in options and "blocks" in options and "block_layers" in options
+    assert set(options) <= RESERVED_NAMES
