@@ -1,14 +1,16 @@
-"""Writing files so that they appear whole or not at all."""
+"""Writing files so that they appear whole or not at all, and checking beforehand that they
+can be written."""
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "write_text"]
+__all__ = ["NotWritableError", "atomic_path", "check_writable", "write_text"]
 
 
 @contextmanager
@@ -34,4 +36,47 @@ def write_text(path: str | Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as staging:
         staging.write_text(text, encoding="utf-8")
+    return path
+
+
+class NotWritableError(OSError, ValueError):
+    """A destination that cannot be written, found before any work is done for it.
+
+    An :class:`OSError` (the file system refused) and a :class:`ValueError` (the remedy is
+    another path): ``filename`` is the destination, ``errno`` the file system's error.
+    """
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def check_writable(path: str | Path) -> Path:
+    """Prove that a file can be written at ``path``, before the work that produces it.
+
+    Creates the parent folder if needed, then creates and removes a file beside ``path`` (the
+    way :func:`atomic_path` writes it); an existing ``path`` must be a file.
+
+    Args:
+        path: The file to be written later.
+
+    Returns:
+        ``path`` as a :class:`Path`.
+
+    Raises:
+        NotWritableError: naming the path and the reason, when the file could not be written.
+    """
+    path = Path(path)
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "a folder, not a file", str(path))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".probe", dir=path.parent)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as err:
+        message = (
+            f"cannot write {path} ({err}). Choose a location you can write to, or create the "
+            "folder or fix its permissions."
+        )
+        raise NotWritableError(err.errno, message, str(path)) from err
     return path

@@ -9,6 +9,7 @@ failure a steering library can have.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -117,7 +118,10 @@ def _resolve_path(model: nn.Module, path: str) -> nn.Module:
 
 
 def find_layers(
-    model: nn.Module, layers: str | Sequence[nn.Module] | None = None
+    model: nn.Module,
+    blocks: str | Sequence[nn.Module] | None = None,
+    *,
+    layers: str | Sequence[nn.Module] | None = None,
 ) -> list[nn.Module]:
     """Return the decoder blocks of ``model`` in depth order.
 
@@ -125,9 +129,10 @@ def find_layers(
         model: Any Hugging Face causal LM (or a bare decoder). Multimodal wrappers such as
             Gemma 3 are handled: the text stack is the one whose length matches the text
             config's layer count.
-        layers: Override for architectures this search does not understand: either a dotted
+        blocks: Override for architectures this search does not understand: either a dotted
             attribute path to the block list (``"transformer.blocks"``) or the blocks
-            themselves.
+            themselves (``extract`` and ``steer`` take it as ``blocks=`` too).
+        layers: The former name of ``blocks`` (deprecated; "layers" means layer indices).
 
     Returns:
         The blocks; the output of block ``i`` is what layer ``i`` of an emotion vector refers to.
@@ -137,17 +142,26 @@ def find_layers(
             looked for and how to override.
     """
     if layers is not None:
-        if isinstance(layers, str):
-            stack = _resolve_path(model, layers)
+        if blocks is not None:
+            raise TypeError("Pass blocks= only (layers= is its deprecated name).")
+        warnings.warn(
+            "find_layers(layers=...) is deprecated: pass blocks=... (layers are indices).",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        blocks = layers
+    if blocks is not None:
+        if isinstance(blocks, str):
+            stack = _resolve_path(model, blocks)
             if not isinstance(stack, (nn.ModuleList, nn.Sequential)):
                 raise LayerDiscoveryError(
-                    f"layers={layers!r} names a {type(stack).__name__}, not a list of blocks."
+                    f"blocks={blocks!r} names a {type(stack).__name__}, not a list of blocks."
                 )
             found = list(stack)
         else:
-            found = list(layers)
+            found = list(blocks)
         if not found or not all(isinstance(m, nn.Module) for m in found):
-            raise LayerDiscoveryError(f"layers={layers!r} does not name a non-empty module list.")
+            raise LayerDiscoveryError(f"blocks={blocks!r} does not name a non-empty module list.")
         return found
 
     expected = num_layers_of(model)
@@ -170,7 +184,7 @@ def find_layers(
         raise LayerDiscoveryError(
             f"Could not find the decoder layers of {type(model).__name__}: looked for a "
             f"torch.nn.ModuleList of {wanted} (the config's num_hidden_layers). Pass "
-            "layers='dotted.path.to.blocks' (e.g. 'model.layers') to say where they are."
+            "blocks='dotted.path.to.blocks' (e.g. 'model.layers') to say where they are."
         )
     _, best = max(stacks, key=lambda item: _parameter_count(item[1]))
     return list(best)

@@ -42,6 +42,7 @@ def _worker(rank: int, world: int, init_file: str, out: str, batch_size: int) ->
                 "vectors": {e: bank.vector(e) for e in bank.emotions},
                 "norms": bank.hidden_norms,
                 "pairs": activations.pairs,
+                "settings": (bank.settings, activations.settings),
             },
             f"{out}/rank{rank}.pt",
         )
@@ -71,6 +72,11 @@ def test_two_processes_give_the_single_process_vectors(tmp_path: Path, batch_siz
             for kept, expected in zip(result["pairs"][emotion], alone.pairs[emotion], strict=True):
                 torch.testing.assert_close(kept, expected, rtol=0, atol=1e-5)
         torch.testing.assert_close(result["norms"], single.hidden_norms, rtol=1e-5, atol=1e-5)
+        # The library records how many processes shared the reading (one: nothing recorded).
+        expected_settings = (single.settings, alone.settings)
+        for settings, reference in zip(result["settings"], expected_settings, strict=True):
+            assert settings == {**reference, "processes": 2}
+    assert "processes" not in single.settings and "processes" not in alone.settings
 
 
 @pytest.mark.skipif(

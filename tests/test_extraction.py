@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import gc
+import inspect
 from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -14,10 +17,11 @@ from transformers import PreTrainedTokenizerFast
 
 import emovec
 from emovec import BASIC_EMOTIONS, PromptPair, extract, find_layers
+from emovec._texts import _CHAT_PROMPT
 from emovec.datasets import ResponsePair
 from emovec.diagnostics import diagnose
 from emovec.estimators import mean_difference
-from emovec.extraction import _CHAT_PROMPT, extract_activations
+from emovec.extraction import Activations, extract_activations, extract_with_diagnostics
 from emovec.layers import default_layer_band
 
 # Texts of several lengths (so batches are padded), one with a word the tokenizer does not
@@ -136,7 +140,7 @@ def test_vectors_match_the_by_hand_reference(arch: str, bos: bool) -> None:
         )
         assert float(bank.vector(emotion).norm()) > 1e-2
     torch.testing.assert_close(bank.hidden_norms, norms.float(), rtol=1e-5, atol=1e-5)
-    assert bank.layers == tuple(default_layer_band(3))
+    assert bank.recommended_layers == tuple(default_layer_band(3))
     assert bank.settings["pairs_per_emotion"] == {"joy": 6, "anger": 6}
     assert bank.settings["template"] == "plain"
 
@@ -270,7 +274,7 @@ def test_custom_emotion_accepts_tuples_prompt_pairs_and_dicts(tokenizer) -> None
     assert as_mixed.emotions == ["pride"]
     assert torch.equal(as_mixed.vector("pride"), as_tuples.vector("pride"))
     assert as_mixed.model_name == "custom-name"
-    assert as_mixed.layers == (0, 2)
+    assert as_mixed.recommended_layers == (0, 2)
     as_generator = extract(model, tokenizer, {"pride": (p for p in raw)}, progress=False)
     assert torch.equal(as_generator.vector("pride"), as_tuples.vector("pride"))
 
@@ -455,7 +459,7 @@ def test_diagnostics_choose_the_stored_band(tokenizer) -> None:
     model = build_model("llama")
     bank = extract(model, tokenizer, PAIRS, recommended_layers="diagnostics", progress=False)
     diagnostics = diagnose(extract_activations(model, tokenizer, PAIRS, progress=False).pairs)
-    assert list(bank.layers or ()) == diagnostics.recommended_layers()
+    assert list(bank.recommended_layers or ()) == diagnostics.recommended_layers()
     assert bank.settings["layers_from"] == "diagnostics"
     assert set(bank.settings["recommended_layers_per_emotion"]) == {"joy", "anger"}
 
@@ -533,3 +537,176 @@ def test_default_pairs_ship_for_the_basic_emotions() -> None:
             assert pair.emotional.strip() and pair.neutral.strip()
             assert pair.emotional.strip() != pair.neutral.strip()
     assert emovec.default_pairs(["joy"]).keys() == {"joy"}
+
+
+# --- blocks= (the decoder blocks; layers= is its deprecated spelling) ---------------------
+
+
+def _same_readings(a: object, b: object) -> None:
+    if isinstance(a, emovec.EmotionVectors):
+        assert isinstance(b, emovec.EmotionVectors)
+        for emotion in a.emotions:
+            torch.testing.assert_close(a.vector(emotion), b.vector(emotion), rtol=0, atol=0)
+        return
+    assert isinstance(a, Activations) and isinstance(b, Activations)
+    for emotion in a.emotions:
+        for x, y in zip(a.pairs[emotion], b.pairs[emotion], strict=True):
+            torch.testing.assert_close(x, y, rtol=0, atol=0)
+
+
+def test_blocks_names_the_decoder_blocks_read(tokenizer) -> None:
+    model = build_model("llama")
+    found = extract(model, tokenizer, PAIRS, progress=False)
+    _same_readings(found, extract(model, tokenizer, PAIRS, blocks="model.layers", progress=False))
+    first_two = list(find_layers(model))[:2]
+    kept = extract_activations(model, tokenizer, PAIRS, blocks=first_two, progress=False)
+    assert kept.num_layers == 2
+    torch.testing.assert_close(
+        mean_difference(*kept.pairs["joy"]), found.vector("joy")[:2], rtol=0, atol=1e-5
+    )
+
+
+@pytest.mark.parametrize("function", [extract, extract_activations])
+def test_layers_is_the_deprecated_spelling_of_blocks(function: Any, tokenizer) -> None:
+    model = build_model("llama")
+    with pytest.warns(DeprecationWarning, match=r"blocks=") as caught:
+        old = function(model, tokenizer, PAIRS, layers="model.layers", progress=False)
+    assert caught[0].filename == __file__  # the warning points at the caller's line
+    _same_readings(old, function(model, tokenizer, PAIRS, blocks="model.layers", progress=False))
+    with pytest.raises(ValueError, match="only blocks="):
+        function(model, tokenizer, PAIRS, blocks="model.layers", layers="model.layers")
+    # Layer indices, as steer(layers=...) takes, are refused with where they belong.
+    with pytest.raises(ValueError, match="recommended_layers="):
+        function(model, tokenizer, PAIRS, layers=[0, 1], progress=False)
+
+
+def test_extract_with_diagnostics_reads_once_and_agrees_with_extract(tokenizer) -> None:
+    model = build_model("llama")
+    options: dict[str, Any] = {
+        "estimator": "lda",
+        "recommended_layers": "diagnostics",
+        "batch_size": 64,  # all 24 texts in one forward pass
+        "progress": False,
+    }
+    passes: list[int] = []
+    handle = find_layers(model)[0].register_forward_hook(lambda *_: passes.append(1))
+    try:
+        bank, report = extract_with_diagnostics(model, tokenizer, PAIRS, **options)
+    finally:
+        handle.remove()
+    assert passes == [1]
+    expected = extract(model, tokenizer, PAIRS, **options)
+    _same_readings(bank, expected)
+    assert bank.recommended_layers == expected.recommended_layers
+    assert bank.settings == expected.settings
+    kept = extract_activations(model, tokenizer, PAIRS, batch_size=64, progress=False)
+    assert report.to_dict() == diagnose(kept.pairs, token_norms=kept.token_norms).to_dict()
+    with pytest.raises(ValueError, match="estimator"):
+        extract_with_diagnostics(model, tokenizer, PAIRS, estimator="median", progress=False)
+
+
+# --- the command line calls the library --------------------------------------------------
+
+
+def test_cli_extract_defaults_are_read_from_the_library(monkeypatch: pytest.MonkeyPatch) -> None:
+    from emovec import cli, extraction
+
+    parameters = inspect.signature(extraction.extract).parameters
+    for name in ("template", "estimator", "batch_size", "reading"):
+        assert parameters[name].default == getattr(extraction, f"DEFAULT_{name.upper()}")
+    monkeypatch.setattr(extraction, "DEFAULT_TEMPLATE", "chat")
+    monkeypatch.setattr(extraction, "DEFAULT_ESTIMATOR", "pca")
+    monkeypatch.setattr(extraction, "DEFAULT_BATCH_SIZE", 5)
+    args = cli.build_parser().parse_args(["extract", "--out", "v.safetensors"])
+    assert (args.template, args.estimator, args.batch_size) == ("chat", "pca", 5)
+    assert args.reading is None and args.blocks is None
+    center = inspect.signature(emovec.EmotionVectors.center).parameters["strength"].default
+    assert args.center == center
+
+
+@pytest.fixture
+def saved_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("EMOVEC_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "tiny"
+    build_model("llama").save_pretrained(folder)
+    build_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def test_cli_extract_is_one_library_call_with_the_options(
+    saved_model: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from emovec import cli
+
+    pairs = tmp_path / "joy.jsonl"
+    pairs.write_text(
+        "".join(f'{{"emotional": "{e}", "neutral": "{n}"}}\n' for e, n in PAIRS["joy"])
+    )
+    calls: list[dict[str, Any]] = []
+
+    def spy(*args: Any, **kwargs: Any) -> emovec.EmotionVectors:
+        calls.append(kwargs)
+        return extract(*args, **kwargs)
+
+    monkeypatch.setattr("emovec.extraction.extract", spy)
+    out = tmp_path / "v.safetensors"
+    argv = ["extract", "--model", str(saved_model), "--pairs", f"joy={pairs}", "--out", str(out)]
+    argv += ["--estimator", "pca", "--layers-from", "diagnostics", "--blocks", "model.layers"]
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    assert len(calls) == 1
+    assert {k: calls[0][k] for k in ("estimator", "recommended_layers", "blocks")} == {
+        "estimator": "pca",
+        "recommended_layers": "diagnostics",
+        "blocks": "model.layers",
+    }
+    written = emovec.EmotionVectors.load(out)
+    model, tokenizer = build_model("llama"), build_tokenizer()
+    expected = extract(
+        model, tokenizer, {"joy": PAIRS["joy"]}, estimator="pca", recommended_layers="diagnostics"
+    )
+    _same_readings(written, expected)
+    assert written.recommended_layers == expected.recommended_layers
+    assert "processes" not in written.settings  # one process
+
+
+@pytest.mark.parametrize(
+    "where", ["out under a file", "out under /proc", "diagnostics under a file"]
+)
+def test_cli_extract_to_an_unwritable_destination_fails_before_the_model_loads(
+    where: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Even for root: a folder below a file, or in /proc, cannot be created."""
+    from emovec import cli
+
+    if "/proc" in where and not Path("/proc/self").is_dir():
+        pytest.skip("no /proc here")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    out, extra = tmp_path / "v.safetensors", []
+    if where == "out under a file":
+        out = bad = blocker / "v.safetensors"
+    elif where == "out under /proc":
+        out = bad = Path("/proc/emovec-test/v.safetensors")
+    else:
+        bad = blocker / "diagnostics"
+        extra = ["--diagnostics", str(bad)]
+    loaded: list[object] = []
+
+    def no_model(*args: object, **kwargs: object) -> None:
+        loaded.append(args)
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(cli, "load_model", no_model)
+    capsys.readouterr()
+    code = cli.main(["extract", "--out", str(out), *extra])
+    err = capsys.readouterr().err
+    assert (code, loaded) == (2, [])
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("emovec: error: cannot write ") and str(bad) in err
+    assert not out.exists()

@@ -1,12 +1,15 @@
-"""Tests for emovec._files: files appear whole or not at all."""
+"""Tests for emovec._files: files appear whole or not at all, and an unwritable destination
+is found before the work that would fill it."""
 
 from __future__ import annotations
 
+import os
+import pickle
 from pathlib import Path
 
 import pytest
 
-from emovec._files import atomic_path, write_text
+from emovec._files import NotWritableError, atomic_path, check_writable, write_text
 
 
 def test_write_text_creates_the_folder_and_replaces_the_file(tmp_path: Path) -> None:
@@ -25,3 +28,79 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_staging_file(tmp_path: 
         raise RuntimeError("interrupted")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
+# --- check_writable: an unwritable destination is found before the work -------------------
+
+
+def test_check_writable_creates_the_folder_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    target = tmp_path / "new" / "deeper" / "v.safetensors"
+    assert check_writable(str(target)) == target
+    assert target.parent.is_dir()
+    assert list(target.parent.iterdir()) == []  # the probe file is gone, no target made
+    target.write_text("old")
+    assert check_writable(target) == target
+    assert target.read_text() == "old" and [p.name for p in target.parent.iterdir()] == [
+        "v.safetensors"
+    ]
+
+
+def _unwritable(tmp_path: Path, where: str) -> tuple[Path, Path]:
+    """A destination that cannot be written even by root, and the path the error names."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    if where == "parent is a file":
+        return blocker / "v.safetensors", blocker
+    if where == "grandparent is a file":
+        return blocker / "sub" / "v.safetensors", blocker
+    if where == "a folder":
+        return tmp_path, tmp_path
+    if not Path("/proc/self").is_dir():
+        pytest.skip("no /proc here")
+    return Path("/proc/emovec-test.safetensors"), Path("/proc")
+
+
+@pytest.mark.parametrize(
+    "where", ["parent is a file", "grandparent is a file", "a folder", "in /proc"]
+)
+def test_check_writable_refuses_with_a_clear_error(tmp_path: Path, where: str) -> None:
+    target, named = _unwritable(tmp_path, where)
+    with pytest.raises(NotWritableError) as caught:
+        check_writable(target)
+    error = caught.value
+    # Both an OSError and a ValueError (the command line reports ValueErrors in one line).
+    assert isinstance(error, OSError) and isinstance(error, ValueError)
+    assert error.filename == str(target) and error.errno is not None
+    message = str(error)
+    assert message.startswith(f"cannot write {target} (") and str(named) in message
+    assert "Choose a location you can write to" in message
+    assert "\n" not in message
+    assert not target.is_file()
+
+
+def test_check_writable_refuses_a_read_only_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        if os.access(folder, os.W_OK):  # root writes anyway
+            pytest.skip("this user can write to read-only folders")
+        with pytest.raises(NotWritableError, match="Permission denied"):
+            check_writable(folder / "v.safetensors")
+        assert list(folder.iterdir()) == []
+    finally:
+        folder.chmod(0o700)
+
+
+def test_not_writable_error_survives_pickling(tmp_path: Path) -> None:
+    """Raised in a worker process, it must reach the parent intact."""
+    target, _ = _unwritable(tmp_path, "parent is a file")
+    with pytest.raises(NotWritableError) as caught:
+        check_writable(target)
+    copy = pickle.loads(pickle.dumps(caught.value))
+    assert type(copy) is NotWritableError
+    assert (str(copy), copy.filename, copy.errno) == (
+        str(caught.value),
+        caught.value.filename,
+        caught.value.errno,
+    )
