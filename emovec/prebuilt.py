@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from importlib import resources
 from pathlib import Path
 
 from transformers import PreTrainedModel
@@ -15,8 +16,12 @@ from emovec.vectors import EmotionVectors
 __all__ = ["prebuilt_path", "vectors_for"]
 
 _log = logging.getLogger(__name__)
-# The repository's vectors/ folder: present in a source checkout and an editable install.
-_REPO_VECTORS = Path(__file__).resolve().parent.parent / "vectors"
+
+
+def _shipped_dir() -> Path:
+    """The vector files shipped as package data (``emovec/data/vectors``), in a wheel install
+    as in a checkout (where the top-level ``vectors/`` is a link to this folder)."""
+    return Path(str(resources.files("emovec") / "data" / "vectors"))
 
 
 def _file_name(model_name: str) -> str:
@@ -29,8 +34,12 @@ def _file_name(model_name: str) -> str:
 
 
 def prebuilt_path(model_name: str) -> Path | None:
-    """The shipped or cached vector file for ``model_name``, if one exists."""
-    for folder in (_REPO_VECTORS, cache_dir() / "vectors"):
+    """The shipped or cached vector file for ``model_name``, if one exists.
+
+    The files shipped with the package come first, then those :func:`vectors_for` extracted
+    and cached under :func:`~emovec.models.cache_dir`.
+    """
+    for folder in (_shipped_dir(), cache_dir() / "vectors"):
         path = folder / _file_name(model_name)
         if path.is_file():
             return path

@@ -272,7 +272,7 @@ def test_apply_stores_the_placements_and_the_record(
     loaded = EmotionVectors.load(applied.save(tmp_path / "calibrated.safetensors"))
     assert loaded.placements == calibration.placements
     assert loaded.settings["calibration"] == record
-    assert loaded.layers == bank.layers
+    assert loaded.recommended_layers == bank.recommended_layers
 
 
 def test_markdown_and_dict_list_every_trial(calibration: Calibration) -> None:
@@ -682,7 +682,7 @@ def test_cli_calibrate_writes_placements_and_reports(
     assert calibrated.placements == expected
     assert {e: p.to_dict() for e, p in calibrated.placements.items()} == payload["placements"]
     assert set(calibrated.settings["calibration"]["chosen"]) == set(expected)
-    assert calibrated.layers == (0,)
+    assert calibrated.recommended_layers == (0,)
     assert f"wrote placements for {sorted(expected)} to {out}" in captured.out
 
 

@@ -95,14 +95,15 @@ def test_plain_answers_are_text_not_repetition(plain_answers: list[str]) -> None
 
 def test_shipped_vectors_fit_gemma(model_and_tokenizer: tuple, vectors: EmotionVectors) -> None:
     model, _ = model_and_tokenizer
-    assert prebuilt_path(MODEL) == VECTORS
+    found = prebuilt_path(MODEL)
+    assert found is not None and found.resolve() == VECTORS.resolve()
     assert vectors.model_name == MODEL
     assert vectors.emotions == ["joy", "anger", "disgust", "fear", "sadness"]
     assert (vectors.num_layers, vectors.hidden_size) == (
         model.config.num_hidden_layers,
         model.config.hidden_size,
     )
-    assert vectors.layers == (7, 8, 9)  # the default band for 18 layers
+    assert vectors.recommended_layers == (7, 8, 9)  # the default band for 18 layers
     recommended = vectors.settings["recommended_alpha"]
     assert set(recommended) == set(vectors.emotions)
     assert all(0 <= alpha <= 1 for alpha in recommended.values())

