@@ -9,15 +9,17 @@ import sys
 import textwrap
 import time
 from collections.abc import Sequence
+from dataclasses import fields
+from inspect import signature
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from emovec._files import write_text
+from emovec._files import check_writable, write_text
 from emovec.datasets import BASIC_EMOTIONS, Pair, default_answer_pairs, read_pairs
-from emovec.evaluation import Tolerance
+from emovec.evaluation import Tolerance, evaluate
 from emovec.evaluation.calibration import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_DECODING,
@@ -25,16 +27,18 @@ from emovec.evaluation.calibration import (
     DEFAULT_NUM_QUERIES,
     DEFAULT_SUCCESS_MARGIN,
 )
-from emovec.generation import generate_answers, persona_for, with_instructions
+from emovec.generation import Decoding, generate_answers, persona_for, with_instructions
 from emovec.models import DEFAULT_MODEL, load_model
-from emovec.steering import steer
+from emovec.steering import Positions, steer
 from emovec.vectors import EmotionVectors
 
 if TYPE_CHECKING:
     from emovec.evaluation import EvaluationReport
 
-# The library's tolerance: the command line's defaults are read from it, never copied.
+# The library's tolerance and decoding: the command line's defaults are read from them,
+# never copied.
 _TOLERANCE = Tolerance()
+_DECODING = Decoding()
 
 DEMO_PROMPTS = (
     "Tell me about your morning.",
@@ -91,11 +95,40 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vectors", help="vector file (default: the prebuilt one for the model)")
     parser.add_argument("--layers", type=_parse_layers, help="layers to steer, e.g. 10-19")
     parser.add_argument("--scale", choices=["relative", "raw"], default="relative")
-    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=_DECODING.max_new_tokens,
+        help="default: %(default)s",
+    )
     parser.add_argument(
         "--repetition-penalty",
         type=float,
-        help="1 = off; also for plain answers (default: the one the vectors were calibrated with)",
+        help="1 = off; also for plain answers (default: the one the vectors were calibrated "
+        f"with, else {_DECODING.repetition_penalty:g})",
+    )
+
+
+def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
+    """Greedy or sampling (emovec.generation.Decoding); unset: as the vectors were calibrated."""
+    parser.add_argument(
+        "--sample",
+        dest="do_sample",
+        action=argparse.BooleanOptionalAction,
+        help="sample instead of greedy (default: as the vectors were calibrated, else greedy)",
+    )
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        help=f"when sampling (default: as calibrated, else {_DECODING.temperature:g})",
+    )
+    parser.add_argument(
+        "--top-p",
+        type=float,
+        help=f"when sampling (default: as calibrated, else {_DECODING.top_p:g})",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=_DECODING.seed, help="when sampling (default: %(default)s)"
     )
 
 
@@ -108,31 +141,28 @@ def _add_clean_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _repetition_penalty(args: argparse.Namespace, vectors: EmotionVectors) -> float:
-    """``--repetition-penalty``, else the one the bank's placements were calibrated with."""
-    from emovec.evaluation.calibration import calibrated_repetition_penalty
-
-    given = args.repetition_penalty
-    return float(given) if given is not None else calibrated_repetition_penalty(vectors)
+def _decoding(args: argparse.Namespace, vectors: EmotionVectors) -> Decoding:
+    """The decoding the bank's placements were calibrated with, changed by the options given
+    (each option is named after its field of Decoding)."""
+    given = {field.name: getattr(args, field.name, None) for field in fields(Decoding)}
+    return Decoding.calibrated(vectors, **{k: v for k, v in given.items() if v is not None})
 
 
 def _demo(args: argparse.Namespace) -> None:
     model, tokenizer, vectors = _load(args)
     prompts = args.prompt or list(DEMO_PROMPTS)
     emotions = args.emotions or [e for e in BASIC_EMOTIONS if e in vectors]
-    decoding = {
-        "max_new_tokens": args.max_new_tokens,
-        "repetition_penalty": _repetition_penalty(args, vectors),
-        "clean": args.clean,
+    decoding = _decoding(args, vectors)
+    columns = {
+        "plain": generate_answers(model, tokenizer, prompts, decoding=decoding, clean=args.clean)
     }
-    columns = {"plain": generate_answers(model, tokenizer, prompts, **decoding)}
     for emotion in emotions:
         strength = {emotion: args.alpha}
         asked = [with_instructions(p, vectors, strength) for p in prompts]
         systems = [persona_for(vectors, strength)] * len(prompts)
         with steer(model, vectors, layers=args.layers, scale=args.scale, **strength):
             columns[f"{emotion} {args.alpha:+g}"] = generate_answers(
-                model, tokenizer, asked, systems=systems, **decoding
+                model, tokenizer, asked, decoding=decoding, clean=args.clean, systems=systems
             )
     for i, prompt in enumerate(prompts):
         print(f"\n=== {prompt}")
@@ -152,11 +182,7 @@ def _generate(args: argparse.Namespace) -> None:
             tokenizer,
             [with_instructions(args.prompt, vectors, strengths)],
             systems=[persona_for(vectors, strengths)],
-            max_new_tokens=args.max_new_tokens,
-            do_sample=args.sample,
-            temperature=args.temperature,
-            seed=args.seed,
-            repetition_penalty=_repetition_penalty(args, vectors),
+            decoding=_decoding(args, vectors),
             clean=args.clean,
         )
     print(answers[0])
@@ -174,14 +200,21 @@ def _process_state() -> tuple[int, int, str | None]:
 
 
 def _extract(args: argparse.Namespace) -> None:
-    from emovec.diagnostics import diagnose
-    from emovec.extraction import extract, extract_activations, vectors_from_activations
+    from typing import Any
 
-    reading_kind = args.reading or ("response" if args.data == "answers" else "mean")
+    from emovec._files import check_writable
+    from emovec.extraction import DEFAULT_READING, extract, extract_with_diagnostics
+
+    reading = args.reading or ("response" if args.data == "answers" else DEFAULT_READING)
     if args.data == "answers" and args.pairs:
         raise ValueError("--data answers uses the shipped answers; drop --pairs or --data.")
-    if args.data == "answers" and reading_kind != "response":
+    if args.data == "answers" and reading != "response":
         raise ValueError("The shipped answers are read as answers: use --reading response.")
+    # Unwritable destinations fail now, not after the extraction.
+    out = check_writable(args.out)
+    folder = Path(args.diagnostics) if args.diagnostics else None
+    if folder is not None:
+        check_writable(folder / "diagnostics.json")
     pairs: dict[str, Sequence[Pair]] | None = None
     source = "shipped stories"
     if args.data == "answers":
@@ -193,46 +226,35 @@ def _extract(args: argparse.Namespace) -> None:
             if not path:
                 raise ValueError(f"--pairs expects EMOTION=FILE, got {spec!r}")
             pairs[emotion] = read_pairs(path)
-    elif reading_kind == "response":
+    elif reading == "response":
         source = "the model's answers under emotional instructions"
     rank, world, device = _process_state()  # bad options fail before the model loads
     model, tokenizer = load_model(args.model, device=device)
-    name = args.model or DEFAULT_MODEL
-    started = time.perf_counter()
-    reading = {
+    options: dict[str, Any] = {
         "emotions": args.emotions,
-        "reading": reading_kind,
+        "reading": reading,
+        "estimator": args.estimator,
         "template": args.template,
         "batch_size": args.batch_size,
+        "blocks": args.blocks,
+        "recommended_layers": "diagnostics" if args.layers_from == "diagnostics" else None,
+        "model_name": args.model or DEFAULT_MODEL,
         "progress": rank == 0,
     }
-    from_diagnostics = args.layers_from == "diagnostics"
-    report = None
-    if args.estimator != "mean_difference" or from_diagnostics or args.diagnostics:
-        activations = extract_activations(model, tokenizer, pairs, **reading)
-        if from_diagnostics or args.diagnostics:
-            report = diagnose(activations.pairs, token_norms=activations.token_norms)
-        vectors = vectors_from_activations(
-            activations,
-            estimator=args.estimator,
-            recommended_layers="diagnostics" if from_diagnostics else None,
-            model_name=name,
-            diagnostics=report,
-        )
+    started = time.perf_counter()
+    if folder is None:
+        vectors, report = extract(model, tokenizer, pairs, **options), None
     else:
-        vectors = extract(model, tokenizer, pairs, model_name=name, **reading)
+        vectors, report = extract_with_diagnostics(model, tokenizer, pairs, **options)
     seconds = time.perf_counter() - started
     if rank > 0:
         return
     vectors = vectors.with_settings(data=source)
     if args.center and len(vectors) > 1:
         vectors = vectors.center(args.center)
-    if world > 1:
-        vectors = vectors.with_settings(processes=world)
-    vectors.save(args.out)
-    print(f"{vectors}\nextracted in {seconds:.1f} s on {world} process(es), saved to {args.out}")
-    if args.diagnostics and report is not None:
-        folder = Path(args.diagnostics)
+    vectors.save(out)
+    print(f"{vectors}\nextracted in {seconds:.1f} s on {world} process(es), saved to {out}")
+    if folder is not None and report is not None:
         write_text(folder / "diagnostics.json", json.dumps(report.to_dict(), indent=1))
         write_text(folder / "diagnostics.md", report.to_markdown())
         report.plot(folder / "diagnostics.png")
@@ -316,10 +338,17 @@ def _headline(report: EvaluationReport, alphas: dict[str, float]) -> str:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from emovec.evaluation import evaluate, recommend_alpha
-    from emovec.generation import Decoding
+    from emovec.evaluation import recommend_alpha
     from emovec.prebuilt import prebuilt_path
 
+    # Where the results go must be writable before the long work, not after it.
+    out = _report_folder(args.out or f"out/eval-{args.model or DEFAULT_MODEL}".replace("/", "--"))
+    target = None
+    if args.store_recommendation:
+        target = args.vectors or prebuilt_path(args.model or DEFAULT_MODEL)
+        if target is None:
+            raise ValueError("No vector file to store the recommendation in; pass --vectors.")
+        check_writable(target)
     model, tokenizer, vectors = _load(args)
     report = evaluate(
         model,
@@ -334,26 +363,21 @@ def _evaluate(args: argparse.Namespace) -> None:
         layers=args.layers,
         positions=args.positions,
         clean=args.clean,
-        decoding=Decoding(
-            max_new_tokens=args.max_new_tokens,
-            do_sample=args.sample,
-            temperature=args.temperature,
-            top_p=args.top_p,
-            seed=args.seed,
-            repetition_penalty=_repetition_penalty(args, vectors),
-        ),
+        decoding=_decoding(args, vectors),
     )
-    out = Path(args.out or f"out/eval-{args.model or DEFAULT_MODEL}".replace("/", "--"))
     _write_report(report, out)
     recommended = recommend_alpha(report, _tolerance(args))
     print(f"recommended α: {recommended}")
     print(_headline(report, recommended))
-    if args.store_recommendation:
-        target = args.vectors or prebuilt_path(args.model or DEFAULT_MODEL)
-        if target is None:
-            raise ValueError("No vector file to store the recommendation in; pass --vectors.")
+    if target is not None:
         vectors.with_settings(recommended_alpha=recommended).save(target)
         print(f"stored recommended α in {target}")
+
+
+def _report_folder(folder: str | Path) -> Path:
+    """``folder``, once a report can be written into it (see :func:`_write_report`)."""
+    check_writable(Path(folder) / "report.json")
+    return Path(folder)
 
 
 def _write_report(report: EvaluationReport, out: Path) -> None:
@@ -369,9 +393,10 @@ def _rescore(args: argparse.Namespace) -> None:
     from emovec.evaluation import EvaluationReport
 
     source = Path(args.report)
-    report = EvaluationReport.from_json(source).rescored(args.scorer)
     name = Path(args.scorer or "nade").name
-    _write_report(report, Path(args.out) if args.out else source.parent / f"rescored-{name}")
+    out = _report_folder(args.out or source.parent / f"rescored-{name}")
+    report = EvaluationReport.from_json(source).rescored(args.scorer)
+    _write_report(report, out)
 
 
 _SCORER_HELP = (
@@ -386,10 +411,13 @@ def _calibrate(args: argparse.Namespace) -> None:
     from emovec.evaluation.calibration import calibrate
     from emovec.prebuilt import prebuilt_path
 
-    model, tokenizer, vectors = _load(args)
     target = args.out or args.vectors or prebuilt_path(args.model or DEFAULT_MODEL)
     if target is None:
         raise ValueError("No vector file to write the placements to; pass --out.")
+    check_writable(target)  # before the long search, not after it
+    if args.report:
+        check_writable(Path(args.report) / "calibration.md")
+    model, tokenizer, vectors = _load(args)
     calibration = calibrate(
         model,
         tokenizer,
@@ -449,16 +477,20 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="EMOTION=ALPHA",
         help="e.g. joy=1 or fear=-0.5 (repeatable)",
     )
-    gen.add_argument("--sample", action="store_true", help="sample instead of greedy")
-    gen.add_argument("--temperature", type=float, default=0.7)
-    gen.add_argument("--seed", type=int, default=0)
+    _add_sampling_options(gen)
     _add_clean_option(gen)
     gen.set_defaults(run=_generate)
 
+    evaluating = signature(evaluate).parameters  # its defaults, read rather than copied
     ev = commands.add_parser("eval", help="score steering over an α sweep (EPS, topic, fluency)")
     _add_model_options(ev)
-    ev.set_defaults(max_new_tokens=48)
-    ev.add_argument("--alphas", type=float, nargs="+", default=[-1.0, 0.0, 1.0, 2.0, 4.0])
+    ev.add_argument(
+        "--alphas",
+        type=float,
+        nargs="+",
+        default=list(evaluating["alphas"].default),
+        help="default: %(default)s",
+    )
     ev.add_argument("--emotions", nargs="+")
     ev.add_argument("--queries", help="N (first N shipped queries) or a file (.txt/.json/.jsonl)")
     ev.add_argument("--scorer", help=_SCORER_HELP)
@@ -467,12 +499,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also ask for the emotion in the prompt, without a vector",
     )
-    ev.add_argument("--batch-size", type=int, default=8)
-    ev.add_argument("--positions", choices=["all", "prompt", "generated", "last"], default="all")
-    ev.add_argument("--sample", action="store_true", help="sample instead of greedy")
-    ev.add_argument("--temperature", type=float, default=0.7)
-    ev.add_argument("--top-p", type=float, default=0.9)
-    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument(
+        "--batch-size",
+        type=int,
+        default=evaluating["batch_size"].default,
+        help="rows per generate call (default: %(default)s)",
+    )
+    ev.add_argument(
+        "--positions",
+        choices=get_args(Positions),
+        help="positions to steer (default: each emotion's calibrated ones, else all)",
+    )
+    _add_sampling_options(ev)
     ev.add_argument("--out", help="output folder (default out/eval-MODEL)")
     _add_clean_option(ev)  # --no-clean: the offensive rate without the blocker
     _add_tolerance_options(ev)
@@ -482,6 +520,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the recommended α per emotion into the vector file",
     )
     ev.set_defaults(run=_evaluate)
+
+    import inspect
+
+    from emovec import extraction  # the library's defaults, read here rather than copied
+    from emovec.estimators import ESTIMATORS
 
     ext = commands.add_parser("extract", help="extract emotion vectors to a file")
     ext.add_argument("--model", help=f"model id or path (default: {DEFAULT_MODEL})")
@@ -493,7 +536,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="EMOTION=FILE",
         help="your own pairs (.jsonl/.json/.csv), repeatable",
     )
-    ext.add_argument("--template", choices=["plain", "chat"], default="plain")
+    ext.add_argument(
+        "--template",
+        choices=extraction.TEMPLATES,
+        default=extraction.DEFAULT_TEMPLATE,
+        help="feed the texts as they are, or as the assistant's reply in the model's chat "
+        "template (default: %(default)s)",
+    )
     ext.add_argument(
         "--data",
         choices=["stories", "answers"],
@@ -503,13 +552,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ext.add_argument(
         "--reading",
-        choices=["mean", "last", "response"],
-        help="average each text's tokens (default), read its last token, or read answers "
+        choices=extraction.READINGS,
+        help=f"average each text's tokens (default: {extraction.DEFAULT_READING}; response "
+        "with --data answers), read its last token, or read answers "
         "after their query (with no pairs given: the model's own answers under emotional vs "
         "neutral instructions, generated once and cached)",
     )
     ext.add_argument(
-        "--estimator", choices=["mean_difference", "pca", "lda"], default="mean_difference"
+        "--estimator",
+        choices=sorted(ESTIMATORS),
+        default=extraction.DEFAULT_ESTIMATOR,
+        help="default: %(default)s",
+    )
+    ext.add_argument(
+        "--blocks",
+        metavar="PATH",
+        help="dotted path to the decoder blocks (e.g. transformer.h), for models whose blocks "
+        "are not found on their own",
     )
     ext.add_argument(
         "--layers-from",
@@ -520,13 +579,19 @@ def build_parser() -> argparse.ArgumentParser:
     ext.add_argument(
         "--diagnostics", metavar="DIR", help="write layer diagnostics (JSON, markdown, plot) here"
     )
-    ext.add_argument("--batch-size", type=int, default=32)
+    ext.add_argument(
+        "--batch-size",
+        type=int,
+        default=extraction.DEFAULT_BATCH_SIZE,
+        help="texts per forward pass (default: %(default)s)",
+    )
     ext.add_argument(
         "--center",
         type=float,
-        default=1.0,
+        default=inspect.signature(EmotionVectors.center).parameters["strength"].default,
         metavar="STRENGTH",
-        help="share of the emotions' mean to subtract, 0-1 (default 1: fully centred)",
+        help="share of the emotions' mean to subtract, 0-1 (default: %(default)s; 1 is fully "
+        "centred)",
     )
     ext.add_argument(
         "--no-center",
@@ -601,13 +666,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(error: BaseException) -> str:
+    """The error's message on one line (a KeyError's without its quotes)."""
+    text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    return " ".join(line.strip() for line in text.splitlines() if line.strip()) or repr(error)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; a failure is one line on stderr and exit status 2."""
+    from safetensors import SafetensorError
+
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (KeyError, ValueError, FileNotFoundError, ModuleNotFoundError) as err:
-        print(f"emovec: error: {err}", file=sys.stderr)
+    except (KeyError, ValueError, OSError, ImportError, SafetensorError) as err:
+        # OSError covers missing files, permissions, full disks and an unreachable hub.
+        print(f"emovec: error: {_one_line(err)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("emovec: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from numbers import Integral
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel
@@ -28,9 +31,17 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Decoding:
-    """Decoding settings; greedy by default, or sampling with temperature/top-p and a seed.
+    """How answers are decoded: greedy by default, or sampling with temperature/top-p and a
+    seed.
 
     ``repetition_penalty`` (1 = off) applies to plain and steered answers alike.
+    :meth:`generate_kwargs` gives the keywords for ``model.generate``; :meth:`calibrated`
+    decodes as a bank's placements were calibrated.
+
+    Raises:
+        ValueError: For ``max_new_tokens`` below 1, a ``repetition_penalty`` that is not
+            finite and positive, or, when sampling, a ``temperature`` that is not finite and
+            positive or a ``top_p`` outside (0, 1].
     """
 
     max_new_tokens: int = 48
@@ -39,6 +50,64 @@ class Decoding:
     top_p: float = 0.9
     seed: int = 0
     repetition_penalty: float = 1.0
+
+    def __post_init__(self) -> None:
+        count = self.max_new_tokens
+        if isinstance(count, bool) or not (isinstance(count, Integral) and count >= 1):
+            raise ValueError(
+                f"max_new_tokens must be a whole number >= 1, not {self.max_new_tokens}."
+            )
+        if not (math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0):
+            raise ValueError(
+                f"repetition_penalty must be positive (1 = off), not {self.repetition_penalty}."
+            )
+        if self.do_sample and not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"temperature must be positive to sample, not {self.temperature}.")
+        if self.do_sample and not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1] to sample, not {self.top_p}.")
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments for ``model.generate``: the length, greedy or sampling, the
+        repetition penalty and, only when sampling, the temperature and top-p. (The seed is
+        not one: :func:`generate_answers` seeds each batch's sampling with it.)"""
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": self.max_new_tokens,
+            "do_sample": self.do_sample,
+            "repetition_penalty": self.repetition_penalty,
+        }
+        if self.do_sample:
+            kwargs.update(temperature=self.temperature, top_p=self.top_p)
+        return kwargs
+
+    @classmethod
+    def calibrated(cls, vectors: EmotionVectors, **changes: Any) -> Decoding:
+        """The decoding ``vectors``' placements were calibrated under
+        (:meth:`~emovec.vectors.EmotionVectors.generation_kwargs`; the defaults for a bank
+        never calibrated), with ``changes`` (fields of :class:`Decoding`) on top."""
+        return replace(cls(), **{**vectors.generation_kwargs(), **changes})
+
+
+_GREEDY = Decoding()
+# Greedy decoding leaves these unused; None keeps a model's sampling defaults (Gemma 3's
+# generation config sets top_k and top_p) from being reported as ignored.
+_UNUSED_WHEN_GREEDY = {"temperature": None, "top_p": None, "top_k": None}
+
+
+@contextmanager
+def _seeded(model: PreTrainedModel, seed: int | None) -> Iterator[None]:
+    """Sampling seeded with ``seed`` while the block runs, on the CPU and the CUDA devices
+    of ``model``; the random state outside the block is left as it was. ``None`` (greedy
+    decoding): nothing to seed."""
+    if seed is None:
+        yield
+        return
+    cuda = sorted({int(p.device.index or 0) for p in model.parameters() if p.is_cuda})
+    with torch.random.fork_rng(devices=cuda):
+        torch.random.default_generator.manual_seed(seed)
+        for index in cuda:
+            with torch.cuda.device(index):
+                torch.cuda.manual_seed(seed)
+        yield
 
 
 def _bos_prefix(tokenizer: PreTrainedTokenizerBase) -> str:
@@ -122,69 +191,65 @@ def generate_answers(
     tokenizer: PreTrainedTokenizerBase,
     queries: Sequence[str],
     *,
-    max_new_tokens: int = 48,
+    decoding: Decoding = _GREEDY,
     batch_size: int = 8,
-    do_sample: bool = False,
-    temperature: float = 0.7,
-    top_p: float = 0.9,
-    seed: int = 0,
-    repetition_penalty: float = 1.0,
     clean: bool = True,
     steering: Steering | None = None,
     guidance: float | None = None,
     systems: Sequence[str | None] | None = None,
+    **changes: Any,
 ) -> list[str]:
     """Answer each query (batched, left-padded) and return only the new text.
 
-    ``repetition_penalty`` > 1 divides the logits of tokens already in the sequence (CTRL's
-    penalty, as in ``transformers``); 1 leaves decoding untouched. ``clean`` keeps slurs and
-    obscenities out of the answers (:func:`emovec.offensive.clean_generation_kwargs`; needs
-    alt-profanity-check); ``False`` decodes unfiltered. ``guidance`` (with the applied
-    ``steering``) mixes each next token's steered distribution with the plain model's,
-    ``guidance`` being the steered share (:class:`emovec.guidance.PlainGuidance`).
-    ``systems`` gives each query a system turn (see :func:`format_prompts`).
+    ``decoding`` says how (greedy by default); ``changes`` are fields of :class:`Decoding`
+    to change in it, e.g. ``max_new_tokens=12``. Sampling is seeded with ``decoding.seed``
+    plus the batch's first row, without touching the global random state. Only the input
+    ids and attention mask reach ``model.generate`` (not e.g. ``token_type_ids``, which
+    decoder-only models refuse). ``clean`` keeps slurs and obscenities out of the answers
+    (:func:`emovec.offensive.clean_generation_kwargs`; needs alt-profanity-check); ``False``
+    decodes unfiltered. ``guidance`` (with the applied ``steering``) mixes each next
+    token's steered distribution with the plain model's, ``guidance`` being the steered
+    share (:class:`emovec.guidance.PlainGuidance`). ``systems`` gives each query a system
+    turn (see :func:`format_prompts`).
     """
     if guidance is not None and steering is None:
         raise ValueError("guidance needs the applied steering: pass steering=.")
-    if not (math.isfinite(repetition_penalty) and repetition_penalty > 0):
-        raise ValueError(f"repetition_penalty must be positive, not {repetition_penalty}.")
+    decoding = replace(decoding, **changes) if changes else decoding
     answers: list[str] = []
     device = input_device(model)
     prompts = format_prompts(tokenizer, queries, systems)
-    sampling = (
-        {"do_sample": True, "temperature": temperature, "top_p": top_p}
-        if do_sample
-        else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-    )
+    options = decoding.generate_kwargs()
+    if not decoding.do_sample:
+        options.update(_UNUSED_WHEN_GREEDY)
     blocker = clean_generation_kwargs(tokenizer) if clean else {}
     for start in range(0, len(prompts), batch_size):
-        torch.manual_seed(seed + start)
         batch = tokenizer(
             prompts[start : start + batch_size],
             return_tensors="pt",
             padding=True,
             add_special_tokens=False,
-        ).to(device)
+            return_attention_mask=True,
+        )
+        inputs = {key: batch[key].to(device) for key in ("input_ids", "attention_mask")}
         processors = list(blocker.get("logits_processor", []))
         if guidance is not None and steering is not None:
             guide = PlainGuidance(
                 model,
                 steering,
-                batch["attention_mask"],
+                inputs["attention_mask"],
                 weight=guidance,
-                repetition_penalty=repetition_penalty,
+                repetition_penalty=decoding.repetition_penalty,
             )
             processors.insert(0, guide)
-        with torch.inference_mode():
+        seed = decoding.seed + start if decoding.do_sample else None
+        with torch.inference_mode(), _seeded(model, seed):
             output = model.generate(  # type: ignore[operator]
-                **batch,
-                max_new_tokens=max_new_tokens,
+                **inputs,
                 pad_token_id=tokenizer.pad_token_id,
-                repetition_penalty=repetition_penalty,
-                **sampling,
+                **options,
                 **{**blocker, "logits_processor": processors},
             )
-        new_tokens = output[:, batch["input_ids"].shape[1] :]
+        new_tokens = output[:, inputs["input_ids"].shape[1] :]
         answers.extend(
             t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         )

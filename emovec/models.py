@@ -15,7 +15,6 @@ import importlib.util
 import os
 import shutil
 import tempfile
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,6 +26,9 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from emovec._files import NotWritableError, check_writable
+from emovec._hub import hub_options
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -155,10 +157,14 @@ def input_device(model: PreTrainedModel) -> torch.device:
     return weight.device if isinstance(weight, torch.Tensor) else torch.device("cpu")
 
 
+# transformers 4.56 renamed from_pretrained's torch_dtype to dtype (and logs the old name as
+# deprecated); older releases only know torch_dtype.
+_DTYPE_RENAMED = (4, 56)
+
+
 def _dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
-    # transformers 5 renamed torch_dtype to dtype; 4.5x only knows the old name.
-    major = int(transformers.__version__.split(".")[0])
-    return {"dtype": dtype} if major >= 5 else {"torch_dtype": dtype}
+    major, minor = (int(part) for part in transformers.__version__.split(".")[:2])
+    return {"dtype": dtype} if (major, minor) >= _DTYPE_RENAMED else {"torch_dtype": dtype}
 
 
 def _prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
@@ -172,6 +178,26 @@ def _prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenize
 def _converted_path(spec: EmbeddedModel) -> Path:
     key = f"{spec.fingerprint()}:{transformers.__version__}".encode()
     return cache_dir() / "models" / f"{spec.name}-{hashlib.sha256(key).hexdigest()[:12]}"
+
+
+def _check_cache_writable(target: Path) -> None:
+    """Fail before a minutes-long conversion whose result could not be kept."""
+    try:
+        check_writable(target)
+    except OSError as error:
+        cause = error.__cause__ or error
+        raise NotWritableError(
+            error.errno,
+            f"the embedded model is converted once into {target.parent}, which cannot be "
+            f"written ({cause}). Set {CACHE_ENV} to a folder you can write to.",
+            str(target.parent),
+        ) from error
+
+
+# from_pretrained keywords that say where a checkpoint is; the tokenizer is read from there too.
+_LOCATION_KEYS = frozenset(
+    {"cache_dir", "local_files_only", "revision", "subfolder", "token", "trust_remote_code"}
+)
 
 
 def _convert_gguf(spec: EmbeddedModel, gguf: Path, target: Path) -> None:
@@ -229,14 +255,19 @@ def load_model(
         spec = EMBEDDED_MODELS[name]
         source = _converted_path(spec)
         if not (source / "config.json").is_file():
+            _check_cache_writable(source)
             with spec.gguf(source.parent) as gguf:
                 _convert_gguf(spec, gguf, source)
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*torch_dtype.*")
-        model = AutoModelForCausalLM.from_pretrained(
-            source, **_dtype_kwarg(dtype), **from_pretrained_kwargs
-        )
+    else:
+        from_pretrained_kwargs = {
+            **from_pretrained_kwargs,
+            **hub_options(name, from_pretrained_kwargs),
+        }
+    located = {k: v for k, v in from_pretrained_kwargs.items() if k in _LOCATION_KEYS}
+    tokenizer = AutoTokenizer.from_pretrained(source, **located)
+    model = AutoModelForCausalLM.from_pretrained(
+        source, **_dtype_kwarg(dtype), **from_pretrained_kwargs
+    )
     if device is not None and "device_map" not in from_pretrained_kwargs:
         model.to(torch.device(device))  # type: ignore[arg-type]
     model.eval()

@@ -10,6 +10,7 @@ from pathlib import Path
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from emovec._files import check_writable
 from emovec.models import cache_dir
 from emovec.vectors import EmotionVectors
 
@@ -56,7 +57,8 @@ def vectors_for(
         return EmotionVectors.load(path)
     from emovec.extraction import extract
 
+    target = check_writable(cache_dir() / "vectors" / _file_name(model_name))  # before minutes
     _log.warning("No prebuilt vectors for %s; extracting them from the shipped pairs.", model_name)
     vectors = extract(model, tokenizer, model_name=model_name)
-    vectors.save(cache_dir() / "vectors" / _file_name(model_name))
+    vectors.save(target)
     return vectors

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from emovec import _format
+from emovec import _format, _similarity
 from emovec._checks import DIRECTION_RATIO_RANGE, validate_bank
 from emovec._combination import Scale, SteeringVector
 from emovec._format import EMOTION_PREFIX, FORMAT, VectorFileError
@@ -257,6 +257,22 @@ class EmotionVectors(Mapping[str, "SteeringVector"]):
             f"num_layers={self.num_layers}, hidden_size={self.hidden_size}, "
             f"recommended_layers={shown})"
         )
+
+    def _repr_html_(self) -> str:
+        """The bank as a compact HTML table, for notebooks."""
+        shape = (self.num_layers, self.hidden_size)
+        return _similarity.bank_html(
+            self.model_name, self.emotions, shape, self._recommended_layers, self.placements
+        )
+
+    def similarity(self, layers: Sequence[int] | None = None) -> _similarity.Similarity:
+        """Cosine similarities between the emotions, averaged over a layer band.
+
+        Each layer's cosine counts the same (vectors grow with depth). Default band: the
+        recommended layers, else all. The result has ``matrix``, ``to_markdown()`` and
+        ``plot()``.
+        """
+        return _similarity.similarity(self._vectors, layers, self._recommended_layers)
 
     # --- transformations --------------------------------------------------------------
 

@@ -199,10 +199,17 @@ ARCHITECTURES: dict[str, tuple[Callable[..., object], type[nn.Module], str]] = {
         tf.Qwen2ForCausalLM,
         "model.layers",
     ),
-    "qwen3": (
-        lambda **o: tf.Qwen3Config(**{**_DECODER, "head_dim": 8, **o}),
-        tf.Qwen3ForCausalLM,
-        "model.layers",
+    # Qwen3 arrived in transformers 4.51.
+    **(
+        {
+            "qwen3": (
+                lambda **o: tf.Qwen3Config(**{**_DECODER, "head_dim": 8, **o}),
+                tf.Qwen3ForCausalLM,
+                "model.layers",
+            )
+        }
+        if hasattr(tf, "Qwen3ForCausalLM")
+        else {}
     ),
     "gemma": (
         lambda **o: tf.GemmaConfig(**{**_GEMMA, **o}),
@@ -222,7 +229,10 @@ ARCHITECTURES: dict[str, tuple[Callable[..., object], type[nn.Module], str]] = {
     "gemma3_multimodal": (
         _gemma3_multimodal_config,
         tf.Gemma3ForConditionalGeneration,
-        "model.language_model.layers",
+        # transformers 4.52 nested the towers under .model (and added Gemma3Model).
+        "model.language_model.layers"
+        if hasattr(tf, "Gemma3Model")
+        else "language_model.model.layers",
     ),
     "phi3": (
         lambda **o: tf.Phi3Config(**{**_DECODER, **o}),

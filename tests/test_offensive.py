@@ -192,7 +192,10 @@ class _Push(LogitsProcessor):
 def _generate(
     model: nn.Module, tokenizer: PreTrainedTokenizerFast, **kwargs: object
 ) -> list[list[int]]:
-    batch = tokenizer(["i was", "we were very"], return_tensors="pt", padding=True)
+    # (No token_type_ids: transformers 4.5x's fast tokenizers return them, generate refuses.)
+    batch = tokenizer(
+        ["i was", "we were very"], return_tensors="pt", padding=True, return_token_type_ids=False
+    )
     with torch.inference_mode():
         out = model.generate(  # type: ignore[operator]
             **batch, max_new_tokens=12, do_sample=False, pad_token_id=0, **kwargs

@@ -50,3 +50,20 @@ def test_cached_vectors_are_found_after_the_shipped_ones(_empty_cache: Path) -> 
 
 def test_version_is_the_installed_metadata_version() -> None:
     assert emovec.__version__ == importlib.metadata.version("emovec")
+
+
+def test_an_unwritable_cache_fails_before_extracting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No minutes of extraction lost to a cache that cannot be written."""
+    from emovec import prebuilt
+    from emovec._files import NotWritableError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("EMOVEC_CACHE", str(blocker / "cache"))
+    calls: list[object] = []
+    monkeypatch.setattr("emovec.extraction.extract", lambda *a, **k: calls.append(a))
+    with pytest.raises(NotWritableError):
+        prebuilt.vectors_for(object(), object(), "nobody/unknown-model")  # type: ignore[arg-type]
+    assert calls == []

@@ -72,10 +72,11 @@ def calibrated_repetition_penalty(vectors: EmotionVectors) -> float:
     """The repetition penalty the bank's placements were calibrated under (1 if none).
 
     The placements' strengths hold for the decoding they were found with; decoding the
-    steered model the same way keeps them valid.
+    steered model the same way keeps them valid (all of that decoding:
+    :meth:`Decoding.calibrated <emovec.generation.Decoding.calibrated>`, or
+    :meth:`~emovec.vectors.EmotionVectors.generation_kwargs` for ``model.generate``).
     """
-    decoding = vectors.settings.get("calibration", {}).get("decoding", {})
-    return float(decoding.get("repetition_penalty", 1.0))
+    return Decoding.calibrated(vectors).repetition_penalty
 
 
 def candidate_bands(num_layers: int, width: int | None = None) -> list[tuple[int, ...]]:

@@ -7,11 +7,13 @@ an optional dependency imported only when used.
 
 from __future__ import annotations
 
+import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
-from typing import Any
+from importlib import resources
+from types import MappingProxyType
 
 import numpy as np
 import torch
@@ -87,14 +89,18 @@ def is_degenerate(text: str, threshold: float = 0.5, min_words: int = 8) -> bool
 
 
 @lru_cache(maxsize=1)
-def _nrc() -> Any:
+def _nrc() -> Mapping[str, frozenset[str]]:
+    """The NRC lexicon bundled with nrclex: word → its affect categories, read once and
+    immutable (nothing is shared that a caller could change)."""
     try:
-        from nrclex import NRCLex
-    except ImportError as err:
+        data = resources.files("nrclex.data").joinpath("nrc_en.json")
+    except ModuleNotFoundError as err:
         raise ImportError("Lexicon intensity needs nrclex: pip install --no-deps nrclex") from err
-    # None selects the lexicon bundled in the package; only the token-list path is used
-    # later, since the raw-text path needs TextBlob and its NLTK corpora.
-    return NRCLex(None)
+    # Only the lexicon file is read: nrclex's raw-text path needs TextBlob and NLTK corpora.
+    entries = json.loads(data.read_text(encoding="utf-8"))
+    return MappingProxyType(
+        {str(word): frozenset(map(str, emotions)) for word, emotions in entries.items()}
+    )
 
 
 def lexicon_intensity(texts: Sequence[str], emotion: str) -> np.ndarray:
@@ -117,16 +123,13 @@ def lexicon_intensity(texts: Sequence[str], emotion: str) -> np.ndarray:
     """
     if emotion not in NRC_EMOTIONS:
         raise ValueError(f"Unknown emotion {emotion!r}; the NRC lexicon has {list(NRC_EMOTIONS)}.")
-    nrc = _nrc()
+    lexicon = _nrc()
+    none: frozenset[str] = frozenset()
     densities = np.zeros(len(texts))
     for i, text in enumerate(texts):
         tokens = _WORD.findall(text.lower())
-        if not tokens:
-            continue
-        nrc.load_token_list(tokens)
-        entries: dict[str, list[str]] = nrc.affect_dict
-        hits = sum(emotion in entries.get(token, ()) for token in tokens)
-        densities[i] = hits / len(tokens)
+        if tokens:
+            densities[i] = sum(emotion in lexicon.get(t, none) for t in tokens) / len(tokens)
     return densities
 
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import torch
@@ -109,27 +109,34 @@ def _generate_all(
         rows = [_mix(c, vectors) for _, c in batch]
         queries = [_query_for(c, q, vectors) for q, c in batch]
         systems = [_system_for(c, vectors) for _, c in batch]
-        generate: dict[str, Any] = {
-            "max_new_tokens": decoding.max_new_tokens,
-            "batch_size": len(batch),
-            "do_sample": decoding.do_sample,
-            "temperature": decoding.temperature,
-            "top_p": decoding.top_p,
-            "seed": decoding.seed + number * batch_size,
-            "repetition_penalty": decoding.repetition_penalty,
-            "clean": clean,
-            "systems": systems,
-        }
+        # Each batch samples from its own seed, as if the jobs were one long batch.
+        seeded = replace(decoding, seed=decoding.seed + number * batch_size)
         if key is not None and any(rows):
             positions, method, guidance = key
             options = {"layers": layers, "positions": positions, "method": method}
             # The sweep goes past the dose guard on purpose; the report records each dose.
             with steer(model, vectors, rows=rows, max_dose=math.inf, **options) as steering:
                 texts = generate_answers(
-                    model, tokenizer, queries, steering=steering, guidance=guidance, **generate
+                    model,
+                    tokenizer,
+                    queries,
+                    decoding=seeded,
+                    batch_size=len(batch),
+                    clean=clean,
+                    systems=systems,
+                    steering=steering,
+                    guidance=guidance,
                 )
         else:
-            texts = generate_answers(model, tokenizer, queries, **generate)
+            texts = generate_answers(
+                model,
+                tokenizer,
+                queries,
+                decoding=seeded,
+                batch_size=len(batch),
+                clean=clean,
+                systems=systems,
+            )
         for i, text in zip(indices, texts, strict=True):
             answers[i] = text
     return answers
@@ -273,7 +280,9 @@ def evaluate(
             "scorer": type(scorer).__name__,
             "rivals": rivals,
             "bank_emotions": list(vectors.emotions),
-            "layers": list(layers) if layers is not None else list(vectors.layers or []),
+            "layers": list(layers)
+            if layers is not None
+            else list(vectors.recommended_layers or []),
             "placements": {}
             if layers is not None
             else {e: p.to_dict() for e, p in vectors.placements.items()},

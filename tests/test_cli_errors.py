@@ -1,0 +1,203 @@
+"""The command line fails cleanly (one line on stderr, exit status 2, checked before the long
+work), and its decoding options default to the library's, as the vectors were calibrated."""
+
+from __future__ import annotations
+
+import json
+from inspect import signature
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import build_model, build_tokenizer, random_bank
+
+from emovec import EmotionVectors, cli
+from emovec.cli import main
+from emovec.evaluation import evaluate
+from emovec.evaluation.calibration import DEFAULT_DECODING
+from emovec.generation import Decoding
+
+SHIPPED_BANK = Path(__file__).parent.parent / "vectors" / "smollm2-135m-instruct.safetensors"
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EMOVEC_CACHE", str(tmp_path / "emovec-cache"))
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _one_error_line(err: str) -> str:
+    """The error: the last line of stderr and its only one (before it: progress, timing)."""
+    assert "Traceback" not in err
+    [line] = [line for line in err.splitlines() if "error" in line.lower()]
+    assert line.startswith("emovec: error: ") and err.rstrip().endswith(line), err
+    return line
+
+
+@pytest.fixture
+def no_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading a model fails the test: the command must stop before it."""
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the model was loaded before the output was checked")
+
+    monkeypatch.setattr(cli, "load_model", refuse)
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("model") / "tiny"
+    build_model("llama").save_pretrained(folder)
+    build_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def unwritable(tmp_path: Path) -> Path:
+    """A path no one can write below (its parent is a file), also when running as root."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    return blocker / "out"
+
+
+# --- errors -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        PermissionError(13, "Permission denied", "/models/tiny"),
+        OSError(28, "No space left on device"),
+        ModuleNotFoundError("The embedded model needs its weights.\n    pip install x"),
+    ],
+)
+def test_os_errors_are_one_line_and_status_2(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
+    def fail(*args: Any, **kwargs: Any) -> Any:
+        raise error
+
+    monkeypatch.setattr(cli, "load_model", fail)
+    code, out, err = run(capsys, "generate", "hi")
+    assert (code, out) == (2, "")
+    line = _one_error_line(err)
+    assert str(error).splitlines()[0] in line
+    if isinstance(error, ModuleNotFoundError):
+        assert line.endswith("needs its weights. pip install x")
+
+
+def test_a_damaged_vector_file_is_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, tiny_folder: Path
+) -> None:
+    damaged = tmp_path / "damaged.safetensors"
+    damaged.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{not json")
+    code, _, err = run(capsys, "generate", "hi", "--model", tiny_folder, "--vectors", damaged)
+    assert code == 2
+    _one_error_line(err)
+
+
+def test_an_interrupt_is_reported_without_a_traceback(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def interrupt(*args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "load_model", interrupt)
+    code, _, err = run(capsys, "generate", "hi")
+    assert code == 130
+    assert err.strip() == "emovec: interrupted"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["eval", "--out", "{out}"],
+        ["eval", "--vectors", "{out}/v.safetensors", "--store-recommendation"],
+        ["calibrate", "--out", "{out}/v.safetensors"],
+        ["calibrate", "--out", "{tmp}/v.safetensors", "--report", "{out}"],
+        ["rescore", "{tmp}/report.json", "--out", "{out}"],
+    ],
+)
+def test_unwritable_outputs_fail_before_the_long_work(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    unwritable: Path,
+    no_model: None,
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
+) -> None:
+    def no_report(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the report was read before the output was checked")
+
+    monkeypatch.setattr("emovec.evaluation.EvaluationReport.from_json", no_report)
+    given = [a.format(out=unwritable, tmp=tmp_path) for a in argv]
+    code, _, err = run(capsys, *given)
+    assert code == 2
+    assert str(unwritable) in _one_error_line(err)
+
+
+# --- inputs a decoder-only model refuses ----------------------------------------------------
+
+
+def test_generate_with_a_tokenizer_that_returns_token_type_ids(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    folder = tmp_path / "tiny"
+    build_model("llama").save_pretrained(folder)
+    build_tokenizer().save_pretrained(folder)
+    config = folder / "tokenizer_config.json"
+    settings = json.loads(config.read_text())
+    settings["model_input_names"] = ["input_ids", "token_type_ids", "attention_mask"]
+    config.write_text(json.dumps(settings))
+    bank = tmp_path / "bank.safetensors"
+    random_bank(3, 32, ("joy",)).save(bank)
+    argv = ["--model", folder, "--vectors", bank, "--max-new-tokens", 2]
+    code, out, err = run(capsys, "generate", "some words", "--emotion", "joy=1", *argv)
+    assert code == 0, err
+    assert out.strip()
+    code, out, err = run(capsys, "demo", "--prompt", "a b", "--emotions", "joy", *argv)
+    assert code == 0, err
+
+
+# --- defaults: the library's, and the decoding the bank was calibrated with ---------------
+
+
+def test_decoding_options_default_to_the_calibrated_decoding() -> None:
+    parser = cli.build_parser()
+    shipped = EmotionVectors.load(SHIPPED_BANK)
+    bare = random_bank(3, 32, ("joy",))
+    for command in (["generate", "hi"], ["demo"], ["eval"]):
+        args = parser.parse_args(command)
+        assert args.max_new_tokens == Decoding().max_new_tokens
+        assert cli._decoding(args, bare) == Decoding()
+        assert cli._decoding(args, shipped) == Decoding(repetition_penalty=1.15)
+    args = parser.parse_args(
+        ["generate", "hi", "--sample", "--temperature", "0.5", "--top-p", "0.8", "--seed", "3"]
+    )
+    assert cli._decoding(args, shipped) == Decoding(
+        do_sample=True, temperature=0.5, top_p=0.8, seed=3, repetition_penalty=1.15
+    )
+    args = parser.parse_args(["eval", "--repetition-penalty", "1", "--max-new-tokens", "5"])
+    assert cli._decoding(args, shipped) == Decoding(max_new_tokens=5)
+    sampled = bare.with_settings(calibration={"decoding": {"do_sample": True, "temperature": 0.5}})
+    assert cli._decoding(parser.parse_args(["generate", "hi"]), sampled).do_sample is True
+    args = parser.parse_args(["generate", "hi", "--no-sample"])
+    assert cli._decoding(args, sampled).do_sample is False
+
+
+def test_eval_and_calibrate_defaults_are_the_library_defaults() -> None:
+    parser = cli.build_parser()
+    defaults = signature(evaluate).parameters
+    args = parser.parse_args(["eval"])
+    assert args.alphas == list(defaults["alphas"].default)
+    assert args.batch_size == defaults["batch_size"].default
+    assert args.positions is None  # as calibrated: "all" would override the placements
+    args = parser.parse_args(["calibrate"])
+    assert args.max_new_tokens == DEFAULT_DECODING.max_new_tokens
+    assert args.repetition_penalty == DEFAULT_DECODING.repetition_penalty
