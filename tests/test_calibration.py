@@ -994,7 +994,7 @@ def test_cli_calibrate_defaults_are_the_library_defaults(
     --instructions asks for each setting with and without the instruction."""
     import inspect
 
-    from emovec import cli
+    from emovec import _cli_commands
 
     defaults = inspect.signature(calibrate).parameters
     args = build_parser().parse_args(["calibrate"])
@@ -1012,7 +1012,7 @@ def test_cli_calibrate_defaults_are_the_library_defaults(
         seen.append(kwargs)
         raise ValueError("stop here")
 
-    monkeypatch.setattr(cli, "_load", lambda args: setup)
+    monkeypatch.setattr(_cli_commands, "_load", lambda args: setup)
     monkeypatch.setattr(calibration_module, "calibrate", fake_calibrate)
     out = str(tmp_path / "out.safetensors")
     assert main(["calibrate", "--out", out]) == 2

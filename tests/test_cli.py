@@ -551,19 +551,19 @@ def test_tolerance_options_default_to_the_library_tolerance(
     """The defaults are read from Tolerance(), so changing the library changes the CLI."""
     from dataclasses import asdict, replace
 
-    from emovec import cli
+    from emovec import _cli_options, cli
     from emovec.evaluation import Tolerance
 
     options = ["min_topic_ratio", "max_offensive_increase", "max_degenerate_increase"]
     options.append("max_perplexity_ratio")
     args = cli.build_parser().parse_args([command])
     assert {k: getattr(args, k) for k in options} == asdict(Tolerance())
-    assert cli._tolerance(args) == Tolerance()
+    assert _cli_options._tolerance(args) == Tolerance()
     assert args.clean is True
     other = replace(Tolerance(), min_topic_ratio=0.5, max_offensive_increase=0.125)
-    monkeypatch.setattr(cli, "_TOLERANCE", other)
+    monkeypatch.setattr(_cli_options, "_TOLERANCE", other)
     args = cli.build_parser().parse_args([command, "--no-clean", "--max-perplexity-ratio", "3"])
-    assert cli._tolerance(args) == replace(other, max_perplexity_ratio=3.0)
+    assert _cli_options._tolerance(args) == replace(other, max_perplexity_ratio=3.0)
     assert args.clean is False
 
 

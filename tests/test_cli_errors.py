@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from conftest import build_model, build_tokenizer, random_bank
 
-from emovec import EmotionVectors, cli
+from emovec import EmotionVectors, _cli_options, cli
 from emovec.cli import main
 from emovec.evaluation import evaluate
 from emovec.evaluation.calibration import DEFAULT_DECODING
@@ -47,7 +47,7 @@ def no_model(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("the model was loaded before the output was checked")
 
-    monkeypatch.setattr(cli, "load_model", refuse)
+    monkeypatch.setattr(_cli_options, "load_model", refuse)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def test_os_errors_are_one_line_and_status_2(
     def fail(*args: Any, **kwargs: Any) -> Any:
         raise error
 
-    monkeypatch.setattr(cli, "load_model", fail)
+    monkeypatch.setattr(_cli_options, "load_model", fail)
     code, out, err = run(capsys, "generate", "hi")
     assert (code, out) == (2, "")
     line = _one_error_line(err)
@@ -108,7 +108,7 @@ def test_an_interrupt_is_reported_without_a_traceback(
     def interrupt(*args: Any, **kwargs: Any) -> Any:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "load_model", interrupt)
+    monkeypatch.setattr(_cli_options, "load_model", interrupt)
     code, _, err = run(capsys, "generate", "hi")
     assert code == 130
     assert err.strip() == "emovec: interrupted"
@@ -175,20 +175,20 @@ def test_decoding_options_default_to_the_calibrated_decoding() -> None:
     for command in (["generate", "hi"], ["demo"], ["eval"]):
         args = parser.parse_args(command)
         assert args.max_new_tokens == Decoding().max_new_tokens
-        assert cli._decoding(args, bare) == Decoding()
-        assert cli._decoding(args, shipped) == Decoding(repetition_penalty=1.15)
+        assert _cli_options._decoding(args, bare) == Decoding()
+        assert _cli_options._decoding(args, shipped) == Decoding(repetition_penalty=1.15)
     args = parser.parse_args(
         ["generate", "hi", "--sample", "--temperature", "0.5", "--top-p", "0.8", "--seed", "3"]
     )
-    assert cli._decoding(args, shipped) == Decoding(
+    assert _cli_options._decoding(args, shipped) == Decoding(
         do_sample=True, temperature=0.5, top_p=0.8, seed=3, repetition_penalty=1.15
     )
     args = parser.parse_args(["eval", "--repetition-penalty", "1", "--max-new-tokens", "5"])
-    assert cli._decoding(args, shipped) == Decoding(max_new_tokens=5)
+    assert _cli_options._decoding(args, shipped) == Decoding(max_new_tokens=5)
     sampled = bare.with_settings(calibration={"decoding": {"do_sample": True, "temperature": 0.5}})
-    assert cli._decoding(parser.parse_args(["generate", "hi"]), sampled).do_sample is True
+    assert _cli_options._decoding(parser.parse_args(["generate", "hi"]), sampled).do_sample is True
     args = parser.parse_args(["generate", "hi", "--no-sample"])
-    assert cli._decoding(args, sampled).do_sample is False
+    assert _cli_options._decoding(args, sampled).do_sample is False
 
 
 def test_eval_and_calibrate_defaults_are_the_library_defaults() -> None:

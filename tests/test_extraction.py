@@ -682,7 +682,7 @@ def test_cli_extract_to_an_unwritable_destination_fails_before_the_model_loads(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Even for root: a folder below a file, or in /proc, cannot be created."""
-    from emovec import cli
+    from emovec import _cli_options, cli
 
     if "/proc" in where and not Path("/proc/self").is_dir():
         pytest.skip("no /proc here")
@@ -702,7 +702,7 @@ def test_cli_extract_to_an_unwritable_destination_fails_before_the_model_loads(
         loaded.append(args)
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr(cli, "load_model", no_model)
+    monkeypatch.setattr(_cli_options, "load_model", no_model)
     capsys.readouterr()
     code = cli.main(["extract", "--out", str(out), *extra])
     err = capsys.readouterr().err

@@ -23,8 +23,8 @@ import torch
 from conftest import build_model, build_tokenizer
 from transformers import PreTrainedTokenizerFast
 
-from emovec.evaluation import topic as metrics
 from emovec.datasets import default_answer_pairs
+from emovec.evaluation import topic as metrics
 from emovec.evaluation.metrics import (
     NRC_EMOTIONS,
     distinct_n,

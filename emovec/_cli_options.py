@@ -1,0 +1,213 @@
+"""The command line's shared pieces: option groups, parsing, loading the model and bank,
+reports on disk."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from transformers import PreTrainedModel
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from emovec._files import check_writable, write_text
+from emovec.evaluation import Tolerance
+from emovec.generation import Decoding
+from emovec.models import DEFAULT_MODEL, load_model
+from emovec.vectors import EmotionVectors
+
+if TYPE_CHECKING:
+    from emovec.evaluation import EvaluationReport
+
+# The library's tolerance and decoding: the command line's defaults are read from them,
+# never copied.
+
+_TOLERANCE = Tolerance()
+_DECODING = Decoding()
+
+DEMO_PROMPTS = (
+    "Tell me about your morning.",
+    "What do you think of the new shopping centre in town?",
+    "Describe the weather today.",
+)
+
+
+def _parse_strength(text: str) -> tuple[str, float]:
+    emotion, sep, value = text.partition("=")
+    try:
+        if not sep or not emotion:
+            raise ValueError
+        return emotion.strip(), float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected EMOTION=ALPHA such as joy=1 or fear=-0.5, got {text!r}"
+        ) from None
+
+
+def _parse_layers(text: str) -> list[int]:
+    """``"10-19"`` or ``"10,12,15"``."""
+    try:
+        if "-" in text.strip("-"):
+            start, stop = text.split("-", 1)
+            return list(range(int(start), int(stop) + 1))
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a range 10-19 or a list 10,12, got {text!r}"
+        ) from None
+
+
+def _model(
+    name: str | None, device: str | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The model and tokenizer every command loads (one place, one name to replace in tests)."""
+    return load_model(name, device=device)
+
+
+def _load(
+    args: argparse.Namespace,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, EmotionVectors]:
+    from emovec.prebuilt import vectors_for
+
+    started = time.perf_counter()
+    model, tokenizer = _model(args.model)
+    print(
+        f"loaded {args.model or DEFAULT_MODEL} in {time.perf_counter() - started:.1f} s",
+        file=sys.stderr,
+    )
+    if args.vectors:
+        vectors = EmotionVectors.load(args.vectors)
+    else:
+        vectors = vectors_for(model, tokenizer, args.model or DEFAULT_MODEL)
+    return model, tokenizer, vectors
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help=f"model id or path (default: {DEFAULT_MODEL})")
+    parser.add_argument("--vectors", help="vector file (default: the prebuilt one for the model)")
+    parser.add_argument("--layers", type=_parse_layers, help="layers to steer, e.g. 10-19")
+    parser.add_argument("--scale", choices=["relative", "raw"], default="relative")
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=_DECODING.max_new_tokens,
+        help="default: %(default)s",
+    )
+    parser.add_argument(
+        "--repetition-penalty",
+        type=float,
+        help="1 = off; also for plain answers (default: the one the vectors were calibrated "
+        f"with, else {_DECODING.repetition_penalty:g})",
+    )
+
+
+def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
+    """Greedy or sampling (emovec.generation.Decoding); unset: as the vectors were calibrated."""
+    parser.add_argument(
+        "--sample",
+        dest="do_sample",
+        action=argparse.BooleanOptionalAction,
+        help="sample instead of greedy (default: as the vectors were calibrated, else greedy)",
+    )
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        help=f"when sampling (default: as calibrated, else {_DECODING.temperature:g})",
+    )
+    parser.add_argument(
+        "--top-p",
+        type=float,
+        help=f"when sampling (default: as calibrated, else {_DECODING.top_p:g})",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=_DECODING.seed, help="when sampling (default: %(default)s)"
+    )
+
+
+def _add_clean_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-clean",
+        dest="clean",
+        action="store_false",
+        help="let slurs and obscenities through (default: blocked during decoding)",
+    )
+
+
+def _decoding(args: argparse.Namespace, vectors: EmotionVectors) -> Decoding:
+    """The decoding the bank's placements were calibrated with, changed by the options given
+    (each option is named after its field of Decoding)."""
+    given = {field.name: getattr(args, field.name, None) for field in fields(Decoding)}
+    return Decoding.calibrated(vectors, **{k: v for k, v in given.items() if v is not None})
+
+
+def _queries(spec: str | None) -> list[str]:
+    from emovec.datasets import default_queries, read_queries
+
+    if spec is None:
+        return default_queries()
+    if spec.isdigit():
+        return default_queries()[: int(spec)]
+    return read_queries(spec)
+
+
+def _add_tolerance_options(parser: argparse.ArgumentParser) -> None:
+    """How far a steered setting may drift from plain (emovec.evaluation.Tolerance)."""
+    group = parser.add_argument_group("tolerance (how far a setting may drift from plain)")
+    group.add_argument(
+        "--min-topic-ratio",
+        type=float,
+        default=_TOLERANCE.min_topic_ratio,
+        help="least topic retention: answer-query similarity as a share of the plain "
+        "answers' (default: %(default)s)",
+    )
+    group.add_argument(
+        "--max-offensive-increase",
+        type=float,
+        default=_TOLERANCE.max_offensive_increase,
+        help="most share of offensive answers above plain's (default: %(default)s)",
+    )
+    group.add_argument(
+        "--max-degenerate-increase",
+        type=float,
+        default=_TOLERANCE.max_degenerate_increase,
+        help="most share of degenerate answers above plain's (default: %(default)s)",
+    )
+    group.add_argument(
+        "--max-perplexity-ratio",
+        type=float,
+        default=_TOLERANCE.max_perplexity_ratio,
+        help="most median perplexity, as a multiple of plain's (default: %(default)s)",
+    )
+
+
+def _tolerance(args: argparse.Namespace) -> Tolerance:
+    return Tolerance(
+        max_degenerate_increase=args.max_degenerate_increase,
+        max_perplexity_ratio=args.max_perplexity_ratio,
+        min_topic_ratio=args.min_topic_ratio,
+        max_offensive_increase=args.max_offensive_increase,
+    )
+
+
+def _report_folder(folder: str | Path) -> Path:
+    """``folder``, once a report can be written into it (see :func:`_write_report`)."""
+    check_writable(Path(folder) / "report.json")
+    return Path(folder)
+
+
+def _write_report(report: EvaluationReport, out: Path) -> None:
+    report.to_json(out / "report.json")
+    write_text(out / "report.md", report.to_markdown())
+    report.plot(out / "report.png")
+    report.plot_front(out / "front.png")
+    print(report.to_markdown())
+    print(f"wrote {out}/report.json, report.md, report.png, front.png")
+
+
+_SCORER_HELP = (
+    "emotion judge: 'nade' (default), 'prototypes' (zero-shot MiniLM), or a "
+    "text-classification model id/path"
+)
