@@ -1,4 +1,5 @@
-"""The ``emovec`` command line: demo, generate, eval, rescore, extract, calibrate."""
+"""The ``emovec`` command line: demo, generate, eval, rescore, extract, calibrate, and the
+research tools' decode and stimuli."""
 
 from __future__ import annotations
 
@@ -252,6 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
         "answer (answers.json) here",
     )
     cal.set_defaults(run=_calibrate)
+    # The research tools' commands (emovec.analysis), imported here: the CLI is on top.
+    from emovec.analysis._decode_cli import add_decode_parser
+    from emovec.analysis.experiment import add_stimuli_parser
+
+    add_decode_parser(commands)
+    add_stimuli_parser(commands)
     return parser
 
 

@@ -9,6 +9,7 @@ hooks act (the context that applied them) and which positions a forward call hol
 
 from __future__ import annotations
 
+import html
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -195,6 +196,13 @@ class Steering:
     def active(self) -> bool:
         """Whether the steering is applied (it then steers the context that applied it)."""
         return self._key is not None
+
+    def _repr_html_(self) -> str:
+        """One line of HTML for notebooks: where, how and how strongly it steers."""
+        state = "applied" if self.active else "not applied"
+        dose = ", ".join(f"{d:.3g}" for d in self.dose)
+        where = html.escape(f"layers {self.layers}, {self.method}, positions {self.positions}")
+        return f"<div><b>Steering</b> ({state}): {where}, dose {dose}</div>"
 
     def deltas(self) -> list[torch.Tensor]:
         """What each hooked layer's hook adds, in the order of :attr:`layers`.
