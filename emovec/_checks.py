@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 
 from emovec._placement import Placement
 
-__all__ = ["DIRECTION_RATIO_RANGE", "validate_bank"]
+__all__ = [
+    "DIRECTION_RATIO_RANGE",
+    "RESERVED_NAMES",
+    "calibrated_generation_kwargs",
+    "check_name",
+    "validate_bank",
+]
 
 # Plausible ‖vector_l‖ / hidden_norms[l] for a layer where an emotion's vector is not zero.
 # Measured: 0.0049–0.080 in the shipped SmolLM2-135M and Gemma-3-270M banks, 0.056–0.21 in
@@ -78,3 +85,62 @@ def _check_ratios(vectors: Mapping[str, torch.Tensor], hidden_norms: torch.Tenso
                 f"; layers {bad}): the hidden norms are corrupt or belong to other vectors. "
                 "Extract the vectors again."
             )
+
+
+# The keyword parameters of emovec.steer (and its positional ones): an emotion of one of
+# these names could not be given a strength as steer(model, vecs, name=α).
+RESERVED_NAMES: frozenset[str] = frozenset(
+    {
+        "model",
+        "vectors",
+        "strengths",
+        "layers",
+        "blocks",
+        "scale",
+        "positions",
+        "method",
+        "schedule",
+        "rows",
+        "preset",
+        "max_dose",
+        "guard",
+        "block_layers",
+    }
+)
+
+
+def check_name(name: object) -> None:
+    if not isinstance(name, str):
+        raise TypeError(f"Emotion names must be strings, not {name!r}.")
+    if not name or name != name.strip() or not name.isprintable():
+        raise ValueError(
+            f"Emotion name {name!r} cannot be stored: use a non-empty name without control "
+            "characters or surrounding spaces."
+        )
+    if name in RESERVED_NAMES:
+        raise ValueError(
+            f"Emotion name {name!r} is a parameter of emovec.steer, so steer(model, vecs, "
+            f"{name}=...) could not steer it; rename the emotion (reserved: "
+            f"{sorted(RESERVED_NAMES)})."
+        )
+
+
+def calibrated_generation_kwargs(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``model.generate`` keywords of the decoding a bank was calibrated under (see
+    :meth:`emovec.vectors.EmotionVectors.generation_kwargs`)."""
+    calibration = settings.get("calibration")
+    decoding = calibration.get("decoding") if isinstance(calibration, Mapping) else None
+    if not isinstance(decoding, Mapping):
+        return {}
+    sampled = ["do_sample", "temperature", "top_p"] if decoding.get("do_sample") else []
+    try:
+        return {
+            key: bool(decoding[key]) if key == "do_sample" else float(decoding[key])
+            for key in ["repetition_penalty", *sampled]
+            if key in decoding
+        }
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"The bank's calibration decoding {dict(decoding)} is malformed ({err}); "
+            "calibrate the bank again."
+        ) from err

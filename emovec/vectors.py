@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from emovec import _format, _similarity
-from emovec._checks import DIRECTION_RATIO_RANGE, validate_bank
+from emovec import _checks, _format, _similarity
+from emovec._checks import DIRECTION_RATIO_RANGE, RESERVED_NAMES, check_name, validate_bank
 from emovec._combination import Scale, SteeringVector
 from emovec._format import EMOTION_PREFIX, FORMAT, VectorFileError
 from emovec._placement import Placement, layer_indices
@@ -37,44 +37,6 @@ __all__ = [
     "SteeringVector",
     "VectorFileError",
 ]
-
-
-# The keyword parameters of emovec.steer (and its positional ones): an emotion of one of
-# these names could not be given a strength as steer(model, vecs, name=α).
-RESERVED_NAMES: frozenset[str] = frozenset(
-    {
-        "model",
-        "vectors",
-        "strengths",
-        "layers",
-        "blocks",
-        "scale",
-        "positions",
-        "method",
-        "schedule",
-        "rows",
-        "preset",
-        "max_dose",
-        "guard",
-        "block_layers",
-    }
-)
-
-
-def _check_name(name: object) -> None:
-    if not isinstance(name, str):
-        raise TypeError(f"Emotion names must be strings, not {name!r}.")
-    if not name or name != name.strip() or not name.isprintable():
-        raise ValueError(
-            f"Emotion name {name!r} cannot be stored: use a non-empty name without control "
-            "characters or surrounding spaces."
-        )
-    if name in RESERVED_NAMES:
-        raise ValueError(
-            f"Emotion name {name!r} is a parameter of emovec.steer, so steer(model, vecs, "
-            f"{name}=...) could not steer it; rename the emotion (reserved: "
-            f"{sorted(RESERVED_NAMES)})."
-        )
 
 
 _UNSET: Any = object()
@@ -130,7 +92,7 @@ class EmotionVectors(Mapping[str, "SteeringVector"]):
         if not vectors:
             raise ValueError("An EmotionVectors bank needs at least one emotion.")
         for name, vector in vectors.items():
-            _check_name(name)
+            check_name(name)
             if not isinstance(vector, torch.Tensor):
                 raise TypeError(f"Emotion {name!r}'s vector must be a tensor, not {vector!r}.")
         if not isinstance(hidden_norms, torch.Tensor):
@@ -232,22 +194,7 @@ class EmotionVectors(Mapping[str, "SteeringVector"]):
         Raises:
             ValueError: If the recorded decoding is malformed.
         """
-        calibration = self.settings.get("calibration")
-        decoding = calibration.get("decoding") if isinstance(calibration, Mapping) else None
-        if not isinstance(decoding, Mapping):
-            return {}
-        sampled = ["do_sample", "temperature", "top_p"] if decoding.get("do_sample") else []
-        try:
-            return {
-                key: bool(decoding[key]) if key == "do_sample" else float(decoding[key])
-                for key in ["repetition_penalty", *sampled]
-                if key in decoding
-            }
-        except (TypeError, ValueError) as err:
-            raise ValueError(
-                f"The bank's calibration decoding {dict(decoding)} is malformed ({err}); "
-                "calibrate the bank again."
-            ) from err
+        return _checks.calibrated_generation_kwargs(self.settings)
 
     def __repr__(self) -> str:
         band = self._recommended_layers
