@@ -314,11 +314,9 @@ def test_terminal_view_colours_each_word() -> None:
 # --- stimuli and bad input --------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("placement", "stimulus_at"), [("after", (3, 4, 5)), ("before", (0, 1, 2))]
-)
+@pytest.mark.parametrize(("side", "stimulus_at"), [("after", (3, 4, 5)), ("before", (0, 1, 2))])
 def test_stimulus_share_finds_the_stimulus_where_it_was_placed(
-    placement: str, stimulus_at: tuple[int, ...]
+    side: str, stimulus_at: tuple[int, ...]
 ) -> None:
     tokenizer = build_tokenizer()
     vocab = tokenizer.get_vocab()
@@ -330,7 +328,7 @@ def test_stimulus_share_finds_the_stimulus_where_it_was_placed(
         "i felt proud.",
         " happy",
         ["Proud"],
-        placement=placement,  # type: ignore[arg-type]
+        side=side,  # type: ignore[arg-type]
     )
     assert shares.stimulus_words == stimulus_at
     assert shares.positive_words == (stimulus_at[2],)
@@ -349,5 +347,5 @@ def test_bad_input_says_what_to_do() -> None:
         word_importance(model, tokenizer, PROMPT, "")
     with pytest.raises(ValueError, match="BOS"):
         word_importance(model, build_tokenizer(bos=False), "home", " home", method="deletion")
-    with pytest.raises(ValueError, match="placement"):
-        stimulus_share(model, tokenizer, "a", "b", " c", [], placement="inside")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="side"):
+        stimulus_share(model, tokenizer, "a", "b", " c", [], side="inside")  # type: ignore[arg-type]

@@ -242,7 +242,7 @@ def stimulus_share(
     target: str,
     positive_words: Iterable[str],
     *,
-    placement: Literal["after", "before"] = "after",
+    side: Literal["after", "before"] = "after",
     method: Method = "gradient",
     chat: bool = False,
     batch_size: int = 8,
@@ -257,25 +257,25 @@ def stimulus_share(
         target: The continuation whose loss is measured (see :func:`word_importance`).
         positive_words: The stimulus's positive words (matched as :meth:`WordImportance.share`
             matches, but only within the stimulus).
-        placement: ``"after"`` the task (EmotionPrompt: ``task + " " + stimulus``) or
+        side: ``"after"`` the task (EmotionPrompt: ``task + " " + stimulus``) or
             ``"before"`` it (EmotionAttack: ``stimulus + " " + task``).
         method: ``"gradient"`` or ``"deletion"``.
         chat: Frame the prompt with the tokenizer's chat template.
         batch_size: Prompts per forward pass for ``"deletion"``.
 
     Raises:
-        ValueError: an empty task or stimulus, an unknown placement, or a positive word that is
+        ValueError: an empty task or stimulus, an unknown side, or a positive word that is
             not in the stimulus.
     """
     task_words, stimulus_count = len(word_spans(task_prompt)), len(word_spans(stimulus_text))
     if not task_words or not stimulus_count:
         raise ValueError("Give a task and a stimulus with at least one word each.")
-    if placement == "after":
+    if side == "after":
         prompt, first = f"{task_prompt} {stimulus_text}", task_words
-    elif placement == "before":
+    elif side == "before":
         prompt, first = f"{stimulus_text} {task_prompt}", 0
     else:
-        raise ValueError(f"placement must be 'after' or 'before', got {placement!r}.")
+        raise ValueError(f"side must be 'after' or 'before', got {side!r}.")
     result = word_importance(
         model, tokenizer, prompt, target, method=method, chat=chat, batch_size=batch_size
     )
