@@ -121,7 +121,8 @@ def bank_html(
     header = "".join(f"<th>{name}</th>" for name in columns)
     return (
         f"<div><b>EmotionVectors</b> of <code>{html.escape(model_name)}</code>: "
-        f"{len(emotions)} emotions, {shape[0]} layers × {shape[1]} hidden, recommended "
+        f"{len(emotions)} emotion{'' if len(emotions) == 1 else 's'}, "
+        f"{shape[0]} layers × {shape[1]} hidden, recommended "
         f"layers {html.escape(band)}"
         f"<table><thead><tr>{header}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
     )

@@ -84,7 +84,7 @@ def save_figure(figure: Figure, path: str | Path, *, dpi: int = 110) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path, suffix=".png") as staging:
-        figure.savefig(staging, dpi=dpi, format="png")
+        figure.savefig(staging, dpi=dpi, format="png", bbox_inches="tight")  # legends kept whole
     return path
 
 
