@@ -40,16 +40,22 @@ NORM_PATH = {
     "gpt2": "transformer.ln_f",
     "gpt_neox": "gpt_neox.final_layer_norm",
     "falcon": "transformer.ln_f",
-    "gemma3_multimodal": "model.language_model.norm",
+    # transformers 5.x nests the text model under model.language_model, 4.5x under
+    # language_model.model.
+    "gemma3_multimodal": "model.language_model.norm|language_model.model.norm",
 }
 HAPPY, RAGE = VOCAB["happy"], VOCAB["rage"]
 
 
-def _module(model: nn.Module, path: str) -> nn.Module:
-    module = model
-    for part in path.split("."):
-        module = getattr(module, part)
-    return module
+def _module(model: nn.Module, paths: str) -> nn.Module:
+    """The module at the first of the ``|``-separated dotted paths that exists."""
+    for path in paths.split("|"):
+        module: object = model
+        for part in path.split("."):
+            module = getattr(module, part, None)
+        if isinstance(module, nn.Module):
+            return module
+    raise AttributeError(f"None of {paths} is a module of {type(model).__name__}.")
 
 
 def _unembedding(model: nn.Module) -> torch.Tensor:
