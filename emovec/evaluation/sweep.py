@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, replace
+from functools import partial
 from typing import Any
 
 import torch
@@ -111,32 +112,24 @@ def _generate_all(
         systems = [_system_for(c, vectors) for _, c in batch]
         # Each batch samples from its own seed, as if the jobs were one long batch.
         seeded = replace(decoding, seed=decoding.seed + number * batch_size)
+        answer = partial(
+            generate_answers,
+            model,
+            tokenizer,
+            queries,
+            decoding=seeded,
+            batch_size=len(batch),
+            clean=clean,
+            systems=systems,
+        )
         if key is not None and any(rows):
             positions, method, guidance = key
             options = {"layers": layers, "positions": positions, "method": method}
             # The sweep goes past the dose guard on purpose; the report records each dose.
             with steer(model, vectors, rows=rows, max_dose=math.inf, **options) as steering:
-                texts = generate_answers(
-                    model,
-                    tokenizer,
-                    queries,
-                    decoding=seeded,
-                    batch_size=len(batch),
-                    clean=clean,
-                    systems=systems,
-                    steering=steering,
-                    guidance=guidance,
-                )
+                texts = answer(steering=steering, guidance=guidance)
         else:
-            texts = generate_answers(
-                model,
-                tokenizer,
-                queries,
-                decoding=seeded,
-                batch_size=len(batch),
-                clean=clean,
-                systems=systems,
-            )
+            texts = answer()
         for i, text in zip(indices, texts, strict=True):
             answers[i] = text
     return answers
