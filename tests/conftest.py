@@ -458,3 +458,19 @@ def require_packages(*modules: str) -> None:
         if os.environ.get("CI"):
             pytest.fail(f"{missing} not installed: scripts/setup.sh installs them")
         pytest.skip(f"{missing} not installed (scripts/setup.sh installs them)")
+
+
+# --- small hand-made banks (the vector tests) -------------------------------------------
+
+BANK_LAYERS, BANK_HIDDEN = 4, 8
+
+
+def bank_tensors(*emotions: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random ``[BANK_LAYERS, BANK_HIDDEN]`` vectors for ``emotions``."""
+    g = torch.Generator().manual_seed(seed)
+    return {e: torch.randn(BANK_LAYERS, BANK_HIDDEN, generator=g) for e in emotions}
+
+
+def bank_norms() -> torch.Tensor:
+    """Hidden norms 1, 2, …, BANK_LAYERS."""
+    return torch.arange(1, BANK_LAYERS + 1, dtype=torch.float32)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import random_bank
+from conftest import BANK_HIDDEN, BANK_LAYERS, bank_norms, bank_tensors, random_bank
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -17,16 +17,7 @@ import emovec._format
 from emovec import EmotionVectors
 from emovec.vectors import FORMAT, Placement, VectorFileError
 
-L, H = 4, 8
-
-
-def _vectors(*emotions: str, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return {e: torch.randn(L, H, generator=g) for e in emotions}
-
-
-def _norms() -> torch.Tensor:
-    return torch.arange(1, L + 1, dtype=torch.float32)
+L, H = BANK_LAYERS, BANK_HIDDEN
 
 
 # --- round trip and atomic writes ----------------------------------------------------
@@ -34,7 +25,7 @@ def _norms() -> torch.Tensor:
 
 def _full_bank() -> EmotionVectors:
     return EmotionVectors(
-        _vectors("joy", "anger", "sadness", seed=3),
+        bank_tensors("joy", "anger", "sadness", seed=3),
         torch.tensor([0.5, 1.25, 3.0, 7.5]),
         model_name="org/tiny-model",
         recommended_layers=[1, 2],
@@ -60,7 +51,7 @@ def test_save_load_round_trip_is_exact(tmp_path: Path) -> None:
 
 
 def test_round_trip_without_recommended_layers(tmp_path: Path) -> None:
-    bank = EmotionVectors(_vectors("joy"), _norms(), model_name="m")
+    bank = EmotionVectors(bank_tensors("joy"), bank_norms(), model_name="m")
     loaded = EmotionVectors.load(bank.save(str(tmp_path / "b.safetensors")))
     assert loaded.recommended_layers is None and loaded.settings == {}
 
@@ -105,7 +96,7 @@ def test_failed_save_keeps_the_previous_file(
 
     monkeypatch.setattr(emovec._format, "save_file", failing_save_file)
     with pytest.raises(RuntimeError):
-        EmotionVectors(_vectors("fear"), _norms(), model_name="new").save(target)
+        EmotionVectors(bank_tensors("fear"), bank_norms(), model_name="new").save(target)
     assert target.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bank.safetensors"]
 
@@ -169,7 +160,9 @@ def test_loading_an_incomplete_emovec_file(tmp_path: Path) -> None:
         "settings": "{}",
     }
     save_file(
-        {"emotion.joy": torch.ones(L, H), "hidden_norms": _norms()}, str(path), metadata=metadata
+        {"emotion.joy": torch.ones(L, H), "hidden_norms": bank_norms()},
+        str(path),
+        metadata=metadata,
     )
     with pytest.raises(VectorFileError, match="incomplete"):
         EmotionVectors.load(path)
@@ -215,7 +208,7 @@ def test_files_written_before_placements_load_without_them(tmp_path: Path) -> No
         "settings": "{}",
     }
     vector = torch.randn(L, H)
-    save_file({"emotion.joy": vector, "hidden_norms": _norms()}, str(path), metadata=metadata)
+    save_file({"emotion.joy": vector, "hidden_norms": bank_norms()}, str(path), metadata=metadata)
     loaded = EmotionVectors.load(path)
     assert loaded.placements == {}
     assert loaded.recommended_layers == (1,) and torch.equal(loaded.vector("joy"), vector)
@@ -242,8 +235,8 @@ def _old_metadata(**changes: str) -> dict[str, str]:
 
 
 def _old_tensors() -> dict[str, torch.Tensor]:
-    return {f"emotion.{e}": v for e, v in _vectors("joy", "fear").items()} | {
-        "hidden_norms": _norms()
+    return {f"emotion.{e}": v for e, v in bank_tensors("joy", "fear").items()} | {
+        "hidden_norms": bank_norms()
     }
 
 
@@ -323,9 +316,9 @@ def test_lenient_metadata_is_refused_naming_the_file(
             r"holds tensors \['extra'\] its metadata does not declare",
         ),
         (lambda t: t.update({"emotion.fear": torch.ones(L, H + 1)}), "expected F32"),
-        (lambda t: t.update(hidden_norms=_norms().double()), "F64"),
-        (lambda t: t.update(hidden_norms=_norms().half()), "F16"),
-        (lambda t: t.update(hidden_norms=_norms()[None]), r"\[1, 4\]"),
+        (lambda t: t.update(hidden_norms=bank_norms().double()), "F64"),
+        (lambda t: t.update(hidden_norms=bank_norms().half()), "F16"),
+        (lambda t: t.update(hidden_norms=bank_norms()[None]), r"\[1, 4\]"),
     ],
 )
 def test_tensors_must_be_exactly_the_declared_ones(

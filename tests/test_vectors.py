@@ -7,21 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import random_bank
+from conftest import BANK_HIDDEN, BANK_LAYERS, bank_norms, bank_tensors, random_bank
 
 from emovec import EmotionVectors, SteeringVector
 from emovec.vectors import DIRECTION_RATIO_RANGE, RESERVED_NAMES, Placement, Scale
 
-L, H = 4, 8
-
-
-def _vectors(*emotions: str, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return {e: torch.randn(L, H, generator=g) for e in emotions}
-
-
-def _norms() -> torch.Tensor:
-    return torch.arange(1, L + 1, dtype=torch.float32)
+L, H = BANK_LAYERS, BANK_HIDDEN
 
 
 # --- construction ---------------------------------------------------------------------
@@ -29,27 +20,27 @@ def _norms() -> torch.Tensor:
 
 def test_empty_bank_is_rejected() -> None:
     with pytest.raises(ValueError, match="at least one emotion"):
-        EmotionVectors({}, _norms(), model_name="m")
+        EmotionVectors({}, bank_norms(), model_name="m")
 
 
 def test_mismatched_shapes_are_rejected() -> None:
-    vectors = _vectors("joy", "fear")
+    vectors = bank_tensors("joy", "fear")
     vectors["fear"] = torch.randn(L, H + 1)
     with pytest.raises(ValueError, match="num_layers, hidden_size"):
-        EmotionVectors(vectors, _norms(), model_name="m")
+        EmotionVectors(vectors, bank_norms(), model_name="m")
 
 
 def test_one_dimensional_vector_is_rejected() -> None:
     with pytest.raises(ValueError, match="num_layers, hidden_size"):
-        EmotionVectors({"joy": torch.randn(H)}, _norms(), model_name="m")
+        EmotionVectors({"joy": torch.randn(H)}, bank_norms(), model_name="m")
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
 def test_non_finite_values_name_the_emotion_and_layer(bad: float) -> None:
-    vectors = _vectors("joy", "fear")
+    vectors = bank_tensors("joy", "fear")
     vectors["fear"][2, 5] = bad
     with pytest.raises(ValueError) as info:
-        EmotionVectors(vectors, _norms(), model_name="m")
+        EmotionVectors(vectors, bank_norms(), model_name="m")
     message = str(info.value)
     assert "'fear'" in message and "[2]" in message
     assert "'joy'" not in message
@@ -68,19 +59,19 @@ def test_non_finite_values_name_the_emotion_and_layer(bad: float) -> None:
 )
 def test_bad_hidden_norms_are_rejected(norms: torch.Tensor) -> None:
     with pytest.raises(ValueError, match="hidden_norms"):
-        EmotionVectors(_vectors("joy"), norms, model_name="m")
+        EmotionVectors(bank_tensors("joy"), norms, model_name="m")
 
 
 @pytest.mark.parametrize("layers", [[0, L], [-1, 2]])
 def test_recommended_layers_out_of_range_are_rejected(layers: list[int]) -> None:
     with pytest.raises(ValueError, match="out of range"):
-        EmotionVectors(_vectors("joy"), _norms(), model_name="m", recommended_layers=layers)
+        EmotionVectors(bank_tensors("joy"), bank_norms(), model_name="m", recommended_layers=layers)
 
 
 def test_shape_properties_and_repr() -> None:
     bank = EmotionVectors(
-        _vectors("joy", "anger", "fear"),
-        _norms(),
+        bank_tensors("joy", "anger", "fear"),
+        bank_norms(),
         model_name="tiny-llama",
         recommended_layers=[1, 2],
     )
@@ -92,20 +83,20 @@ def test_shape_properties_and_repr() -> None:
     assert "tiny-llama" in text and "['joy', 'anger', 'fear']" in text
     assert f"num_layers={L}" in text and f"hidden_size={H}" in text and "1..2" in text
     assert "recommended_layers=none" in repr(
-        EmotionVectors(_vectors("joy"), _norms(), model_name="m")
+        EmotionVectors(bank_tensors("joy"), bank_norms(), model_name="m")
     )
 
 
 def test_inputs_are_stored_as_float32_cpu_copies() -> None:
-    source = _vectors("joy")
-    bank = EmotionVectors({"joy": source["joy"].double()}, _norms().double(), model_name="m")
+    source = bank_tensors("joy")
+    bank = EmotionVectors({"joy": source["joy"].double()}, bank_norms().double(), model_name="m")
     assert bank.vector("joy").dtype == torch.float32
     assert bank.hidden_norms.dtype == torch.float32
     assert torch.allclose(bank.vector("joy"), source["joy"])
 
 
 def test_unknown_emotion_lists_known_ones() -> None:
-    bank = EmotionVectors(_vectors("joy", "fear"), _norms(), model_name="m")
+    bank = EmotionVectors(bank_tensors("joy", "fear"), bank_norms(), model_name="m")
     with pytest.raises(KeyError) as info:
         bank["love"]
     message = str(info.value)
@@ -126,7 +117,7 @@ def _tensor(vector: SteeringVector, scale: Scale = "relative") -> torch.Tensor:
 
 @pytest.fixture
 def bank() -> EmotionVectors:
-    return EmotionVectors(_vectors("joy", "anger", "fear"), _norms(), model_name="m")
+    return EmotionVectors(bank_tensors("joy", "anger", "fear"), bank_norms(), model_name="m")
 
 
 def test_indexing_gives_a_unit_combination(bank: EmotionVectors) -> None:
@@ -182,9 +173,9 @@ def test_relative_tensor_sums_unit_vectors_and_is_deprecated(bank: EmotionVector
 
 
 def test_unit_vector_of_a_zero_layer_is_zero() -> None:
-    vectors = _vectors("joy")
+    vectors = bank_tensors("joy")
     vectors["joy"][1] = 0
-    bank = EmotionVectors(vectors, _norms(), model_name="m")
+    bank = EmotionVectors(vectors, bank_norms(), model_name="m")
     unit = bank.unit_vector("joy")
     assert torch.equal(unit[1], torch.zeros(H))
     assert torch.isfinite(unit).all()
@@ -196,7 +187,7 @@ def test_bad_scale_is_rejected(bank: EmotionVectors) -> None:
 
 
 def test_combining_across_banks_raises(bank: EmotionVectors) -> None:
-    other = EmotionVectors(_vectors("joy", "anger", "fear"), _norms(), model_name="m")
+    other = EmotionVectors(bank_tensors("joy", "anger", "fear"), bank_norms(), model_name="m")
     with pytest.raises(ValueError, match="same EmotionVectors bank"):
         bank["joy"] + other["fear"]
     with pytest.raises(ValueError, match="same EmotionVectors bank"):
@@ -223,7 +214,7 @@ def test_center_removes_the_mean_and_the_shared_component() -> None:
     g = torch.Generator().manual_seed(1)
     common = torch.randn(L, H, generator=g) * 5
     vectors = {e: common + torch.randn(L, H, generator=g) for e in ("joy", "anger", "fear")}
-    bank = EmotionVectors(vectors, _norms(), model_name="m", recommended_layers=[1])
+    bank = EmotionVectors(vectors, bank_norms(), model_name="m", recommended_layers=[1])
     centred = bank.center()
 
     stacked = torch.stack([centred.vector(e) for e in centred])
@@ -256,7 +247,7 @@ def test_partial_centring_removes_that_share_of_the_mean() -> None:
     """center(0.5) lies halfway between the raw and the fully centred vectors; 0 keeps them."""
     g = torch.Generator().manual_seed(2)
     vectors = {e: torch.randn(L, H, generator=g) + 3 for e in ("joy", "anger", "fear")}
-    bank = EmotionVectors(vectors, _norms(), model_name="m")
+    bank = EmotionVectors(vectors, bank_norms(), model_name="m")
     half = bank.center(0.5)
     for e in bank:
         midway = (bank.vector(e) + bank.center().vector(e)) / 2
@@ -268,7 +259,9 @@ def test_partial_centring_removes_that_share_of_the_mean() -> None:
 @pytest.mark.parametrize("strength", [-0.1, 1.5, float("nan")])
 def test_centring_strength_outside_0_1_is_refused(strength: float) -> None:
     bank = EmotionVectors(
-        {e: torch.ones(L, H) * i for i, e in enumerate(("joy", "anger"))}, _norms(), model_name="m"
+        {e: torch.ones(L, H) * i for i, e in enumerate(("joy", "anger"))},
+        bank_norms(),
+        model_name="m",
     )
     with pytest.raises(ValueError, match="strength"):
         bank.center(strength)
@@ -276,7 +269,7 @@ def test_centring_strength_outside_0_1_is_refused(strength: float) -> None:
 
 def test_center_needs_two_emotions() -> None:
     with pytest.raises(ValueError, match="two emotions"):
-        EmotionVectors(_vectors("joy"), _norms(), model_name="m").center()
+        EmotionVectors(bank_tensors("joy"), bank_norms(), model_name="m").center()
 
 
 def test_select_keeps_the_chosen_emotions(bank: EmotionVectors) -> None:
@@ -328,21 +321,24 @@ def test_bank_stores_its_placements() -> None:
     """Placements are kept per emotion; a bank built without them has none."""
     joy = Placement((2, 1), 0.75)
     bank = EmotionVectors(
-        _vectors("joy", "fear"),
-        _norms(),
+        bank_tensors("joy", "fear"),
+        bank_norms(),
         model_name="m",
         recommended_layers=[1],
         placements={"joy": joy},
     )
     assert bank.placements == {"joy": Placement((1, 2), 0.75)}
-    assert EmotionVectors(_vectors("joy"), _norms(), model_name="m").placements == {}
+    assert EmotionVectors(bank_tensors("joy"), bank_norms(), model_name="m").placements == {}
 
 
 def test_placement_for_an_unknown_emotion_is_rejected() -> None:
     """A placement naming an emotion the bank lacks is a mistake, not something to ignore."""
     with pytest.raises(ValueError, match="'love'"):
         EmotionVectors(
-            _vectors("joy"), _norms(), model_name="m", placements={"love": Placement([1], 0.5)}
+            bank_tensors("joy"),
+            bank_norms(),
+            model_name="m",
+            placements={"love": Placement([1], 0.5)},
         )
 
 
@@ -351,7 +347,10 @@ def test_placement_layers_out_of_range_are_rejected(layers: list[int]) -> None:
     """Placement layers must exist in the bank (negative indices are not allowed here)."""
     with pytest.raises(ValueError, match="out of range"):
         EmotionVectors(
-            _vectors("joy"), _norms(), model_name="m", placements={"joy": Placement(layers, 0.5)}
+            bank_tensors("joy"),
+            bank_norms(),
+            model_name="m",
+            placements={"joy": Placement(layers, 0.5)},
         )
 
 
@@ -359,8 +358,8 @@ def test_with_placements_merges_and_without_placements_clears() -> None:
     """with_placements() adds/replaces per emotion, without_placements() drops them all;
     neither touches the original bank or the rest of the metadata."""
     bank = EmotionVectors(
-        _vectors("joy", "anger", "fear"),
-        _norms(),
+        bank_tensors("joy", "anger", "fear"),
+        bank_norms(),
         model_name="m",
         recommended_layers=[1, 2],
         settings={"method": "x"},
@@ -386,7 +385,7 @@ def test_select_center_and_with_settings_keep_placements() -> None:
     """Derived banks keep placements; select() drops those of the emotions it drops."""
     placements = {"joy": Placement([1, 2], 0.8), "fear": Placement([3], 0.35)}
     bank = EmotionVectors(
-        _vectors("joy", "anger", "fear"), _norms(), model_name="m", placements=placements
+        bank_tensors("joy", "anger", "fear"), bank_norms(), model_name="m", placements=placements
     )
     assert bank.center().placements == placements
     assert bank.with_settings(recommended_alpha={"joy": 1.0}).placements == placements
@@ -418,11 +417,13 @@ def test_placement_dose_too_large_for_a_float_is_a_value_error() -> None:
 @pytest.mark.parametrize("layers", ["12", [1.9], [False, 1], 2])
 def test_recommended_layers_must_be_integers(layers: object) -> None:
     with pytest.raises(TypeError, match="recommended_layers"):
-        EmotionVectors(_vectors("joy"), _norms(), model_name="m", recommended_layers=layers)  # type: ignore[arg-type]
+        EmotionVectors(bank_tensors("joy"), bank_norms(), model_name="m", recommended_layers=layers)  # type: ignore[arg-type]
 
 
 def test_recommended_layers_are_stored_sorted_once_each() -> None:
-    bank = EmotionVectors(_vectors("joy"), _norms(), model_name="m", recommended_layers=[3, 1, 3])
+    bank = EmotionVectors(
+        bank_tensors("joy"), bank_norms(), model_name="m", recommended_layers=[3, 1, 3]
+    )
     assert bank.recommended_layers == (1, 3)
     assert "1..3" in repr(bank)
 
@@ -431,7 +432,7 @@ def test_recommended_layers_are_stored_sorted_once_each() -> None:
 def test_emotions_named_like_steer_options_are_refused(name: str) -> None:
     """steer(model, vecs, max_dose=1.0) with an emotion "max_dose" steered nothing, silently."""
     with pytest.raises(ValueError, match=f"{name!r} is a parameter of emovec.steer"):
-        EmotionVectors(_vectors("joy", name), _norms(), model_name="m")
+        EmotionVectors(bank_tensors("joy", name), bank_norms(), model_name="m")
 
 
 def test_reserved_names_cover_steer_parameters() -> None:
@@ -448,22 +449,22 @@ def test_reserved_names_cover_steer_parameters() -> None:
 @pytest.mark.parametrize("name", ["", " joy", "joy ", "jo\ny", "tab\t", "\x00", "\ud800"])
 def test_emotion_names_that_cannot_be_stored_are_refused(name: str) -> None:
     with pytest.raises(ValueError, match="cannot be stored"):
-        EmotionVectors({name: torch.randn(L, H)}, _norms(), model_name="m")
+        EmotionVectors({name: torch.randn(L, H)}, bank_norms(), model_name="m")
 
 
 def test_wrongly_typed_bank_parts_are_refused() -> None:
     with pytest.raises(TypeError, match="names must be strings"):
-        EmotionVectors({1: torch.randn(L, H)}, _norms(), model_name="m")  # type: ignore[dict-item]
+        EmotionVectors({1: torch.randn(L, H)}, bank_norms(), model_name="m")  # type: ignore[dict-item]
     with pytest.raises(TypeError, match="must be a tensor"):
-        EmotionVectors({"joy": [[1.0] * H] * L}, _norms(), model_name="m")  # type: ignore[dict-item]
+        EmotionVectors({"joy": [[1.0] * H] * L}, bank_norms(), model_name="m")  # type: ignore[dict-item]
     with pytest.raises(TypeError, match="hidden_norms"):
-        EmotionVectors(_vectors("joy"), [1.0] * L, model_name="m")  # type: ignore[arg-type]
+        EmotionVectors(bank_tensors("joy"), [1.0] * L, model_name="m")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="model_name"):
-        EmotionVectors(_vectors("joy"), _norms(), model_name=3)  # type: ignore[arg-type]
+        EmotionVectors(bank_tensors("joy"), bank_norms(), model_name=3)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="Placement"):
         EmotionVectors(
-            _vectors("joy"),
-            _norms(),
+            bank_tensors("joy"),
+            bank_norms(),
             model_name="m",
             placements={"joy": {"layers": [1]}},  # type: ignore[dict-item]
         )
@@ -472,7 +473,7 @@ def test_wrongly_typed_bank_parts_are_refused() -> None:
 def _realistic_bank(norms: list[float]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Vectors 5% as long as the hidden states, as in the shipped SmolLM2 bank."""
     hidden = torch.tensor(norms)
-    vectors = _vectors("joy", "fear")
+    vectors = bank_tensors("joy", "fear")
     return {
         e: v / v.norm(dim=1, keepdim=True) * hidden[:, None] * 0.05 for e, v in vectors.items()
     }, hidden
@@ -496,7 +497,7 @@ def test_a_flipped_exponent_bit_in_hidden_norms_is_refused() -> None:
 
 def test_direction_ratio_range_allows_zero_rows() -> None:
     """A layer where an emotion's vector is exactly zero says nothing about the norm."""
-    vectors = _vectors("joy")
+    vectors = bank_tensors("joy")
     vectors["joy"][1] = 0
     bank = EmotionVectors(vectors, torch.tensor([1.0, 1e12, 2.0, 3.0]), model_name="m")
     assert float(bank.hidden_norms[1]) == pytest.approx(1e12)
@@ -519,11 +520,11 @@ def test_shipped_files_load_and_sit_well_inside_the_ratio_range(path: Path) -> N
 
 def test_layers_is_the_deprecated_spelling_of_recommended_layers() -> None:
     with pytest.warns(DeprecationWarning, match="recommended_layers"):
-        bank = EmotionVectors(_vectors("joy"), _norms(), model_name="m", layers=[2, 1])
+        bank = EmotionVectors(bank_tensors("joy"), bank_norms(), model_name="m", layers=[2, 1])
     assert bank.recommended_layers == (1, 2)
     with pytest.warns(DeprecationWarning, match="recommended_layers"):
         assert bank.layers == (1, 2)
     with pytest.warns(DeprecationWarning), pytest.raises(TypeError, match="only"):
         EmotionVectors(
-            _vectors("joy"), _norms(), model_name="m", layers=[1], recommended_layers=[1]
+            bank_tensors("joy"), bank_norms(), model_name="m", layers=[1], recommended_layers=[1]
         )
