@@ -27,6 +27,7 @@ __all__ = [
     "ResponsePair",
     "available_emotions",
     "default_answer_pairs",
+    "default_calibration_queries",
     "default_extraction_queries",
     "default_pairs",
     "default_queries",
@@ -199,18 +200,30 @@ def validate_pairs(pairs: Mapping[str, Iterable[object]]) -> dict[str, list[Pair
     return checked
 
 
-def default_queries() -> list[str]:
-    """The shipped evaluation queries: everyday neutral requests, none used for extraction."""
-    text = (resources.files("emovec") / "data" / "queries.txt").read_text(encoding="utf-8")
+def _query_lines(name: str) -> list[str]:
+    text = (resources.files("emovec") / "data" / name).read_text(encoding="utf-8")
     return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def default_queries() -> list[str]:
+    """The shipped evaluation queries: everyday neutral requests, never used for extraction
+    or calibration."""
+    return _query_lines("queries.txt")
+
+
+def default_calibration_queries() -> list[str]:
+    """The shipped calibration queries: everyday requests disjoint from both other sets.
+
+    What calibration chooses layers, doses and recipes on: how-to questions, explanations,
+    opinions and descriptions in the proportions of the evaluation set, so that a choice
+    made here carries over to the held-out :func:`default_queries`.
+    """
+    return _query_lines("calibration_queries.txt")
 
 
 def default_extraction_queries() -> list[str]:
     """Queries answered for response-conditioned extraction; disjoint from the evaluation set."""
-    text = (resources.files("emovec") / "data" / "extraction_queries.txt").read_text(
-        encoding="utf-8"
-    )
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    return _query_lines("extraction_queries.txt")
 
 
 def read_queries(path: str | Path) -> list[str]:

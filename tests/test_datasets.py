@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ from emovec import BASIC_EMOTIONS, PromptPair, default_pairs, read_pairs
 from emovec.datasets import (
     available_emotions,
     default_answer_pairs,
+    default_calibration_queries,
     default_extraction_queries,
     default_queries,
     validate_pairs,
@@ -169,10 +172,46 @@ def test_the_shipped_answer_pairs_share_queries_and_neutral_answers() -> None:
 
 
 def test_the_answer_pairs_never_use_evaluation_or_calibration_queries() -> None:
-    """Calibration answers the first extraction queries; evaluation its own set."""
+    """Calibration and evaluation each answer their own set."""
     used = {p.query for p in default_answer_pairs(["fear"])["fear"]}
     assert used <= set(default_extraction_queries()[60:])
     assert not used & set(default_queries())
+    assert not used & set(default_calibration_queries())
+
+
+def _words(query: str) -> frozenset[str]:
+    return frozenset(re.findall(r"[a-z']+", query.lower()))
+
+
+@pytest.mark.parametrize(
+    "other", [default_queries, default_extraction_queries], ids=["evaluation", "extraction"]
+)
+def test_the_calibration_queries_are_their_own_set(other: Callable[[], list[str]]) -> None:
+    """80 distinct queries, none shared with (or a near copy of: at most 2/3 of the words in
+    common) an evaluation or extraction query, so what calibration chooses on is never what
+    a held-out evaluation scores."""
+    calibration = default_calibration_queries()
+    assert len(calibration) == 80 and len(set(calibration)) == 80
+    for query in calibration:
+        for theirs in other():
+            overlap = len(_words(query) & _words(theirs)) / len(_words(query) | _words(theirs))
+            assert overlap < 2 / 3, (query, theirs)
+
+
+def test_the_calibration_queries_are_varied_like_the_evaluation_set() -> None:
+    """How-to questions, explanations, opinions and descriptions, each a sizeable share of
+    both sets (calibrating on opinions alone chose prompts that cost the topic of how-to
+    questions; docs/methods.md)."""
+    kinds = {
+        "how-to": ("how do i", "how can i", "how should i"),
+        "explain": ("can you explain",),
+        "describe": ("describe", "tell me about"),
+        "opinion": ("what do you think", "what is your", "is it better", "do you think"),
+    }
+    for queries in (default_calibration_queries()[:40], default_queries()[:40]):
+        for kind, starts in kinds.items():
+            share = sum(q.lower().startswith(starts) for q in queries) / len(queries)
+            assert share >= 0.05, (kind, share)
 
 
 def test_default_answer_pairs_unknown_emotion() -> None:
