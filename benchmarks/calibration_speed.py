@@ -136,7 +136,6 @@ def old_calibrate(
 def old_decide(
     reports: Mapping[tuple[int, ...], EvaluationReport],
     tolerance: Tolerance,
-    success_margin: float,
 ) -> tuple[list[Trial], dict[str, Placement]]:
     """The previous calibrate's decision from its per-band reports (the same rule)."""
     trials: list[Trial] = []
@@ -155,14 +154,17 @@ def old_decide(
                 retention=r["retention"],
                 offensive=r["offensive"],
                 median_perplexity=r["median_perplexity"],
-                acceptable=tolerance.accepts(r, plain[r["emotion"]]),
+                acceptable=tolerance.fluent(r, plain[r["emotion"]]),
             )
             for r in summary
             if r["recipe"] == "vector"
         ]
+    first = next(iter(reports.values())).summary()
+    plains = {r["emotion"]: r for r in first if r["recipe"] == "plain"}
     placements = {}
     for emotion in dict.fromkeys(t.emotion for t in trials):
-        best = _choose([t for t in trials if t.emotion == emotion], success_margin)
+        mine = [t for t in trials if t.emotion == emotion]
+        best = _choose(mine, plains[emotion], tolerance)
         if best is not None:
             placements[emotion] = best.placement
     return trials, placements
@@ -238,7 +240,7 @@ def main() -> None:
     scorer, embedder, judge = load_scorer(None), SentenceEmbedder(), load_offensive_judge()
     emotions = [e for e in vectors.emotions if e in scorer.emotions]
     reference_retention(embedder, emotions)  # cached: neither side pays it
-    tolerance, margin = Tolerance(), 0.1
+    tolerance = Tolerance()
     print(
         f"grid: {len(bands)} bands x {len(args.doses)} doses, {len(emotions)} emotions, "
         f"{len(queries)} queries, {args.tokens} new tokens, greedy, repetition penalty "
@@ -281,7 +283,6 @@ def main() -> None:
                 bands=bands,
                 doses=args.doses,
                 tolerance=tolerance,
-                success_margin=margin,
                 batch_size=batch_size,
                 **options(clock),
             )
@@ -307,10 +308,10 @@ def main() -> None:
     # On 8 queries one offensive or degenerate answer (1/8) is past the default tolerance,
     # so the choices are compared under it and under a looser one (decided again from the
     # same answers, nothing generated).
-    compare_choices("default tolerance", old_decide(old_reports, tolerance, margin), new)
+    compare_choices("default tolerance", old_decide(old_reports, tolerance), new)
     compare_choices(
         f"loose tolerance {LOOSE}",
-        old_decide(old_reports, LOOSE, margin),
+        old_decide(old_reports, LOOSE),
         new.rescored(tolerance=LOOSE),
     )
 

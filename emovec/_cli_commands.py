@@ -246,8 +246,11 @@ def _calibrate(args: argparse.Namespace) -> None:
         bands=args.bands,
         doses=args.doses,
         instructions=(False, True) if args.instructions else (False,),
+        personas=(False, True) if args.personas else (False,),
+        positions=[None if p == "default" else p for p in args.positions],
         num_queries=args.queries,
         tolerance=_tolerance(args),
+        target_success=args.target_success,
         success_margin=args.success_margin,
         clean=args.clean,
         decoding=replace(

@@ -7,22 +7,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from inspect import signature
-from typing import TYPE_CHECKING, get_args
-
-from emovec.evaluation import evaluate
-from emovec.evaluation.calibration import (
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_DECODING,
-    DEFAULT_DOSES,
-    DEFAULT_NUM_QUERIES,
-    DEFAULT_SUCCESS_MARGIN,
-)
-from emovec.models import DEFAULT_MODEL
-from emovec.steering import Positions
-from emovec.vectors import EmotionVectors
-
-if TYPE_CHECKING:
-    pass
+from typing import get_args
 
 # The library's tolerance and decoding: the command line's defaults are read from them,
 # never copied.
@@ -43,6 +28,17 @@ from emovec._cli_options import (
     _parse_layers,
     _parse_strength,
 )
+from emovec.evaluation import evaluate
+from emovec.evaluation.calibration import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_DECODING,
+    DEFAULT_DOSES,
+    DEFAULT_NUM_QUERIES,
+)
+from emovec.evaluation.choice import DEFAULT_TARGET_SUCCESS
+from emovec.models import DEFAULT_MODEL
+from emovec.steering import Positions
+from emovec.vectors import EmotionVectors
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -218,6 +214,18 @@ def build_parser() -> argparse.ArgumentParser:
         "(a chosen one is stored with the placement)",
     )
     cal.add_argument(
+        "--personas",
+        action="store_true",
+        help="also try each setting with the emotion's persona as the system turn",
+    )
+    cal.add_argument(
+        "--positions",
+        nargs="+",
+        choices=["default", *get_args(Positions)],
+        default=["default"],
+        help="positions each setting steers ('default': steer's; e.g. default generated)",
+    )
+    cal.add_argument(
         "--queries",
         type=int,
         default=DEFAULT_NUM_QUERIES,
@@ -227,12 +235,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tolerance_options(cal)
     _add_clean_option(cal)
     cal.add_argument(
-        "--success-margin",
+        "--target-success",
         type=float,
-        default=DEFAULT_SUCCESS_MARGIN,
-        help="take the most on-topic setting whose success is within this of the best "
-        "(default: %(default)s)",
+        default=DEFAULT_TARGET_SUCCESS,
+        help="the success bar: the setting nearest both bars (this and --min-topic-ratio) "
+        "wins (default: %(default)s)",
     )
+    cal.add_argument("--success-margin", type=float, help=argparse.SUPPRESS)  # deprecated
     cal.add_argument("--max-new-tokens", type=int, default=DEFAULT_DECODING.max_new_tokens)
     cal.add_argument(
         "--repetition-penalty",

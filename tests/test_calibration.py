@@ -31,7 +31,8 @@ from emovec.evaluation.calibration import (
     calibrated_repetition_penalty,
     candidate_bands,
 )
-from emovec.evaluation.recipes import PROMPT_INSTRUCTIONS
+from emovec.evaluation.choice import attainment
+from emovec.evaluation.recipes import PERSONAS, PROMPT_INSTRUCTIONS
 from emovec.evaluation.scoring import NadeScorer
 from emovec.evaluation.topic import SentenceEmbedder
 from emovec.evaluation.trials import Calibration, Trial, _choose, _setting_name
@@ -191,33 +192,33 @@ def test_trials_carry_the_retention_and_offensive_rate_of_their_evaluation(
     assert list(reference) == EMOTIONS and all(0.8 < v < 1.0 for v in reference.values())
 
 
-def test_acceptability_is_the_tolerance_against_plain(calibration: Calibration) -> None:
-    """Each trial is acceptable exactly when the default Tolerance accepts it against the
-    plain answers of its emotion."""
+def test_acceptability_is_the_tolerance_of_fluency_against_plain(
+    calibration: Calibration,
+) -> None:
+    """Each trial is acceptable exactly when it is as fluent as the default Tolerance allows
+    against the plain answers of its emotion (retention is scored, not filtered)."""
     for trial in calibration.trials:
-        expected = Tolerance().accepts(asdict(trial), calibration.plain[trial.emotion])
+        expected = Tolerance().fluent(asdict(trial), calibration.plain[trial.emotion])
         assert trial.acceptable == expected, trial
 
 
-def test_calibrate_chooses_the_most_on_topic_of_the_nearly_best(
+def test_calibrate_chooses_the_acceptable_trial_nearest_both_bars(
     calibration: Calibration,
 ) -> None:
-    """Per emotion: among acceptable trials whose success is within the margin (0.1) of the
-    best, the most on-topic; no placement where nothing was acceptable."""
+    """Per emotion: the acceptable trial with the highest attainment (success over 0.8 and
+    retention over 0.7, each capped at 1); no placement where nothing was acceptable."""
     for emotion in EMOTIONS:
         fine = [t for t in calibration.trials if t.emotion == emotion and t.acceptable]
         if not fine:
             assert emotion not in calibration.placements
             continue
         chosen = calibration.placements[emotion]
-        winner = next(
-            t for t in fine if (t.layers, t.dose) == (chosen.layers, chosen.dose)
-        )  # the chosen placement is one of the acceptable trials
-        best = max(t.success for t in fine)
-        assert winner.success >= best - 0.1 - 1e-9
+        winner = next(t for t in fine if t.placement == chosen)  # one of the acceptable
         for other in fine:
-            if other.success >= best - 0.1 - 1e-9:
-                assert (other.sim_query, other.eps) <= (winner.sim_query, winner.eps)
+            assert (
+                attainment(other.success, other.retention)
+                <= attainment(winner.success, winner.retention) + 1e-9
+            )
     assert set(calibration.placements) <= set(EMOTIONS)
 
 
@@ -234,7 +235,8 @@ def test_calibration_settings_record_the_run(calibration: Calibration) -> None:
         "min_topic_ratio": 0.7,
         "max_offensive_increase": 0.02,
     }
-    assert settings["success_margin"] == 0.1
+    assert settings["target_success"] == 0.8 and "success_margin" not in settings
+    assert settings["personas"] == [False] and settings["positions"] == [None]
     assert settings["decoding"] == asdict(DECODING)
     assert settings["scorer"] == "NadeScorer"
     assert settings["instructions"] == [False] and settings["instruction_texts"] == {}
@@ -312,14 +314,14 @@ class ConstantScorer:
 class RejectAnger(Tolerance):
     """Accepts every steered row except anger's."""
 
-    def accepts(self, row: Mapping[str, Any], plain: Mapping[str, Any]) -> bool:
+    def fluent(self, row: Mapping[str, Any], plain: Mapping[str, Any]) -> bool:
         return row["emotion"] != "anger"
 
 
 def test_ties_go_to_the_most_on_topic_and_unacceptable_emotions_keep_the_default(
     setup: tuple, embedder: SentenceEmbedder
 ) -> None:
-    """With text-blind scores success and EPS tie, so joy gets its most on-topic trial;
+    """With text-blind scores success ties, so joy gets its most on-topic trial;
     anger, never acceptable, gets no placement and keeps the bank's band and RELATIVE_DOSE
     after apply()."""
     model, _, bank = setup
@@ -328,7 +330,7 @@ def test_ties_go_to_the_most_on_topic_and_unacceptable_emotions_keep_the_default
     anger = [t for t in calibration.trials if t.emotion == "anger"]
     assert all(t.acceptable for t in joy) and not any(t.acceptable for t in anger)
     assert {t.eps for t in joy} == {0.6} and {t.eps for t in anger} == {0.3}
-    winner = max(joy, key=lambda t: (t.sim_query, -t.dose))  # success and EPS all tie
+    winner = max(joy, key=lambda t: t.retention)  # success ties: the first most on-topic
     assert calibration.placements == {"joy": Placement(winner.layers, winner.dose)}
     assert calibration.settings["scorer"] == "ConstantScorer"
 
@@ -405,42 +407,39 @@ def _trial(
     )
 
 
-def test_choose_prefers_success_among_acceptable_trials() -> None:
-    """Without a margin the most successful acceptable trial wins, even over a better but
-    unacceptable one and over higher EPS."""
-    low = _trial(0.5, 0.9, 0.35)
-    high = _trial(0.8, 0.1, 1.0)
-    broken = _trial(1.0, 1.0, 0.5, acceptable=False)
-    assert _choose([low, high, broken]) is high
-    assert _choose([broken, high, low]) is high
+def test_choose_prefers_the_trial_nearest_both_bars() -> None:
+    """Success past the bar buys nothing: 0.8 success at 0.7 retention beats 1.0 at 0.5 and
+    0.6 at 0.9; an unacceptable trial never wins, however good."""
+    on_bar = _trial(0.8, 0.1, 0.35, sim_query=0.35)  # retention 0.7
+    loud = _trial(1.0, 0.9, 0.5, sim_query=0.25)  # retention 0.5
+    quiet = _trial(0.6, 0.1, 0.25, sim_query=0.45)  # retention 0.9
+    broken = _trial(1.0, 1.0, 0.5, acceptable=False, sim_query=0.5)
+    for order in ([on_bar, loud, quiet, broken], [broken, quiet, loud, on_bar]):
+        assert _choose(order, _PLAIN, Tolerance()) is on_bar
 
 
-def test_choose_takes_the_most_on_topic_within_the_margin() -> None:
-    """A trial a little less successful but more on topic wins within the margin, not
-    beyond it."""
-    best = _trial(0.8, 0.3, 0.5, sim_query=0.2)
-    on_topic = _trial(0.72, 0.2, 0.35, sim_query=0.4)
-    far = _trial(0.6, 0.2, 0.35, sim_query=0.6)
-    assert _choose([best, on_topic, far], success_margin=0.1) is on_topic
-    assert _choose([best, on_topic, far], success_margin=0.0) is best
-    assert _choose([best, on_topic, far], success_margin=0.25) is far
-
-
-def test_choose_breaks_ties_by_eps_then_lower_dose() -> None:
-    """Equal success and topic: higher EPS wins (whatever the dose); equal EPS too: the lower
-    dose."""
-    stronger = _trial(0.8, 0.3, 1.0)
-    gentler = _trial(0.8, 0.2, 0.35)
-    assert _choose([gentler, stronger]) is stronger
+def test_choose_breaks_ties_by_success_then_retention_then_order() -> None:
+    """Equal attainment: the more successful; equal too, the earlier trial."""
+    capped = _trial(1.0, 0.3, 1.0, sim_query=0.4)  # 1 + 1
+    exact = _trial(0.8, 0.3, 0.35, sim_query=0.35)  # 1 + 1
+    assert _choose([exact, capped], _PLAIN, Tolerance()) is capped
     a = _trial(0.8, 0.3, 0.75, layers=(0, 1))
     b = _trial(0.8, 0.3, 0.5, layers=(2, 3))
-    assert _choose([a, b]) is b and _choose([b, a]) is b
+    assert _choose([a, b], _PLAIN, Tolerance()) is a and _choose([b, a], _PLAIN, Tolerance()) is b
+
+
+def test_choose_raises_the_bar_it_is_given() -> None:
+    """With target_success 1, success up to 1 counts: the louder trial wins."""
+    on_bar = _trial(0.8, 0.1, 0.35, sim_query=0.35)
+    loud = _trial(1.0, 0.9, 0.5, sim_query=0.3)  # retention 0.6
+    assert _choose([on_bar, loud], _PLAIN, Tolerance()) is on_bar
+    assert _choose([on_bar, loud], _PLAIN, Tolerance(), target_success=1.0) is loud
 
 
 def test_choose_returns_none_without_an_acceptable_trial() -> None:
     """Nothing acceptable (or nothing at all) means no placement."""
-    assert _choose([_trial(1.0, 1.0, 0.5, acceptable=False)]) is None
-    assert _choose([]) is None
+    assert _choose([_trial(1.0, 1.0, 0.5, acceptable=False)], _PLAIN, Tolerance()) is None
+    assert _choose([], _PLAIN, Tolerance()) is None
 
 
 def test_calibration_from_hand_made_trials() -> None:
@@ -578,11 +577,31 @@ def test_bad_doses_are_rejected(setup: tuple, doses: list[float]) -> None:
         calibrate(model, tokenizer, bank, doses=doses, queries=QUERIES, progress=False)
 
 
-@pytest.mark.parametrize("margin", [-0.1, 1.5, math.nan])
-def test_bad_success_margin_is_rejected(setup: tuple, margin: float) -> None:
+@pytest.mark.parametrize("target", [0.0, -0.1, 1.5, math.nan, True, "0.8"])
+def test_bad_target_success_is_rejected(setup: tuple, target: float) -> None:
     model, tokenizer, bank = setup
-    with pytest.raises(ValueError, match="success_margin"):
-        calibrate(model, tokenizer, bank, success_margin=margin, queries=QUERIES, progress=False)
+    with pytest.raises(ValueError, match="target_success"):
+        calibrate(model, tokenizer, bank, target_success=target, queries=QUERIES, progress=False)
+
+
+def test_success_margin_is_deprecated(setup: tuple) -> None:
+    """The old margin warns (and is ignored) before anything is generated."""
+    model, tokenizer, bank = setup
+    with (
+        pytest.warns(DeprecationWarning, match="success_margin"),
+        pytest.raises(ValueError, match="doses"),
+    ):
+        calibrate(model, tokenizer, bank, success_margin=0.1, doses=[], progress=False)
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("personas", [1]), ("personas", []), ("instructions", ["yes"]), ("positions", ["everywhere"])],
+)
+def test_bad_switches_are_rejected(setup: tuple, option: str, value: list[Any]) -> None:
+    model, tokenizer, bank = setup
+    with pytest.raises(ValueError, match=option):
+        calibrate(model, tokenizer, bank, queries=QUERIES, progress=False, **{option: value})
 
 
 @pytest.mark.parametrize("bands", [[[2, 3]], [[-1, 0]], [[0, 1], [5]], [[]]])
@@ -745,20 +764,22 @@ def test_rescoring_can_tighten_the_tolerance_without_a_new_judge(
     setup: tuple, embedder: SentenceEmbedder
 ) -> None:
     first = _calibrate(setup, embedder, scorer=ConstantScorer())
-    strict = first.rescored(tolerance=Tolerance(min_topic_ratio=100.0), success_margin=0.0)
+    strict = first.rescored(tolerance=Tolerance(max_perplexity_ratio=0.0), target_success=1.0)
     assert strict.settings["scorer"] == "ConstantScorer"
-    assert strict.settings["tolerance"]["min_topic_ratio"] == 100.0
-    assert strict.settings["success_margin"] == 0.0
+    assert strict.settings["tolerance"]["max_perplexity_ratio"] == 0.0
+    assert strict.settings["target_success"] == 1.0
     assert not any(t.acceptable for t in strict.trials) and not strict.placements
     assert [t.success for t in strict.trials] == [t.success for t in first.trials]
 
 
-def test_rescoring_refuses_a_margin_outside_zero_to_one(
+def test_rescoring_refuses_a_bar_outside_zero_to_one(
     setup: tuple, embedder: SentenceEmbedder
 ) -> None:
     first = _calibrate(setup, embedder, scorer=ConstantScorer())
-    with pytest.raises(ValueError, match="success_margin must be between 0 and 1"):
-        first.rescored(success_margin=-0.1)
+    with pytest.raises(ValueError, match="target_success must be in"):
+        first.rescored(target_success=-0.1)
+    with pytest.warns(DeprecationWarning, match="success_margin"):
+        first.rescored(success_margin=0.1)
 
 
 def test_calibration_plot_front_shows_every_trial(calibration: Calibration, tmp_path: Path) -> None:
@@ -868,8 +889,16 @@ def test_each_trial_answers_as_its_placement_steered_alone(
 class OnlyInstructed(Tolerance):
     """Accepts only the settings that asked for the emotion in the query."""
 
-    def accepts(self, row: Mapping[str, Any], plain: Mapping[str, Any]) -> bool:
+    def fluent(self, row: Mapping[str, Any], plain: Mapping[str, Any]) -> bool:
         return str(row["recipe"]).endswith("+instruction")
+
+
+@dataclass(frozen=True)
+class OnlyPersonaOnTheAnswer(Tolerance):
+    """Accepts only the settings with the persona that steered the answer's tokens alone."""
+
+    def fluent(self, row: Mapping[str, Any], plain: Mapping[str, Any]) -> bool:
+        return str(row["recipe"]).endswith("+persona+generated")
 
 
 def test_instructions_try_every_setting_with_and_without_and_store_the_chosen_one(
@@ -947,9 +976,67 @@ def test_instructions_try_every_setting_with_and_without_and_store_the_chosen_on
     default = result.rescored(tolerance=Tolerance())  # re-decided under the default tolerance
     assert default.settings["instruction_texts"] == result.settings["instruction_texts"]
     assert all(
-        t.acceptable == Tolerance().accepts(asdict(t), result.plain[t.emotion])
+        t.acceptable == Tolerance().fluent(asdict(t), result.plain[t.emotion])
         for t in default.trials
     )
+
+
+def test_personas_and_positions_are_searched_and_stored(
+    setup: tuple, embedder: SentenceEmbedder, tmp_path: Path
+) -> None:
+    """personas=(False, True) × positions=(None, "generated") tries each band × dose four
+    ways; a chosen one stores PERSONAS[emotion] and "generated" in the placement, and
+    steering the saved bank with that system turn gives the trial's answers again."""
+    model, tokenizer, bank = setup
+    result = _calibrate(
+        setup,
+        embedder,
+        scorer=ConstantScorer(),
+        personas=(False, True),
+        positions=(None, "generated"),
+        tolerance=OnlyPersonaOnTheAnswer(),
+    )
+    assert len(result.trials) == 4 * len(EMOTIONS) * len(BANDS) * len(DOSES)
+    ways = [(None, None), (None, "generated"), ("p", None), ("p", "generated")]
+    for emotion in EMOTIONS:
+        tried = [
+            (t.layers, t.dose, t.persona and "p", t.positions)
+            for t in result.trials
+            if t.emotion == emotion
+        ]
+        assert tried == [(b, d, *w) for b in BANDS for d in DOSES for w in ways]
+    assert result.settings["personas"] == [False, True]
+    assert result.settings["positions"] == [None, "generated"]
+    assert result.settings["persona_texts"] == {e: PERSONAS[e] for e in EMOTIONS}
+    assert {e: (p.persona, p.positions) for e, p in result.placements.items()} == {
+        e: (PERSONAS[e], "generated") for e in EMOTIONS
+    }
+    labels = {p.label for p in result.front_points()["joy"] if p.kind == "chosen"}
+    assert len(labels) == 1 and labels.pop().endswith(" + persona on generated")
+
+    loaded = EmotionVectors.load(result.apply(bank).save(tmp_path / "persona.safetensors"))
+    assert loaded.placements == result.placements
+    report = result.report
+    assert report is not None
+    for emotion, placement in result.placements.items():
+        assert loaded.persona(emotion) == PERSONAS[emotion]
+        name = _setting_name(placement.layers, placement.dose, False, True, "generated")
+        got = {
+            r["query"]: r["answer"]
+            for r in report.records
+            if r["recipe"] == name and r["target"] == emotion
+        }
+        with steer(model, loaded, max_dose=math.inf, **{emotion: 1.0}) as steering:
+            alone = generate_answers(
+                model,
+                tokenizer,
+                QUERIES,
+                max_new_tokens=DECODING.max_new_tokens,
+                batch_size=len(QUERIES),
+                steering=steering,
+                systems=[PERSONAS[emotion]] * len(QUERIES),
+            )
+        assert [got[q] for q in QUERIES] == alone, emotion
 
 
 @pytest.mark.parametrize("instructions", [(), ("yes",), (1,)])
@@ -1000,7 +1087,8 @@ def test_cli_calibrate_defaults_are_the_library_defaults(
     args = build_parser().parse_args(["calibrate"])
     assert args.doses == list(defaults["doses"].default)
     assert args.queries == defaults["num_queries"].default
-    assert args.success_margin == defaults["success_margin"].default
+    assert args.target_success == defaults["target_success"].default == 0.8
+    assert args.success_margin is None and defaults["success_margin"].default is None
     assert args.batch_size == defaults["batch_size"].default == DEFAULT_BATCH_SIZE
     assert args.max_new_tokens == defaults["decoding"].default.max_new_tokens
     assert args.repetition_penalty == defaults["decoding"].default.repetition_penalty

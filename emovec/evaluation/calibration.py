@@ -7,7 +7,8 @@ emotion leaves the topic once its dose passes about 0.45 (README, "Strength"). T
 (band × dose, each optionally with the emotion's instruction in the user turn), scores the
 answers like :func:`emovec.evaluation.evaluate` does, and keeps, per emotion, among the
 candidates whose fluency stays within a :class:`~emovec.evaluation.Tolerance` of the plain
-answers and whose target emotion wins nearly as often as the best one's, the most on-topic.
+answers, the one closest to both bars, success and topic retention (the one rule of
+:mod:`emovec.evaluation.choice`).
 The result is stored in the bank as per-emotion :class:`~emovec.vectors.Placement`, so that
 ``steer(model, vecs, anger=1.0)`` means "anger at its calibrated strength" for every emotion.
 
@@ -17,8 +18,9 @@ with the instruction) whose placement is that band and dose, evaluated at α = 1
 setting's dose at its band). The plain answers are generated once, and the settings of all
 emotions share ``generate`` batches, each row with its own emotion and placement.
 
-The calibration queries default to the shipped extraction queries, never the evaluation
-queries, so an evaluation after calibration is not scored on what was tuned.
+The calibration queries default to the shipped calibration queries
+(:func:`~emovec.datasets.default_calibration_queries`), disjoint from the extraction and the
+evaluation queries, so an evaluation after calibration is not scored on what was tuned.
 """
 
 from __future__ import annotations
@@ -26,19 +28,29 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict
+from itertools import product
+from typing import get_args
 
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from emovec.datasets import default_extraction_queries
+from emovec.datasets import default_calibration_queries
+from emovec.evaluation.choice import DEFAULT_TARGET_SUCCESS
 from emovec.evaluation.recipes import Recipe
 from emovec.evaluation.records import OffensiveJudgeLike, load_offensive_judge
 from emovec.evaluation.scoring import EmotionScorer, load_scorer
 from emovec.evaluation.sweep import evaluate
 from emovec.evaluation.tolerance import Tolerance
 from emovec.evaluation.topic import SentenceEmbedder
-from emovec.evaluation.trials import Calibration, _decide, _setting_name
+from emovec.evaluation.trials import (
+    Calibration,
+    _check_target,
+    _decide,
+    _deprecated_margin,
+    _setting_name,
+)
 from emovec.generation import Decoding
+from emovec.hooks import Positions
 from emovec.layers import band_width
 from emovec.vectors import EmotionVectors, Placement
 
@@ -47,7 +59,6 @@ __all__ = [
     "DEFAULT_DECODING",
     "DEFAULT_DOSES",
     "DEFAULT_NUM_QUERIES",
-    "DEFAULT_SUCCESS_MARGIN",
     "calibrate",
     "calibrated_repetition_penalty",
     "candidate_bands",
@@ -56,8 +67,7 @@ __all__ = [
 # Relative doses tried (α = 1 is RELATIVE_DOSE = 0.5 without calibration); on SmolLM2 the
 # answers leave the topic above about 0.5 and break above 0.75.
 DEFAULT_DOSES = (0.25, 0.35, 0.5, 0.75)
-DEFAULT_NUM_QUERIES = 24
-DEFAULT_SUCCESS_MARGIN = 0.1
+DEFAULT_NUM_QUERIES = 40
 DEFAULT_DECODING = Decoding(max_new_tokens=40)
 # Rows per generate call (and perplexity pass). On CPU both are matmul-bound, so a larger
 # batch gains little: the SmolLM2 grid of benchmarks/calibration_speed.py took 169 s at 96
@@ -104,10 +114,13 @@ def calibrate(
     bands: Sequence[Sequence[int]] | None = None,
     doses: Sequence[float] = DEFAULT_DOSES,
     instructions: Sequence[bool] = (False,),
+    personas: Sequence[bool] = (False,),
+    positions: Sequence[Positions | None] = (None,),
     queries: Sequence[str] | None = None,
     num_queries: int = DEFAULT_NUM_QUERIES,
     tolerance: Tolerance = _DEFAULT_TOLERANCE,
-    success_margin: float = DEFAULT_SUCCESS_MARGIN,
+    target_success: float = DEFAULT_TARGET_SUCCESS,
+    success_margin: float | None = None,
     decoding: Decoding = DEFAULT_DECODING,
     scorer: EmotionScorer | str | None = None,
     embedder: SentenceEmbedder | None = None,
@@ -116,9 +129,10 @@ def calibrate(
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: bool = True,
 ) -> Calibration:
-    """Find, per emotion, the band and dose at which it shows most while staying fluent.
+    """Find, per emotion, the setting closest to both bars: the emotion shown, the topic kept.
 
-    Every setting (band × dose × instruction or not) of every emotion is answered in one
+    Every setting (band × dose × instruction or not × persona or not × positions) of every
+    emotion is answered in one
     :func:`~emovec.evaluation.evaluate` call: the plain answers once, the steered rows of all
     settings and emotions sharing ``generate`` batches (each row its own placement).
 
@@ -134,12 +148,20 @@ def calibrate(
             PROMPT_INSTRUCTIONS`) added to the query beside the vector; a chosen setting with
             it stores the instruction in the placement
             (:meth:`~emovec.vectors.EmotionVectors.instruction`).
-        queries: Calibration queries; default: the first ``num_queries`` shipped extraction
-            queries (disjoint from the evaluation queries).
+        personas: Whether each setting is tried with the model's own system turn
+            (``False``) and/or with the emotion's persona (``True``, :data:`emovec.evaluation.
+            PERSONAS`) instead; a chosen persona is stored with the placement.
+        positions: The positions each setting steers (``None``: ``steer``'s default;
+            ``"generated"``: only the answer's tokens); the chosen ones are stored.
+        queries: Calibration queries; default: the first ``num_queries`` shipped calibration
+            queries (disjoint from the extraction and the evaluation queries).
         num_queries: How many default queries to use.
-        tolerance: How far fluency may drift from plain for a candidate to be chosen.
-        success_margin: Among acceptable candidates whose success is within this margin of
-            the best, the most on-topic one is chosen (see :func:`_choose`).
+        tolerance: How far fluency may drift from plain for a candidate to be chosen, and
+            the topic-retention bar.
+        target_success: The success bar; among fluent candidates the one with the highest
+            ``min(success / target_success, 1) + min(retention / tolerance.min_topic_ratio,
+            1)`` is chosen (:func:`emovec.evaluation.choice.choose`).
+        success_margin: Deprecated and ignored (the bar replaced it).
         decoding: Decoding used for every answer.
         scorer: Emotion scorer (see :func:`emovec.evaluation.evaluate`).
         embedder: Sentence embedder for topic adherence.
@@ -153,22 +175,27 @@ def calibrate(
 
     Raises:
         ValueError: For doses that are not finite and positive, bands outside the bank,
-            ``instructions`` that are not booleans, a ``success_margin`` outside [0, 1], or
-            an instruction asked for an emotion without one.
+            ``instructions`` or ``personas`` that are not booleans, unknown ``positions``, a
+            ``target_success`` outside (0, 1], or an instruction or persona asked for an
+            emotion without one.
     """
-    if not 0.0 <= success_margin <= 1.0:
-        raise ValueError(f"success_margin must be in [0, 1], not {success_margin}.")
+    _deprecated_margin(success_margin)
+    _check_target(target_success)
     if not doses or any(not (math.isfinite(d) and d > 0) for d in doses):
         raise ValueError(f"doses must be finite and positive, not {list(doses)}.")
-    tried = list(dict.fromkeys(instructions))
-    if not tried or any(not isinstance(i, bool) for i in tried):
-        raise ValueError(f"instructions must be False and/or True, not {list(instructions)}.")
+    tried = _switches(instructions, "instructions")
+    cast = _switches(personas, "personas")
+    where = list(dict.fromkeys(positions))
+    if not where or any(p is not None and p not in get_args(Positions) for p in where):
+        raise ValueError(
+            f"positions must be None and/or some of {get_args(Positions)}, not {list(positions)}."
+        )
     candidates = [tuple(sorted({int(i) for i in band})) for band in (bands or ())]
     candidates = list(dict.fromkeys(candidates or candidate_bands(vectors.num_layers)))
     if any(not band or not 0 <= band[0] <= band[-1] < vectors.num_layers for band in candidates):
         raise ValueError(f"bands {candidates} are not all within 0..{vectors.num_layers - 1}.")
     grid = list(dict.fromkeys(float(d) for d in doses))
-    queries = list(queries) if queries is not None else default_extraction_queries()[:num_queries]
+    queries = list(queries) if queries is not None else default_calibration_queries()[:num_queries]
     scorer = load_scorer(scorer)
     bare = vectors.without_placements()
     wanted = list(emotions) if emotions is not None else [e for e in bare if e in scorer.emotions]
@@ -178,13 +205,19 @@ def calibrate(
         if True in tried
         else {}
     )
+    persona_texts = (
+        {e: Recipe(persona=True).system(bare, e) for e in wanted if e in bare}
+        if True in cast
+        else {}
+    )
     recipes = {
-        _setting_name(band, dose, instructed): Recipe(
-            placement=Placement(band, dose), instruct=instructed
+        _setting_name(band, dose, instructed, persona, at): Recipe(
+            placement=Placement(band, dose),
+            instruct=instructed,
+            persona=persona,
+            positions=at,
         )
-        for band in candidates
-        for dose in grid
-        for instructed in tried
+        for band, dose, instructed, persona, at in product(candidates, grid, tried, cast, where)
     }
     report = evaluate(
         model,
@@ -208,12 +241,23 @@ def calibrate(
         "doses": grid,
         "instructions": tried,
         "instruction_texts": texts,
+        "personas": cast,
+        "persona_texts": persona_texts,
+        "positions": where,
         "tolerance": asdict(tolerance),
-        "success_margin": success_margin,
+        "target_success": target_success,
         "decoding": asdict(decoding),
         "clean": clean,
         "scorer": type(scorer).__name__,
         "offensive_judge": report.settings["offensive_judge"],
         "reference_retention": report.reference_retention,
     }
-    return _decide(report, tolerance, success_margin, settings)
+    return _decide(report, tolerance, target_success, settings)
+
+
+def _switches(values: Sequence[bool], name: str) -> list[bool]:
+    """``values`` once each, checked to be booleans (at least one)."""
+    tried = list(dict.fromkeys(values))
+    if not tried or any(not isinstance(v, bool) for v in tried):
+        raise ValueError(f"{name} must be False and/or True, not {list(values)}.")
+    return tried

@@ -40,13 +40,19 @@ class Tolerance:
     max_offensive_increase: float = 0.02
 
     def accepts(self, row: Mapping[str, Any], plain: Mapping[str, Any]) -> bool:
-        """Whether summary ``row`` stays within tolerance of the ``plain`` summary row."""
+        """Whether summary ``row`` stays within tolerance of the ``plain`` summary row: on
+        topic and fluent."""
+        on_topic = row["sim_query"] >= plain["sim_query"] * self.min_topic_ratio
+        return bool(on_topic and self.fluent(row, plain))
+
+    def fluent(self, row: Mapping[str, Any], plain: Mapping[str, Any]) -> bool:
+        """Whether summary ``row`` is as clean and fluent as the tolerance allows (offensive
+        rate, degeneration, perplexity), whatever its topic retention."""
         offensive = float(row.get("offensive", math.nan))
         plain_offensive = float(plain.get("offensive", math.nan))
         measured = math.isfinite(offensive) and math.isfinite(plain_offensive)
         return bool(
-            row["sim_query"] >= plain["sim_query"] * self.min_topic_ratio
-            and (not measured or offensive <= plain_offensive + self.max_offensive_increase)
+            (not measured or offensive <= plain_offensive + self.max_offensive_increase)
             and row["degenerate"] <= plain["degenerate"] + self.max_degenerate_increase
             and row["median_perplexity"] <= plain["median_perplexity"] * self.max_perplexity_ratio
         )

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from itertools import product
 from pathlib import Path
 from typing import Any
 
+from emovec.evaluation.choice import DEFAULT_TARGET_SUCCESS, choose
 from emovec.evaluation.plots import FrontPoint
 from emovec.evaluation.records import _fmt
 from emovec.evaluation.report import EvaluationReport
@@ -26,24 +29,40 @@ def _band(layers: Sequence[int], dash: str = "-") -> str:
     return f"{layers[0]}{dash}{layers[-1]}" if contiguous else ",".join(map(str, layers))
 
 
-def _setting_name(layers: Sequence[int], dose: float, instructed: bool) -> str:
-    """The recipe name of one setting: ``"12-16@0.35"``, ``"12-16@0.35+instruction"``.
+def _setting_name(
+    layers: Sequence[int],
+    dose: float,
+    instructed: bool,
+    persona: bool = False,
+    positions: str | None = None,
+) -> str:
+    """The recipe name of one setting: ``"12-16@0.35"``, ``"12-16@0.35+instruction"``,
+    ``"12-16@0.35+instruction+persona+generated"``.
 
     The dose is written as Python's shortest round-trip form, so distinct doses never share
     a name.
     """
-    return f"{_band(layers)}@{float(dose)!r}" + (_INSTRUCTED if instructed else "")
+    return (
+        f"{_band(layers)}@{float(dose)!r}"
+        + (_INSTRUCTED if instructed else "")
+        + ("+persona" if persona else "")
+        + (f"+{positions}" if positions else "")
+    )
 
 
 @dataclass(frozen=True)
 class Trial:
-    """One emotion steered at one band and dose (and maybe with its instruction in the
-    user turn), scored over the calibration queries.
+    """One emotion steered at one band and dose (maybe with its instruction in the user
+    turn, its persona as the system turn, or only at some positions), scored over the
+    calibration queries.
 
     ``retention`` is the topic retention against the plain answers
     (:func:`emovec.evaluation.topic.topic_retention`), ``offensive`` the share of answers the
-    offensive judge flagged (``nan`` if not measured), ``instruction`` the request for the
-    emotion added to each query (``None``: the vector alone).
+    offensive judge flagged (``nan`` if not measured), ``acceptable`` whether its fluency
+    stayed within the tolerance (:meth:`~emovec.evaluation.Tolerance.fluent`; retention is
+    scored by the choice, not filtered), ``instruction`` the request for the emotion added
+    to each query and ``persona`` the system turn (``None``: not used), ``positions`` the
+    positions steered (``None``: ``steer``'s default).
     """
 
     emotion: str
@@ -58,18 +77,35 @@ class Trial:
     median_perplexity: float
     acceptable: bool
     instruction: str | None = None
+    persona: str | None = None
+    positions: str | None = None
 
     @property
     def placement(self) -> Placement:
         """This trial's setting as a placement (what :meth:`Calibration.apply` stores)."""
-        return Placement(self.layers, self.dose, instruction=self.instruction)
+        return Placement(
+            self.layers,
+            self.dose,
+            instruction=self.instruction,
+            persona=self.persona,
+            positions=self.positions,
+        )
+
+    @property
+    def extras(self) -> str:
+        """What the trial used beside the vector: ``" + instruction"`` where the query asked
+        for the emotion, ``" + persona"`` where the system turn did, ``" on generated"``
+        where only some positions were steered (empty for the vector alone)."""
+        return (
+            (" + instruction" if self.instruction else "")
+            + (" + persona" if self.persona else "")
+            + (f" on {self.positions}" if self.positions else "")
+        )
 
     @property
     def label(self) -> str:
-        """``"12–16 ×0.35"``, and ``" + instruction"`` where the query asked for the emotion."""
-        return f"{_band(self.layers, '–')} ×{self.dose:g}" + (
-            " + instruction" if self.instruction else ""
-        )
+        """``"12–16 ×0.35"``, then its :attr:`extras`."""
+        return f"{_band(self.layers, '–')} ×{self.dose:g}{self.extras}"
 
 
 @dataclass
@@ -77,10 +113,10 @@ class Calibration:
     """Every trial, and the placement chosen per emotion (absent where none was acceptable).
 
     Attributes:
-        trials: Every (emotion, band, dose, instruction or not) tried, in order: per emotion,
-            band by band, dose by dose.
-        placements: The chosen placement per emotion (with the emotion's instruction where
-            the chosen setting asked for it).
+        trials: Every (emotion, band, dose, instruction, persona, positions) tried, in
+            order: per emotion, band by band, dose by dose.
+        placements: The chosen placement per emotion (with the emotion's instruction,
+            persona and positions where the chosen setting used them).
         plain: The plain answers' success, EPS, degeneration, similarity, retention (1),
             offensive rate and perplexity per emotion, the baseline every trial was held to.
         settings: How the calibration ran.
@@ -102,17 +138,22 @@ class Calibration:
         scorer: EmotionScorer | str | None = None,
         *,
         tolerance: Tolerance | None = None,
+        target_success: float | None = None,
         success_margin: float | None = None,
     ) -> Calibration:
         """The calibration decided again from the same answers: with another emotion judge,
-        tolerance or success margin (each default: the one used).
+        tolerance or success bar (each default: the one used).
+
+        ``success_margin`` is deprecated and ignored: the choice caps success at the bar
+        (:mod:`emovec.evaluation.choice`) instead of taking a margin below the best.
 
         Raises:
             ValueError: If the calibration kept no reports (``to_dict()`` leaves them out),
-                or ``success_margin`` is outside [0, 1].
+                or ``target_success`` is not in (0, 1].
         """
         if self.report is None:
             raise ValueError("This calibration kept no answers to rescore; calibrate again.")
+        _deprecated_margin(success_margin)
         report = self.report
         settings = dict(self.settings)
         if scorer is not None:
@@ -120,10 +161,11 @@ class Calibration:
             report = report.rescored(scorer)
             settings["scorer"] = type(scorer).__name__
         tolerance = tolerance or self.tolerance
-        if success_margin is None:
-            success_margin = float(settings.get("success_margin", 0.0))
-        settings.update(tolerance=asdict(tolerance), success_margin=success_margin)
-        return _decide(report, tolerance, success_margin, settings)
+        if target_success is None:
+            target_success = float(settings.get("target_success", DEFAULT_TARGET_SUCCESS))
+        settings.update(tolerance=asdict(tolerance), target_success=target_success)
+        settings.pop("success_margin", None)
+        return _decide(report, tolerance, target_success, settings)
 
     @property
     def emotions(self) -> list[str]:
@@ -196,7 +238,7 @@ class Calibration:
                     if chosen == t.placement
                     else ("" if t.acceptable else "outside tolerance")
                 )
-                band = _band(t.layers, "–") + (" + instruction" if t.instruction else "")
+                band = _band(t.layers, "–") + t.extras
                 lines.append(
                     f"| {emotion} | {band} | {t.dose:g} | "
                     f"{t.success:.2f} | {t.eps:.3f} | {_fmt(t.retention, '.2f')} | "
@@ -238,21 +280,36 @@ class Calibration:
         )
 
 
-def _choose(trials: Sequence[Trial], success_margin: float = 0.0) -> Trial | None:
-    """Among acceptable trials whose success is within ``success_margin`` of the best one's,
-    the most on-topic (highest answer–query similarity), then highest EPS, then lowest dose.
+def _deprecated_margin(success_margin: float | None) -> None:
+    if success_margin is not None:
+        warnings.warn(
+            "success_margin is deprecated and ignored: the choice now caps success at "
+            "target_success and weighs it against topic retention (emovec.evaluation.choice).",
+            DeprecationWarning,
+            stacklevel=3,
+        )
 
-    Success over a few dozen queries is noisy (one answer is 4 % of 24), so a trial a
-    margin below the best is as good a bet, and staying on topic is what users notice.
-    An emotion's trials answer the same queries against the same plain answers (one
-    evaluation), so the highest similarity is also the highest topic retention.
-    """
-    acceptable = [t for t in trials if t.acceptable]
-    if not acceptable:
-        return None
-    best = max(t.success for t in acceptable)
-    near = [t for t in acceptable if t.success >= best - success_margin - 1e-9]
-    return max(near, key=lambda t: (t.sim_query, t.eps, -t.dose))
+
+def _check_target(target_success: float) -> None:
+    number = isinstance(target_success, (int, float)) and not isinstance(target_success, bool)
+    if not number or not 0.0 < float(target_success) <= 1.0:
+        raise ValueError(f"target_success must be in (0, 1], not {target_success!r}.")
+
+
+def _choose(
+    trials: Sequence[Trial],
+    plain: Mapping[str, float],
+    tolerance: Tolerance,
+    target_success: float = DEFAULT_TARGET_SUCCESS,
+) -> Trial | None:
+    """The trial :func:`emovec.evaluation.choice.choose` picks among the fluent ones
+    (``acceptable``), or ``None`` if none is; equals go to the earlier trial."""
+    fluent = [t for t in trials if t.acceptable]
+    rows = [asdict(t) for t in fluent]
+    best = choose(
+        rows, plain, tolerance=tolerance, target_success=target_success, assume_fluent=True
+    )
+    return next((t for t, row in zip(fluent, rows, strict=True) if row is best), None)
 
 
 _KEYS = ("success", "eps", "degenerate", "sim_query", "retention", "offensive", "median_perplexity")
@@ -261,13 +318,13 @@ _KEYS = ("success", "eps", "degenerate", "sim_query", "retention", "offensive", 
 def _decide(
     report: EvaluationReport,
     tolerance: Tolerance,
-    success_margin: float,
+    target_success: float,
     settings: Mapping[str, Any],
 ) -> Calibration:
     """Trials from the evaluation of every setting (named by :func:`_setting_name` from
-    ``settings``' bands, doses and instructions), and the placement chosen per emotion."""
-    if not 0.0 <= success_margin <= 1.0:
-        raise ValueError(f"success_margin must be between 0 and 1, not {success_margin}.")
+    ``settings``' bands, doses, instructions, personas and positions), and the placement
+    chosen per emotion."""
+    _check_target(target_success)
     summary = report.summary()
     rows = {(r["recipe"], r["emotion"]): r for r in summary if r["recipe"] != "plain"}
     baseline: dict[str, Mapping[str, Any]] = {
@@ -275,31 +332,42 @@ def _decide(
     }
     plain = {e: {k: float(r[k]) for k in _KEYS} for e, r in baseline.items()}
     texts = settings.get("instruction_texts") or {}
+    persona_texts = settings.get("persona_texts") or {}
+    grid = list(
+        product(
+            settings["bands"],
+            settings["doses"],
+            settings.get("instructions", [False]),
+            settings.get("personas", [False]),
+            settings.get("positions", [None]),
+        )
+    )
     trials: list[Trial] = []
     for emotion in report.settings.get("emotions") or list(baseline):
-        for band in settings["bands"]:
-            for dose in settings["doses"]:
-                for instructed in settings.get("instructions", [False]):
-                    row = rows[(_setting_name(band, dose, instructed), emotion)]
-                    trials.append(
-                        Trial(
-                            emotion=emotion,
-                            layers=tuple(band),
-                            dose=float(dose),
-                            success=row["success"],
-                            eps=row["eps"],
-                            degenerate=row["degenerate"],
-                            sim_query=row["sim_query"],
-                            retention=row["retention"],
-                            offensive=row["offensive"],
-                            median_perplexity=row["median_perplexity"],
-                            acceptable=tolerance.accepts(row, baseline[emotion]),
-                            instruction=texts[emotion] if instructed else None,
-                        )
-                    )
+        for band, dose, instructed, persona, positions in grid:
+            row = rows[(_setting_name(band, dose, instructed, persona, positions), emotion)]
+            trials.append(
+                Trial(
+                    emotion=emotion,
+                    layers=tuple(band),
+                    dose=float(dose),
+                    success=row["success"],
+                    eps=row["eps"],
+                    degenerate=row["degenerate"],
+                    sim_query=row["sim_query"],
+                    retention=row["retention"],
+                    offensive=row["offensive"],
+                    median_perplexity=row["median_perplexity"],
+                    acceptable=tolerance.fluent(row, baseline[emotion]),
+                    instruction=texts[emotion] if instructed else None,
+                    persona=persona_texts[emotion] if persona else None,
+                    positions=positions,
+                )
+            )
     placements: dict[str, Placement] = {}
     for emotion in dict.fromkeys(t.emotion for t in trials):
-        best = _choose([t for t in trials if t.emotion == emotion], success_margin)
+        mine = [t for t in trials if t.emotion == emotion]
+        best = _choose(mine, plain[emotion], tolerance, target_success)
         if best is not None:
             placements[emotion] = best.placement
     return Calibration(trials, placements, plain, dict(settings), report, tolerance)
