@@ -11,7 +11,7 @@ success-vs-retention plot (every recipe a point, the Pareto front drawn).
     python benchmarks/steering_methods.py --split heldout --queries 40 \
         --recipes calibrated vector-only generated-1.5 angular guided --out out/methods
 
-``--split calibration``: the first shipped extraction queries (what calibration tunes on);
+``--split calibration``: the shipped calibration queries (what calibration chooses on);
 ``--split heldout``: the evaluation queries (never used for extraction or calibration).
 ``calibrated`` is the bank as shipped (its placements and instructions); the others steer
 every emotion at the bank's placements, changed as named; ``prompt`` (the instruction alone,
@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from emovec import EmotionVectors, load_model
-from emovec.datasets import default_extraction_queries, default_queries
+from emovec.datasets import default_calibration_queries, default_queries
 from emovec.evaluation import EvaluationReport, Recipe, evaluate
 from emovec.evaluation.scoring import PrototypeScorer
 from emovec.evaluation.topic import SentenceEmbedder
@@ -43,15 +43,18 @@ RECIPES: dict[str, tuple[float, Recipe]] = {  # name: (α, recipe)
     "vector-only-1.5": (1.5, Recipe(instruct=False)),
     "hybrid-0.5": (0.5, Recipe(instruct=True)),
     "generated-1.5": (1.5, Recipe(instruct=False, positions="generated")),
+    "generated-2": (2.0, Recipe(instruct=False, positions="generated")),
     "angular": (1.0, Recipe(instruct=False, method="angular")),
     "project-3": (3.0, Recipe(instruct=False, method="project")),
     "guided": (1.5, Recipe(instruct=False, guidance=0.5)),
     "persona-0.5": (0.5, Recipe(instruct=False, persona=True)),
     "persona-0.75": (0.75, Recipe(instruct=False, persona=True)),
     "persona-1": (1.0, Recipe(instruct=False, persona=True)),
+    "persona-generated-1.5": (1.5, Recipe(instruct=False, persona=True, positions="generated")),
     "hybrid-generated-0.75": (0.75, Recipe(instruct=True, positions="generated")),
     "hybrid-generated-1": (1.0, Recipe(instruct=True, positions="generated")),
     "hybrid-generated-1.5": (1.5, Recipe(instruct=True, positions="generated")),
+    "persona-instruction-0.25": (0.25, Recipe(instruct=True, persona=True)),
     "persona-instruction-0.35": (0.35, Recipe(instruct=True, persona=True)),
     "persona-instruction-0.5": (0.5, Recipe(instruct=True, persona=True)),
     "persona-instruction-generated-1": (
@@ -88,11 +91,14 @@ def main() -> None:
     parser.add_argument("--vectors", default=str(SHIPPED))
     parser.add_argument("--batch-size", type=int, default=48)
     parser.add_argument("--no-clean", dest="clean", action="store_false")
+    parser.add_argument(
+        "--no-prompt", dest="prompt", action="store_false", help="skip the instruction-only row"
+    )
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)  # before the long work, not after
 
-    pool = default_extraction_queries() if args.split == "calibration" else default_queries()
+    pool = default_calibration_queries() if args.split == "calibration" else default_queries()
     queries = pool[: args.queries]
     model, tokenizer = load_model()
     vectors = EmotionVectors.load(args.vectors)
@@ -114,19 +120,15 @@ def main() -> None:
                 scorer=PrototypeScorer(vectors.emotions, embedder=embedder),
                 embedder=embedder,
                 recipes={n: RECIPES[n][1] for n in args.recipes if RECIPES[n][0] == alpha},
-                prompt_baseline=not reports,
+                prompt_baseline=args.prompt and not reports,
                 clean=args.clean,
                 batch_size=args.batch_size,
             )
         )
     seconds = time.perf_counter() - started
-    # Every sweep answered plain too (the same greedy answers): keep the first one's.
-    records = reports[0].records + [
-        r for later in reports[1:] for r in later.records if r["recipe"] != "plain"
-    ]
-    recipes = {name: r for later in reports for name, r in later.settings["recipes"].items()}
-    settings = {**reports[0].settings, "recipes": recipes, "split": args.split}
-    report = EvaluationReport(records, settings=settings)
+    # Every sweep answered plain too (the same greedy answers): combined keeps the first's.
+    report = EvaluationReport.combined(reports)
+    report.settings["split"] = args.split
     nade = report.rescored("nade")
     lines = [
         f"{args.split}: {len(queries)} queries, {args.tokens} tokens, penalty "

@@ -709,3 +709,43 @@ def test_pareto_front_is_exactly_the_non_dominated_points(
         if points[j][0] >= points[i][0] and points[j][1] >= points[i][1] and points[j] != points[i]
     }
     assert set(got) == set(finite) - dominated
+
+
+def test_combined_keeps_one_set_of_plain_answers_and_every_steered_one() -> None:
+    """Two sweeps over the same queries (one per α): one plain row, both steered rows, the
+    recipes of both, the first's other settings."""
+    plain = [_record("plain", 0.0, 0.0, 10.0, query=q) for q in ("q1", "q2")]
+    first = EvaluationReport(
+        [*plain, *(_record("vector", 1.0, 0.0, 12.0, query=q) for q in ("q1", "q2"))],
+        settings={"recipes": {"vector": {"instruct": False}}, "split": "calibration"},
+    )
+    second = EvaluationReport(
+        [*plain, *(_record("gentle", 0.5, 0.0, 11.0, query=q) for q in ("q1", "q2"))],
+        settings={"recipes": {"gentle": {"instruct": True}}, "split": "other"},
+    )
+    both = EvaluationReport.combined([first, second])
+    assert len(both.records) == 6
+    assert sorted((r["recipe"], r["alpha"]) for r in both.summary()) == [
+        ("gentle", 0.5),
+        ("plain", 0.0),
+        ("vector", 1.0),
+    ]
+    assert both.settings == {
+        "recipes": {"vector": {"instruct": False}, "gentle": {"instruct": True}},
+        "split": "calibration",
+    }
+    assert EvaluationReport.combined([first]).records == first.records
+
+
+def test_combined_refuses_reports_that_are_not_comparable() -> None:
+    """Other plain answers (other queries or decoding) or the same rows twice are refused."""
+    report = EvaluationReport([_record("plain", 0.0, 0.0, 10.0), _record("vector", 1.0, 0.0, 12.0)])
+    other_queries = EvaluationReport(
+        [_record("plain", 0.0, 0.0, 10.0, query="elsewhere"), _record("v2", 1.0, 0.0, 12.0)]
+    )
+    with pytest.raises(ValueError, match="plain answers differ"):
+        EvaluationReport.combined([report, other_queries])
+    with pytest.raises(ValueError, match="appear in two reports"):
+        EvaluationReport.combined([report, report])
+    with pytest.raises(ValueError, match="at least one"):
+        EvaluationReport.combined([])

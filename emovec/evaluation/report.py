@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -163,6 +164,45 @@ class EvaluationReport:
         if "reference_retention" not in settings:
             settings["reference_retention"] = reference_retention(embedder, targets)
         return EvaluationReport(_with_retention(records), settings=settings)
+
+    @classmethod
+    def combined(cls, reports: Sequence[EvaluationReport]) -> EvaluationReport:
+        """One report from sweeps over the same queries (say, one per α, or one per process):
+        the first one's plain answers and settings, every report's steered answers, and the
+        union of their ``recipes`` settings.
+
+        Raises:
+            ValueError: If there is no report, the plain answers differ (other queries or
+                decoding: the rows would not be comparable), or two reports hold answers of
+                the same (recipe, emotion, α).
+        """
+        if not reports:
+            raise ValueError("combined() needs at least one report.")
+
+        def plain(report: EvaluationReport) -> list[tuple[str, str, str]]:
+            rows = [r for r in report.records if r["recipe"] == "plain"]
+            return sorted((r["target"], r["query"], r["answer"]) for r in rows)
+
+        first = plain(reports[0])
+        records = list(reports[0].records)
+        seen = {(r["recipe"], r["target"], r["alpha"]) for r in records}
+        recipes: dict[str, Any] = {}
+        for number, report in enumerate(reports):
+            if number and plain(report) != first:
+                raise ValueError(
+                    f"Report {number} answered other queries, or decoded otherwise: its plain "
+                    "answers differ from the first report's."
+                )
+            recipes.update(report.settings.get("recipes") or {})
+            if not number:
+                continue
+            steered = [r for r in report.records if r["recipe"] != "plain"]
+            keys = {(r["recipe"], r["target"], r["alpha"]) for r in steered}
+            if keys & seen:
+                raise ValueError(f"Answers of {sorted(keys & seen)[:3]} appear in two reports.")
+            seen |= keys
+            records += steered
+        return cls(records, settings={**reports[0].settings, "recipes": recipes})
 
     @classmethod
     def from_json(cls, path: str | Path) -> EvaluationReport:
