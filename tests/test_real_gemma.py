@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from emovec import EmotionVectors, load_model, steer
+from emovec.evaluation.metrics import is_degenerate
 from emovec.evaluation.scoring import NadeScorer
 from emovec.generation import format_prompts, generate_answers
 from emovec.prebuilt import prebuilt_path
@@ -38,10 +39,9 @@ QUERIES = [
     "How was your commute this morning?",
 ]
 MAX_NEW_TOKENS = 24
-# Gemma's usable strengths are far below SmolLM2's α = 1 (it collapses into repetition from
-# ≈ 0.3 on): joy at 0.2 raised nade's joy score on 8 of these 8 queries (mean 0.32 → 0.60),
-# at 0.1 on 5 of 8.
-JOY_ALPHA = 0.2
+# The shipped bank is calibrated (docs/gemma.md): α = 1 is each emotion's dose at layers 7–9
+# (0.03–0.08, where an uncalibrated α = 1 meant 0.5 and broke every emotion into "$$$$…").
+JOY_ALPHA = 1.0
 
 
 @pytest.fixture(scope="module")
@@ -105,8 +105,27 @@ def test_shipped_vectors_fit_gemma(model_and_tokenizer: tuple, vectors: EmotionV
     )
     assert vectors.recommended_layers == (7, 8, 9)  # the default band for 18 layers
     recommended = vectors.settings["recommended_alpha"]
-    assert set(recommended) == set(vectors.emotions)
-    assert all(0 <= alpha <= 1 for alpha in recommended.values())
+    assert recommended == dict.fromkeys(vectors.emotions, 1.0)  # α = 1 is the calibrated dose
+    assert set(vectors.placements) == set(vectors.emotions)
+    assert all(0 < p.dose <= 0.1 for p in vectors.placements.values())
+    assert vectors.generation_kwargs() == {"repetition_penalty": 1.15}
+
+
+@pytest.mark.parametrize("emotion", ["joy", "anger", "disgust", "fear", "sadness"])
+def test_alpha_one_no_longer_breaks_the_text(
+    model_and_tokenizer: tuple, vectors: EmotionVectors, emotion: str
+) -> None:
+    """At α = 1, decoded as calibrated, every emotion's answers are text, not loops."""
+    model, tokenizer = model_and_tokenizer
+    decoding = vectors.generation_kwargs()
+    with steer(model, vectors, **{emotion: 1.0}):
+        steered = generate_answers(
+            model, tokenizer, QUERIES, max_new_tokens=MAX_NEW_TOKENS, **decoding
+        )
+    assert sum(is_degenerate(answer) for answer in steered) <= 1, steered
+    for answer in steered:
+        words = answer.split()
+        assert len(words) >= 5 and len(set(words)) >= 4, (emotion, answer)
 
 
 def test_zero_alpha_is_identical_and_joy_changes_the_output(
