@@ -58,6 +58,16 @@ def test_front_success_interpolates_between_pareto_points_and_is_level_beyond() 
 def test_front_success_needs_points() -> None:
     with pytest.raises(ValueError, match="at least one point"):
         front_success([], 0.5)
+    with pytest.raises(ValueError, match="finite"):
+        front_success([(math.nan, 0.5)], 0.5)
+
+
+def test_front_success_takes_repeated_and_unmeasured_points_in_its_stride() -> None:
+    """Equal points (two strengths scoring alike) and a nan retention change nothing."""
+    front = [(1.0, 0.1), (0.7, 0.5), (0.4, 0.9)]
+    noisy = [*front, (0.7, 0.5), (math.nan, 1.0)]
+    for retention in (0.3, 0.55, 0.7, 0.85, 1.1):
+        assert front_success(noisy, retention) == pytest.approx(front_success(front, retention))
 
 
 @settings(max_examples=200, deadline=None, derandomize=True)

@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from itertools import pairwise
 from typing import Any, TypeVar
 
+from emovec.evaluation.plots import pareto_front
 from emovec.evaluation.tolerance import Tolerance
 
 __all__ = ["DEFAULT_TARGET_SUCCESS", "attainment", "choose", "front_success"]
@@ -58,27 +59,28 @@ def attainment(
 def front_success(points: Sequence[tuple[float, float]], retention: float) -> float:
     """The success a front of ``(retention, success)`` points reaches at ``retention``.
 
-    The front is the points' Pareto-optimal ones (no other point keeps more topic *and*
-    shows more emotion), joined by straight lines, and held level beyond its ends: below its
-    least on-topic point that point's success, above its most on-topic point that one's.
+    The front is the points' Pareto-optimal ones (no other point keeps as much topic and
+    shows as much emotion: :func:`~emovec.evaluation.plots.pareto_front`, which also drops
+    points with a non-finite coordinate), joined by straight lines, and held level beyond
+    its ends: below its least on-topic point that point's success, above its most on-topic
+    point that one's.
+    The lines, not the staircase :func:`~emovec.evaluation.plots.plot_front` draws through
+    the points, because the reference is a strength α and an α between two of its points
+    would reach about the line: beating the staircase alone is not beating the reference.
 
     Raises:
-        ValueError: If there are no points.
+        ValueError: If no point has finite coordinates.
     """
-    if not points:
-        raise ValueError("A front needs at least one point.")
-    front: list[tuple[float, float]] = []
-    for r, s in sorted(points, key=lambda p: (-p[0], -p[1])):  # most on-topic first
-        if not front or s > front[-1][1]:
-            front.append((r, s))  # keeps less topic, so only worth it with more success
-    front.reverse()  # retention ascending, success descending
+    front = [points[i] for i in pareto_front(points)]  # retention up, success down
+    if not front:
+        raise ValueError("A front needs at least one point with finite coordinates.")
     if retention <= front[0][0]:
         return front[0][1]
     if retention >= front[-1][0]:
         return front[-1][1]
     for (r0, s0), (r1, s1) in pairwise(front):
-        if r0 <= retention <= r1:
-            return s0 + (s1 - s0) * (retention - r0) / (r1 - r0)
+        if retention <= r1:  # r0 < retention here; equal points share r0 = r1 and s0 = s1
+            return s1 if r1 == r0 else s0 + (s1 - s0) * (retention - r0) / (r1 - r0)
     raise AssertionError("unreachable: retention lies within the front")
 
 
