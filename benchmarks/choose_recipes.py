@@ -28,11 +28,33 @@ from emovec.evaluation.choice import DEFAULT_TARGET_SUCCESS, choose
 from emovec.evaluation.recipes import PERSONAS, PROMPT_INSTRUCTIONS
 
 
+def pooled(first: EvaluationReport, second: EvaluationReport) -> EvaluationReport:
+    """One report over both reports' queries (which must differ), holding the recipes both
+    answered: every summary row is then a mean over all the queries."""
+    queries = {r["query"] for r in first.records}
+    if queries & {r["query"] for r in second.records}:
+        raise SystemExit("pooled reports must answer different queries")
+    both = {r["recipe"] for r in first.records} & {r["recipe"] for r in second.records}
+    records = [r for r in first.records + second.records if r["recipe"] in both]
+    queries |= {r["query"] for r in second.records}
+    recipes = {n: v for n, v in first.settings["recipes"].items() if n in both}
+    settings = {**first.settings, "recipes": recipes, "queries": len(queries)}
+    return EvaluationReport(records, settings=settings)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("reports", type=Path, nargs="+", help="reports over the same queries")
     parser.add_argument("--vectors", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--pool",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="reports over other calibration queries (one sweep: their own plain answers), "
+        "pooled with the first ones; only recipes answered in both count",
+    )
     parser.add_argument(
         "--reference",
         nargs="+",
@@ -42,6 +64,9 @@ def main() -> None:
     args = parser.parse_args()
 
     report = EvaluationReport.combined([EvaluationReport.from_json(p) for p in args.reports])
+    if args.pool:
+        more = EvaluationReport.combined([EvaluationReport.from_json(p) for p in args.pool])
+        report = pooled(report, more)
     vectors = EmotionVectors.load(args.vectors)
     recipes = report.settings["recipes"]
     tolerance = Tolerance()
@@ -68,7 +93,7 @@ def main() -> None:
         old = vectors.placements[emotion]
         placements[emotion] = replace(
             old,
-            dose=old.dose * best["alpha"],
+            dose=round(old.dose * best["alpha"], 6),  # 0.2625, not 0.26249999999999996
             instruction=PROMPT_INSTRUCTIONS[emotion] if recipe["instruct"] else None,
             persona=PERSONAS[emotion] if recipe["persona"] else None,
             positions=recipe["positions"],

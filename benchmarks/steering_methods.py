@@ -85,6 +85,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--split", choices=["calibration", "heldout"], default="heldout")
     parser.add_argument("--queries", type=int, default=40)
+    parser.add_argument(
+        "--offset", type=int, default=0, help="skip this many of the split's queries"
+    )
     parser.add_argument("--tokens", type=int, default=48)
     parser.add_argument("--repetition-penalty", type=float, default=1.15)
     parser.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=list(RECIPES))
@@ -99,7 +102,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)  # before the long work, not after
 
     pool = default_calibration_queries() if args.split == "calibration" else default_queries()
-    queries = pool[: args.queries]
+    queries = pool[args.offset : args.offset + args.queries]
     model, tokenizer = load_model()
     vectors = EmotionVectors.load(args.vectors)
     embedder = SentenceEmbedder()
