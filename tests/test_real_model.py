@@ -223,15 +223,14 @@ def test_at_alpha_one_the_target_wins_most_answers_and_minus_one_suppresses(
     scores = judge(steered)
     wins = float(np.mean(np.argmax(scores, axis=1) == column))
     plain_wins = float(np.mean(np.argmax(judge(plain_long_answers), axis=1) == column))
-    # On the 40 held-out evaluation queries the shipped recipes win 1.00 / 0.53 / 0.55 /
-    # 0.72 / 0.78 of the answers (docs/methods.md); on these 16, anger and disgust 0.375
-    # (plain 0.06 and 0): the target must clearly gain over plain.
+    # On the 40 held-out evaluation queries the shipped recipes win 0.82 / 0.28 / 0.47 /
+    # 0.47 / 0.70 of the answers (docs/methods.md): the target must clearly gain over plain.
     assert wins >= plain_wins + 0.25, (emotion, wins, plain_wins, steered)
     assert sum(is_degenerate(answer) for answer in steered) <= 1, steered
     if emotion in ("disgust", "fear", "sadness"):
-        # Measured: with their smaller doses α = −1 no longer lowers fear's score (held out
-        # 0.133 → 0.148) nor, on these 16 queries, sadness's (0.172 → 0.201) or disgust's
-        # (0.084 → 0.085; held out 0.226 → 0.196).
+        # Not asserted: at their small doses α = −1 barely lowers these three (held out,
+        # share of answers the judge gives them: 0.23 → 0.23, 0.10 → 0.07, 0.15 → 0.12;
+        # round 1 on these 16 queries even raised sadness's score, 0.172 → 0.201).
         return
     suppressed = judge(_answers(model_and_tokenizer, vectors, **{emotion: -1.0}))[:, column]
     assert suppressed.mean() < judge(plain_long_answers)[:, column].mean(), emotion
@@ -240,11 +239,11 @@ def test_at_alpha_one_the_target_wins_most_answers_and_minus_one_suppresses(
 # --- the answer still answers, and stays clean ------------------------------------------
 
 # Topic retention at α = 1 on these held-out queries (mean MiniLM similarity of the answers
-# to their queries over the plain answers'). The issue's bar is 0.7, which the 135M model
-# does not reach yet (docs/methods.md); the floors are the shipped recipes' held-out levels
-# (0.57 / 0.39 / 0.48 / 0.63 / 0.43 on 40 queries), less a margin for 16 queries, above the
-# bank shipped before (0.51 / 0.21 / 0.41 / 0.49 / 0.29).
-RETENTION_FLOOR = {"joy": 0.45, "anger": 0.28, "disgust": 0.35, "fear": 0.5, "sadness": 0.32}
+# to their queries over the plain answers'): the issue's bar, 0.7, for every emotion. The
+# shipped recipes keep 0.90 / 0.78 / 0.89 / 0.88 / 0.75 here (joy / anger / disgust / fear /
+# sadness); on the 40 harder evaluation queries 0.73 / 0.56 / 0.66 / 0.73 / 0.56
+# (docs/methods.md), the bank shipped before 0.57 / 0.39 / 0.48 / 0.63 / 0.43.
+RETENTION_FLOOR = dict.fromkeys(["joy", "anger", "disgust", "fear", "sadness"], 0.7)
 
 
 @pytest.mark.parametrize("emotion", ["joy", "anger", "disgust", "fear", "sadness"])
