@@ -13,6 +13,7 @@ it uses the core. Its modules:
   topic similarity and retention;
 - :mod:`~emovec.evaluation.calibration` and :mod:`~emovec.evaluation.trials`:
   :func:`calibrate`, the search for each emotion's placement;
+- :mod:`~emovec.evaluation.choice`: the one rule that picks a setting from scored candidates;
 - :mod:`~emovec.evaluation.plots`: the success-against-retention front.
 
 It needs the ``[eval]`` extra (and the data packages ``scripts/setup.sh`` installs).
