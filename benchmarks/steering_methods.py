@@ -24,7 +24,7 @@ import argparse
 import time
 from pathlib import Path
 
-from emovec import EmotionVectors, load_model
+from emovec import EmotionVectors, Schedule, load_model
 from emovec.datasets import default_calibration_queries, default_queries
 from emovec.evaluation import EvaluationReport, Recipe, evaluate
 from emovec.evaluation.scoring import PrototypeScorer
@@ -60,6 +60,62 @@ RECIPES: dict[str, tuple[float, Recipe]] = {  # name: (α, recipe)
     "persona-instruction-generated-1": (
         1.0,
         Recipe(instruct=True, persona=True, positions="generated"),
+    ),
+    # Round 3: the vector on the prompt's positions only (the answer's tokens read an
+    # emotional context but are computed unsteered), and schedules over the answer.
+    "prompt-1.5": (1.5, Recipe(instruct=False, positions="prompt")),
+    "prompt-3": (3.0, Recipe(instruct=False, positions="prompt")),
+    "persona-prompt-1.5": (1.5, Recipe(instruct=False, persona=True, positions="prompt")),
+    "persona-prompt-3": (3.0, Recipe(instruct=False, persona=True, positions="prompt")),
+    "burst-2": (  # strong while the answer sets its tone, then a quarter
+        2.0,
+        Recipe(instruct=False, positions="generated", schedule=Schedule(1.0, 8, 0.25, 8)),
+    ),
+    "persona-burst-2": (
+        2.0,
+        Recipe(
+            instruct=False, persona=True, positions="generated", schedule=Schedule(1.0, 8, 0.25, 8)
+        ),
+    ),
+    "persona-ramp-1.5": (  # the answer begins unsteered, then the emotion comes in
+        1.5,
+        Recipe(
+            instruct=False, persona=True, positions="generated", schedule=Schedule(0.0, 6, 1.0, 8)
+        ),
+    ),
+    "persona-ramp-2": (
+        2.0,
+        Recipe(
+            instruct=False, persona=True, positions="generated", schedule=Schedule(0.0, 6, 1.0, 8)
+        ),
+    ),
+    "ramp-2": (
+        2.0,
+        Recipe(instruct=False, positions="generated", schedule=Schedule(0.0, 6, 1.0, 8)),
+    ),
+    "ramp-3": (
+        3.0,
+        Recipe(instruct=False, positions="generated", schedule=Schedule(0.0, 6, 1.0, 8)),
+    ),
+    "ramp-4": (
+        4.0,
+        Recipe(instruct=False, positions="generated", schedule=Schedule(0.0, 6, 1.0, 8)),
+    ),
+    "ramp-late-2": (  # the first 12 tokens unsteered
+        2.0,
+        Recipe(instruct=False, positions="generated", schedule=Schedule(0.0, 12, 1.0, 8)),
+    ),
+    "persona-ramp-late-2": (
+        2.0,
+        Recipe(
+            instruct=False, persona=True, positions="generated", schedule=Schedule(0.0, 12, 1.0, 8)
+        ),
+    ),
+    "persona-instruction-ramp-1.5": (
+        1.5,
+        Recipe(
+            instruct=True, persona=True, positions="generated", schedule=Schedule(0.0, 6, 1.0, 8)
+        ),
     ),
 }
 

@@ -295,7 +295,7 @@ def _placements(
             raise VectorFileError(path, f"has a placement for {emotion!r}, which it lacks.")
         if not isinstance(placement, dict):
             raise VectorFileError(path, f"its {where} is {placement!r:.80}, not a JSON object.")
-        unknown = sorted(set(placement) - {"layers", "dose", *_PLACEMENT_TEXT})
+        unknown = sorted(set(placement) - {"layers", "dose", "schedule", *_PLACEMENT_TEXT})
         if unknown or "layers" not in placement or "dose" not in placement:
             raise VectorFileError(
                 path, f"its {where} needs 'layers' and 'dose' and nothing unknown {unknown}."
@@ -307,4 +307,16 @@ def _placements(
         for key in _PLACEMENT_TEXT:
             if key in placement and not isinstance(placement[key], str):
                 raise VectorFileError(path, f"its {where}'s {key} is not text.")
+        if "schedule" in placement:
+            _schedule(path, f"{where}'s schedule", placement["schedule"])
     return placements
+
+
+def _schedule(path: Path, where: str, schedule: object) -> None:
+    """A schedule as a file holds it: ``{"begin": x, "hold": n, "end": y, "ramp": m}``."""
+    kinds = {"begin": (int, float), "hold": (int,), "end": (int, float), "ramp": (int,)}
+    if not isinstance(schedule, dict) or set(schedule) != set(kinds):
+        raise VectorFileError(path, f"its {where} is {schedule!r:.80}, not {{{', '.join(kinds)}}}.")
+    for key, allowed in kinds.items():
+        if type(schedule[key]) not in allowed:
+            raise VectorFileError(path, f"its {where}'s {key} is {schedule[key]!r:.80}.")

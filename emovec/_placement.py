@@ -8,6 +8,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from emovec.hooks import Schedule
+
 __all__ = ["Placement", "layer_indices"]
 
 
@@ -44,6 +46,8 @@ class Placement:
             (:meth:`EmotionVectors.persona`).
         positions: The positions steered (``"generated"``: only the answer's tokens), or
             ``None`` for ``steer``'s default.
+        schedule: The strength over the generated tokens (a :class:`~emovec.Schedule`, or
+            its ``to_dict()`` as read from a file), or ``None``: constant.
     """
 
     layers: tuple[int, ...]
@@ -51,6 +55,7 @@ class Placement:
     instruction: str | None = None
     persona: str | None = None
     positions: str | None = None
+    schedule: Schedule | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", layer_indices(self.layers, "A placement's layers"))
@@ -73,10 +78,25 @@ class Placement:
             text = getattr(self, name)
             if text is not None and not (isinstance(text, str) and text.strip()):
                 raise ValueError(f"A placement's {name} must be text, not {text!r}.")
+        object.__setattr__(self, "schedule", _schedule(self.schedule))
 
     def to_dict(self) -> dict[str, Any]:
         written: dict[str, Any] = {"layers": list(self.layers), "dose": self.dose}
         for name in ("instruction", "persona", "positions"):
             if getattr(self, name) is not None:
                 written[name] = getattr(self, name)
+        if self.schedule is not None:
+            written["schedule"] = self.schedule.to_dict()
         return written
+
+
+def _schedule(value: object) -> Schedule | None:
+    """A placement's schedule from a :class:`Schedule` or the mapping a file holds."""
+    if value is None or isinstance(value, Schedule):
+        return value
+    if not isinstance(value, dict) or not set(value) <= {"begin", "hold", "end", "ramp"}:
+        raise ValueError(
+            "A placement's schedule must be a Schedule or a mapping of its begin, hold, end "
+            f"and ramp, not {value!r}."
+        )
+    return Schedule(**value)

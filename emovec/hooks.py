@@ -72,6 +72,11 @@ class Schedule:
         progress = ((generated_index - self.hold).to(torch.float32) / self.ramp).clamp(0, 1)
         return self.begin + (self.end - self.begin) * progress
 
+    @property
+    def label(self) -> str:
+        """``"×0 for 6 tokens, then ×1 over 8"``."""
+        return f"×{self.begin:g} for {self.hold} tokens, then ×{self.end:g} over {self.ramp}"
+
     def to_dict(self) -> dict[str, Any]:
         return {"begin": self.begin, "hold": self.hold, "end": self.end, "ramp": self.ramp}
 

@@ -274,8 +274,10 @@ def steer(
     bank, mixes = _mixes(vectors, strengths, alphas, rows)
 
     if positions is None:
-        positions = _placed_positions(mixes) if layers is None else None
+        positions = _placed_option(mixes, "positions") if layers is None else None
         positions = positions or defaults["positions"]
+    if schedule is None and layers is None:
+        schedule = _placed_option(mixes, "schedule")
     found = find_layers(model, blocks)
     _check_fits(bank, model, found)
     explicit = None if layers is None else layer_weights(bank.num_layers, layers)
@@ -300,20 +302,22 @@ def steer(
     )
 
 
-def _placed_positions(mixes: Sequence[SteeringVector]) -> Positions | None:
-    """The positions the mixes' placements were calibrated for (``None``: none recorded)."""
+def _placed_option(mixes: Sequence[SteeringVector], name: str) -> Any:
+    """The ``positions`` or ``schedule`` the mixes' placements were calibrated for (``None``:
+    none recorded)."""
     recorded = {
-        placement.positions
+        value
         for mix in mixes
         for emotion in mix.coefficients
-        if (placement := mix.bank.placements.get(emotion)) is not None and placement.positions
+        if (placement := mix.bank.placements.get(emotion)) is not None
+        and (value := getattr(placement, name)) is not None
     }
     if len(recorded) > 1:
         raise ValueError(
-            f"The steered emotions were calibrated for different positions {sorted(recorded)}; "
-            "pass positions= to choose one."
+            f"The steered emotions were calibrated for different {name} "
+            f"{sorted(map(str, recorded))}; pass {name}= to choose one."
         )
-    return recorded.pop() if recorded else None  # type: ignore[return-value]
+    return recorded.pop() if recorded else None
 
 
 def _placed(

@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import build_model, build_tokenizer, random_bank
 
-from emovec import steer
+from emovec import Schedule, steer
 from emovec.evaluation import EvaluationReport, Recipe, evaluate
 from emovec.evaluation.recipes import PERSONAS, PROMPT_INSTRUCTIONS
 from emovec.evaluation.scoring import NadeScorer
@@ -48,6 +48,11 @@ RECIPES = {
     "generated": Recipe(positions="generated"),
     "angular": Recipe(method="angular"),
     "persona": Recipe(placement=Placement((1, 2), 0.2), persona=True),
+    # Plain for the first 2 answer tokens, then the emotion ramps in (and a strong dose, so
+    # that the schedule visibly changes the answer).
+    "ramp": Recipe(
+        placement=Placement((1, 2), 2.0), positions="generated", schedule=Schedule(0.0, 2, 1.0, 3)
+    ),
 }
 
 
@@ -78,7 +83,12 @@ def _alone(setup: tuple, name: str, emotion: str, query: str) -> str:
     instruction = recipe.instruction(placed, emotion)
     asked = query if instruction is None else f"{query} {instruction}"
     system = recipe.system(placed, emotion)
-    options = {"positions": recipe.positions, "method": recipe.method, "max_dose": math.inf}
+    options = {
+        "positions": recipe.positions,
+        "method": recipe.method,
+        "schedule": recipe.schedule,
+        "max_dose": math.inf,
+    }
     with steer(model, placed, **{emotion: 1.0}, **options):  # type: ignore[arg-type]
         (answer,) = generate_answers(
             model,
@@ -107,6 +117,29 @@ def test_recipes_are_summarised_and_recorded_by_name(report: EvaluationReport) -
     assert {(name, e) for name in RECIPES for e in ("joy", "anger")} <= methods
     assert report.settings["recipes"]["late+instruction"]["placement"]["layers"] == [1, 2]
     assert report.settings["recipes"]["angular"]["method"] == "angular"
+    assert report.settings["recipes"]["ramp"]["schedule"] == {
+        "begin": 0.0,
+        "hold": 2,
+        "end": 1.0,
+        "ramp": 3,
+    }
+
+
+def test_a_scheduled_recipe_differs_from_the_same_recipe_unscheduled(
+    setup: tuple, report: EvaluationReport
+) -> None:
+    """The schedule reaches the hooks: held plain at first, the answer starts as plain's."""
+    model, tokenizer, bank = setup
+    scheduled = {r["query"]: r["answer"] for r in report.records if r["recipe"] == "ramp"}
+    plain = {r["query"]: r["answer"] for r in report.records if r["recipe"] == "plain"}
+    placed = bank.with_placements({"joy": RECIPES["ramp"].placement})
+    query = QUERIES[0]
+    with steer(model, placed, joy=1.0, positions="generated", max_dose=math.inf):
+        (unscheduled,) = generate_answers(
+            model, tokenizer, [query], max_new_tokens=DECODING.max_new_tokens, clean=False
+        )
+    assert unscheduled != scheduled[query]
+    assert scheduled[query].split()[:1] == plain[query].split()[:1]
 
 
 def test_instruction_comes_from_the_placement_then_the_default(setup: tuple) -> None:

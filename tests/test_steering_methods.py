@@ -8,6 +8,7 @@ block's own output ``h`` and one registered after sees what the model passes on.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -276,3 +277,32 @@ def test_placements_carry_their_positions(llama: nn.Module) -> None:
     assert steer(llama, bank, joy=1.0, anger=0.5, positions="generated").positions == "generated"
     with pytest.raises(ValueError, match="positions"):
         Placement((1,), 0.3, positions="answer")
+
+
+def test_placements_carry_their_schedules(llama: nn.Module, tmp_path: Path) -> None:
+    ramp = Schedule(0.0, 6, 1.0, 8)
+    bank = _bank(llama).with_placements(
+        {
+            "joy": Placement((1,), 0.3, positions="generated", schedule=ramp),
+            "anger": Placement((1,), 0.3, schedule=Schedule(1.5, 2, 1.0, 4)),
+            "fear": Placement((1,), 0.3, positions="generated"),
+        }
+    )
+    assert steer(llama, bank, joy=1.0).schedule == ramp
+    assert steer(llama, bank, joy=1.0, fear=0.5).schedule == ramp  # fear records none
+    other = Schedule(2.0, 1, 1.0, 1)
+    assert steer(llama, bank, joy=1.0, schedule=other).schedule == other
+    assert steer(llama, bank, joy=1.0, layers=[1]).schedule is None  # explicit layers: none
+    assert steer(llama, bank, fear=1.0).schedule is None
+    with pytest.raises(ValueError, match="different schedule"):
+        steer(llama, bank, joy=1.0, anger=0.5, positions="generated")
+    # The file keeps it, as the mapping Schedule.to_dict() writes.
+    bank.save(tmp_path / "bank.safetensors")
+    loaded = EmotionVectors.load(tmp_path / "bank.safetensors")
+    assert loaded.placements["joy"].schedule == ramp
+    assert loaded.placements["joy"].to_dict()["schedule"] == ramp.to_dict()
+    assert Placement((1,), 0.3, schedule={"hold": 3}).schedule == Schedule(hold=3)
+    with pytest.raises(ValueError, match="schedule"):
+        Placement((1,), 0.3, schedule={"hold": 3, "speed": 2})
+    with pytest.raises(TypeError, match="hold"):
+        Placement((1,), 0.3, schedule={"hold": "3"})

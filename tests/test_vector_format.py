@@ -294,6 +294,28 @@ _PLACED = '{{"joy": {}}}'
         ("placements", _PLACED.format('{"layers": [1], "dose": 0.5, "persona": 3}'), "not text"),
         ("placements", _PLACED.format('{"layers": [1], "dose": -0.5}'), "finite and positive"),
         ("placements", _PLACED.format('{"layers": [], "dose": 0.5}'), "at least one layer"),
+        ("placements", _PLACED.format('{"layers": [1], "dose": 0.5, "schedule": 2}'), "schedule"),
+        (
+            "placements",
+            _PLACED.format('{"layers": [1], "dose": 0.5, "schedule": {"begin": 0, "hold": 6}}'),
+            "schedule",
+        ),
+        (
+            "placements",
+            _PLACED.format(
+                '{"layers": [1], "dose": 0.5, '
+                '"schedule": {"begin": 0, "hold": 6.5, "end": 1, "ramp": 8}}'
+            ),
+            "hold is 6.5",
+        ),
+        (
+            "placements",
+            _PLACED.format(
+                '{"layers": [1], "dose": 0.5, '
+                '"schedule": {"begin": 0, "hold": 6, "end": 1, "ramp": 0}}'
+            ),
+            "ramp >= 1",
+        ),
         ("placements", '{"love": {"layers": [1], "dose": 0.5}}', "'love', which it lacks"),
         ("sha256", "abc", "not a SHA-256 digest"),
         ("colour", "red", r"entries \['colour'\]"),

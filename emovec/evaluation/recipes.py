@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from emovec.hooks import Method as SteerMethod
+from emovec.hooks import Schedule
 from emovec.steering import Positions
 from emovec.vectors import EmotionVectors, Placement, SteeringVector
 
@@ -53,6 +54,7 @@ class Recipe:
         method: ``steer``'s method.
         guidance: Steered share of each next token's distribution, mixed with a plain
             pass (:class:`emovec.guidance.PlainGuidance`); ``None``: the steered model alone.
+        schedule: ``steer``'s schedule of the strength over generated tokens.
     """
 
     placement: Placement | None = None
@@ -61,6 +63,7 @@ class Recipe:
     positions: Positions | None = None
     method: SteerMethod = "add"
     guidance: float | None = None
+    schedule: Schedule | None = None
 
     def instruction(self, vectors: EmotionVectors, emotion: str) -> str | None:
         """The instruction this recipe adds to the query for ``emotion`` (or ``None``)."""
@@ -100,6 +103,7 @@ class Recipe:
             "positions": self.positions,
             "method": self.method,
             "guidance": self.guidance,
+            "schedule": None if self.schedule is None else self.schedule.to_dict(),
         }
 
 

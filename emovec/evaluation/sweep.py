@@ -83,7 +83,7 @@ def _generate_all(
 ) -> list[str]:
     """Answers for (query, condition) jobs, in order.
 
-    Jobs whose recipes steer alike (positions, method, guidance) share batches via per-row
+    Jobs whose recipes steer alike (positions, method, schedule, guidance) share batches via per-row
     mixes, each row its emotion, α, placement and instruction: one ``generate`` serves many
     conditions.
     """
@@ -95,7 +95,8 @@ def _generate_all(
         if steered and recipe is not None and condition.emotion is not None:
             placement = recipe.placement or vectors.placements.get(condition.emotion)
             positions = recipe.positions or (placement.positions if placement else None)
-            key = (positions, recipe.method, recipe.guidance)
+            schedule = recipe.schedule or (placement.schedule if placement else None)
+            key = (positions, recipe.method, schedule, recipe.guidance)
         groups.setdefault(key, []).append(index)
     batches = [
         (key, indices[start : start + batch_size])
@@ -123,8 +124,13 @@ def _generate_all(
             systems=systems,
         )
         if key is not None and any(rows):
-            positions, method, guidance = key
-            options = {"layers": layers, "positions": positions, "method": method}
+            positions, method, schedule, guidance = key
+            options = {
+                "layers": layers,
+                "positions": positions,
+                "method": method,
+                "schedule": schedule,
+            }
             # The sweep goes past the dose guard on purpose; the report records each dose.
             with steer(model, vectors, rows=rows, max_dose=math.inf, **options) as steering:
                 texts = answer(steering=steering, guidance=guidance)

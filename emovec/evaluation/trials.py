@@ -16,6 +16,7 @@ from emovec.evaluation.records import _fmt
 from emovec.evaluation.report import EvaluationReport
 from emovec.evaluation.scoring import EmotionScorer, load_scorer
 from emovec.evaluation.tolerance import Tolerance
+from emovec.hooks import Schedule
 from emovec.vectors import EmotionVectors, Placement
 
 __all__ = ["Calibration", "Trial"]
@@ -62,7 +63,8 @@ class Trial:
     stayed within the tolerance (:meth:`~emovec.evaluation.Tolerance.fluent`; retention is
     scored by the choice, not filtered), ``instruction`` the request for the emotion added
     to each query and ``persona`` the system turn (``None``: not used), ``positions`` the
-    positions steered (``None``: ``steer``'s default).
+    positions steered (``None``: ``steer``'s default) and ``schedule`` the strength over the
+    answer's tokens (``None``: constant).
     """
 
     emotion: str
@@ -79,6 +81,7 @@ class Trial:
     instruction: str | None = None
     persona: str | None = None
     positions: str | None = None
+    schedule: Schedule | None = None
 
     @property
     def placement(self) -> Placement:
@@ -89,6 +92,7 @@ class Trial:
             instruction=self.instruction,
             persona=self.persona,
             positions=self.positions,
+            schedule=self.schedule,
         )
 
     @property
@@ -100,6 +104,7 @@ class Trial:
             (" + instruction" if self.instruction else "")
             + (" + persona" if self.persona else "")
             + (f" on {self.positions}" if self.positions else "")
+            + (f", {self.schedule.label}" if self.schedule else "")
         )
 
     @property
