@@ -19,10 +19,13 @@ noise, which greedy decoding can turn into another token).
 Both sides share the loaded model, judges and embedder; the hand-written answers' reference
 retention (cached per embedder) is computed before either is timed.
 
-Measured with the defaults (2 CPU cores shared with other jobs, one thread): (a) 209 s,
-(b) 169 s at batch 96, 1.24x; generation 120 -> 80 s, perplexity 85 -> 86 s (it scores
-almost the same rows either way: 264 vs 248). All 360 answers both sides have in common were
-identical, and so were the choices.
+Measured with the defaults (2 CPU cores, one thread): (a) 179 s, (b) 152 s at batch 96,
+**1.18x**; generation 108 -> 77 s, perplexity 67 -> 71 s (it scores almost the same rows
+either way, 264 vs 248). Before perplexity ran its LM head over the answers' span only:
+(a) 209 s, (b) 169 s, 1.24x (perplexity 85 -> 86 s). All 360 answers both sides have in
+common were identical, and so were the choices. On CPU a forward pass costs about the same
+per row at batch 24 as at 96, so batching the grid saves the per-band plain answers and some
+per-call overhead, not a factor of 3.
 """
 
 from __future__ import annotations

@@ -1,12 +1,14 @@
 """Steering methods against each other: success by both judges, topic retention, cleanliness.
 
-Every recipe (placement, method, positions, schedule-free; instruction; guidance) answers the
+Every recipe (placement, method, positions, schedule; instruction; persona; guidance) answers the
 same queries for the five emotions in one :func:`emovec.evaluation.evaluate` sweep (plain
 answers once, per-row mixes), greedy with the given repetition penalty. Per recipe and
 emotion it prints success by the prototype judge and by nade (the target is the top one of
 the bank's emotions), topic retention (mean sim(answer, query) / mean sim(plain answer,
-query), MiniLM), degeneration and the offensive rate, and writes the report and the
-success-vs-retention plot (every recipe a point, the Pareto front drawn).
+query), MiniLM), the median perplexity under the unsteered model (word salad after an
+on-topic opening keeps retention but not perplexity), degeneration and the offensive rate,
+and writes the report and the success-vs-retention plot (every recipe a point, the Pareto
+front drawn).
 
     python benchmarks/steering_methods.py --split heldout --queries 40 \
         --recipes calibrated vector-only generated-1.5 angular guided --out out/methods
@@ -33,6 +35,18 @@ from emovec.generation import Decoding
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "vectors" / "smollm2-135m-instruct.safetensors"
+
+# Schedules over the answer's tokens (round 3): strong while the answer sets its tone, then a
+# quarter; the answer's first 6 (or 12) tokens plain, then the emotion ramping in.
+BURST = Schedule(1.0, 8, 0.25, 8)
+RAMP = Schedule(0.0, 6, 1.0, 8)
+RAMP_LATE = Schedule(0.0, 12, 1.0, 8)
+
+
+def _on_answer(schedule: Schedule, persona: bool, instruct: bool) -> Recipe:
+    """The vector on the answer's tokens only, scheduled (beside a persona, an instruction)."""
+    return Recipe(instruct=instruct, persona=persona, positions="generated", schedule=schedule)
+
 
 RECIPES: dict[str, tuple[float, Recipe]] = {  # name: (α, recipe)
     "calibrated": (1.0, Recipe()),
@@ -62,61 +76,21 @@ RECIPES: dict[str, tuple[float, Recipe]] = {  # name: (α, recipe)
         Recipe(instruct=True, persona=True, positions="generated"),
     ),
     # Round 3: the vector on the prompt's positions only (the answer's tokens read an
-    # emotional context but are computed unsteered), and schedules over the answer.
+    # emotional context but are computed unsteered), and the scheduled recipes.
     "prompt-1.5": (1.5, Recipe(instruct=False, positions="prompt")),
     "prompt-3": (3.0, Recipe(instruct=False, positions="prompt")),
     "persona-prompt-1.5": (1.5, Recipe(instruct=False, persona=True, positions="prompt")),
     "persona-prompt-3": (3.0, Recipe(instruct=False, persona=True, positions="prompt")),
-    "burst-2": (  # strong while the answer sets its tone, then a quarter
-        2.0,
-        Recipe(instruct=False, positions="generated", schedule=Schedule(1.0, 8, 0.25, 8)),
-    ),
-    "persona-burst-2": (
-        2.0,
-        Recipe(
-            instruct=False, persona=True, positions="generated", schedule=Schedule(1.0, 8, 0.25, 8)
-        ),
-    ),
-    "persona-ramp-1.5": (  # the answer begins unsteered, then the emotion comes in
-        1.5,
-        Recipe(
-            instruct=False, persona=True, positions="generated", schedule=Schedule(0.0, 6, 1.0, 8)
-        ),
-    ),
-    "persona-ramp-2": (
-        2.0,
-        Recipe(
-            instruct=False, persona=True, positions="generated", schedule=Schedule(0.0, 6, 1.0, 8)
-        ),
-    ),
-    "ramp-2": (
-        2.0,
-        Recipe(instruct=False, positions="generated", schedule=Schedule(0.0, 6, 1.0, 8)),
-    ),
-    "ramp-3": (
-        3.0,
-        Recipe(instruct=False, positions="generated", schedule=Schedule(0.0, 6, 1.0, 8)),
-    ),
-    "ramp-4": (
-        4.0,
-        Recipe(instruct=False, positions="generated", schedule=Schedule(0.0, 6, 1.0, 8)),
-    ),
-    "ramp-late-2": (  # the first 12 tokens unsteered
-        2.0,
-        Recipe(instruct=False, positions="generated", schedule=Schedule(0.0, 12, 1.0, 8)),
-    ),
-    "persona-ramp-late-2": (
-        2.0,
-        Recipe(
-            instruct=False, persona=True, positions="generated", schedule=Schedule(0.0, 12, 1.0, 8)
-        ),
-    ),
-    "persona-instruction-ramp-1.5": (
-        1.5,
-        Recipe(
-            instruct=True, persona=True, positions="generated", schedule=Schedule(0.0, 6, 1.0, 8)
-        ),
-    ),
+    **{
+        f"{persona}{name}-{alpha:g}": (alpha, _on_answer(schedule, bool(persona), instruct))
+        for name, schedule, alphas in (
+            ("burst", BURST, (2.0,)),
+            ("ramp", RAMP, (1.5, 2.0, 3.0, 4.0)),
+            ("ramp-late", RAMP_LATE, (2.0,)),
+        )
+        for persona, instruct in (("", False), ("persona-", False), ("persona-instruction-", True))
+        for alpha in alphas
+    },
 }
 
 
@@ -124,15 +98,15 @@ def _table(report: EvaluationReport, nade: EvaluationReport) -> list[str]:
     by_nade = {(r["recipe"], r["emotion"]): r for r in nade.summary()}
     lines = [
         "| recipe | emotion | success (prototypes) | success (nade) | retention | "
-        "degenerate | offensive |",
-        "|---|---|---|---|---|---|---|",
+        "perplexity (median) | degenerate | offensive |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in report.summary():
         other = by_nade[(row["recipe"], row["emotion"])]
         lines.append(
             f"| {row['recipe']} {row['alpha']:+g} | {row['emotion']} | {row['success']:.2f} | "
-            f"{other['success']:.2f} | {row['retention']:.2f} | {row['degenerate']:.2f} | "
-            f"{row['offensive']:.2f} |"
+            f"{other['success']:.2f} | {row['retention']:.2f} | "
+            f"{row['median_perplexity']:.1f} | {row['degenerate']:.2f} | {row['offensive']:.2f} |"
         )
     return lines
 
