@@ -228,8 +228,10 @@ def perplexity(
 
 
 def _forward_parameters(model: PreTrainedModel) -> frozenset[str]:
-    """The keyword arguments ``model.forward`` names (empty if it cannot be inspected)."""
+    """The arguments the model class's ``forward`` names (the class's, not the instance's:
+    accelerate and other wrappers replace the instance's with ``*args, **kwargs``); empty if
+    it cannot be inspected."""
     try:
-        return frozenset(inspect.signature(model.forward).parameters)
+        return frozenset(inspect.signature(type(model).forward).parameters)
     except (TypeError, ValueError):
         return frozenset()

@@ -83,9 +83,9 @@ def _generate_all(
 ) -> list[str]:
     """Answers for (query, condition) jobs, in order.
 
-    Jobs whose recipes steer alike (positions, method, schedule, guidance) share batches via per-row
-    mixes, each row its emotion, α, placement and instruction: one ``generate`` serves many
-    conditions.
+    Jobs whose recipes steer alike (positions, method, schedule, guidance) share batches via
+    per-row mixes, each row its emotion, α, placement and instruction: one ``generate`` serves
+    many conditions.
     """
     groups: dict[tuple[Any, ...] | None, list[int]] = {}
     for index, (_, condition) in enumerate(jobs):
