@@ -13,7 +13,7 @@ import torch
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from emovec.guidance import PlainGuidance
+from emovec.guidance import PlainGuidance, query_guidance_kwargs
 from emovec.hooks import Steering
 from emovec.models import input_device
 from emovec.offensive import clean_generation_kwargs
@@ -197,6 +197,8 @@ def generate_answers(
     steering: Steering | None = None,
     guidance: float | None = None,
     systems: Sequence[str | None] | None = None,
+    query_guidance: float | None = None,
+    query_free: Sequence[str] | None = None,
     **changes: Any,
 ) -> list[str]:
     """Answer each query (batched, left-padded) and return only the new text.
@@ -210,14 +212,26 @@ def generate_answers(
     decodes unfiltered. ``guidance`` (with the applied ``steering``) mixes each next
     token's steered distribution with the plain model's, ``guidance`` being the steered
     share (:class:`emovec.guidance.PlainGuidance`). ``systems`` gives each query a system
-    turn (see :func:`format_prompts`).
+    turn (see :func:`format_prompts`). ``query_guidance`` (≥ 1) amplifies what the question
+    contributes to each next token against the same prompt without it
+    (:func:`emovec.guidance.query_guidance_kwargs`); ``query_free`` gives each row's user
+    turn without the question (e.g. just the instruction that was appended to it; default:
+    empty).
     """
     if guidance is not None and steering is None:
         raise ValueError("guidance needs the applied steering: pass steering=.")
+    if guidance is not None and query_guidance is not None:
+        raise ValueError("Use guidance= or query_guidance=, not both.")
+    query_free = [""] * len(queries) if query_free is None else list(query_free)
+    if len(query_free) != len(queries):
+        raise ValueError(
+            f"Give one query-free turn per query: {len(query_free)} for {len(queries)}."
+        )
     decoding = replace(decoding, **changes) if changes else decoding
     answers: list[str] = []
     device = input_device(model)
     prompts = format_prompts(tokenizer, queries, systems)
+    unasked = format_prompts(tokenizer, query_free, systems) if query_guidance is not None else []
     options = decoding.generate_kwargs()
     if not decoding.do_sample:
         options.update(_UNUSED_WHEN_GREEDY)
@@ -241,12 +255,17 @@ def generate_answers(
                 repetition_penalty=decoding.repetition_penalty,
             )
             processors.insert(0, guide)
+        guided = {}
+        if query_guidance is not None:
+            rows = unasked[start : start + batch_size]
+            guided = query_guidance_kwargs(tokenizer, rows, query_guidance, device, steering)
         seed = decoding.seed + start if decoding.do_sample else None
         with torch.inference_mode(), _seeded(model, seed):
             output = model.generate(  # type: ignore[operator]
                 **inputs,
                 pad_token_id=tokenizer.pad_token_id,
                 **options,
+                **guided,
                 **{**blocker, "logits_processor": processors},
             )
         new_tokens = output[:, inputs["input_ids"].shape[1] :]

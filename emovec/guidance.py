@@ -1,4 +1,5 @@
-"""Guidance in logit space: each next token chosen from a mix of a steered and a plain pass.
+"""Guidance in logit space: each next token chosen from a mix of a steered and a plain pass,
+or pushed toward what the question contributes (:func:`query_guidance_kwargs`).
 
 While a :class:`~emovec.steering.Steering` is applied, ``model.generate`` runs the steered
 model; :class:`PlainGuidance`, a logits processor, runs the same model once more per step with
@@ -22,14 +23,17 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 from transformers import DynamicCache, LogitsProcessor, RepetitionPenaltyLogitsProcessor
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from emovec.steering import Steering
 
-__all__ = ["PlainGuidance"]
+__all__ = ["PlainGuidance", "query_guidance_kwargs"]
 
 
 class PlainGuidance(LogitsProcessor):
@@ -115,3 +119,58 @@ class PlainGuidance(LogitsProcessor):
         # Tokens another processor ruled out (-inf) stay ruled out.
         mixed = torch.where(torch.isneginf(scores), scores.float(), mixed)
         return mixed.to(scores.dtype)  # type: ignore[return-value]
+
+
+def query_guidance_kwargs(
+    tokenizer: PreTrainedTokenizerBase,
+    query_free_prompts: Sequence[str],
+    scale: float,
+    device: torch.device,
+    steering: Steering | None = None,
+) -> dict[str, Any]:
+    """``model.generate`` keywords for context-aware decoding (Shi et al., 2023): each next
+    token's logits pushed away from those the model gives without the question::
+
+        logits = scale · (l(t | prompt) − l(t | query-free prompt)) + l(t | query-free prompt)
+
+    so what the question contributes is amplified ``scale`` times, and what the model would
+    say whatever was asked (under steering: the emotion's stock phrases) is damped. It is
+    transformers' own classifier-free guidance (``guidance_scale`` with
+    ``negative_prompt_ids``): a second pass per token, with its own cache, over the
+    query-free prompt (the same system turn; the user turn without the question). Applied
+    steering steers that pass too, so the emotion stays in both and only the topic is
+    amplified.
+
+    Args:
+        tokenizer: The model's tokenizer (left padding, as for generation).
+        query_free_prompts: One formatted prompt per batch row, without the question.
+        scale: The amplification, ≥ 1 (1: none).
+        device: Where the model's inputs go.
+        steering: The applied steering, if any; it must steer every position without a
+            schedule (the second pass's calls would be mistaken for new prompts).
+
+    Raises:
+        ValueError: If ``scale`` is not a finite number ≥ 1, or ``steering`` steers only
+            some positions or follows a schedule.
+    """
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise TypeError(f"query_guidance must be a number, not {scale!r}.")
+    if not (math.isfinite(scale) and scale >= 1):
+        raise ValueError(f"query_guidance must be finite and >= 1 (1: none), not {scale}.")
+    if steering is not None and (steering.positions != "all" or steering.schedule is not None):
+        raise ValueError(
+            "query_guidance needs steering at every position without a schedule "
+            f"(got positions={steering.positions!r}, schedule={steering.schedule})."
+        )
+    batch = tokenizer(
+        list(query_free_prompts),
+        return_tensors="pt",
+        padding=True,
+        add_special_tokens=False,
+        return_attention_mask=True,
+    )
+    return {
+        "guidance_scale": float(scale),
+        "negative_prompt_ids": batch["input_ids"].to(device),
+        "negative_prompt_attention_mask": batch["attention_mask"].to(device),
+    }

@@ -1,4 +1,5 @@
-"""PlainGuidance: the next-token mix of a steered and a plain pass, under left padding."""
+"""Guidance in logit space: PlainGuidance (the next-token mix of a steered and a plain pass,
+under left padding) and query guidance (context-aware decoding)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from conftest import PAD_ID, build_model, random_bank
 from torch import nn
 from transformers import LogitsProcessor, PreTrainedTokenizerFast
 
-from emovec import find_layers, steer
+from emovec import Schedule, find_layers, steer
+from emovec.generation import format_prompts, generate_answers
 from emovec.guidance import PlainGuidance
 
 pytestmark = pytest.mark.filterwarnings("ignore::emovec.steering.DoseWarning")
@@ -133,3 +135,117 @@ def test_refuses_bad_weight_and_beams(llama: nn.Module, tokenizer: PreTrainedTok
     guide = PlainGuidance(llama, steering, batch["attention_mask"][:1], weight=0.5)
     with steering, pytest.raises(ValueError, match="rows"):
         llama.generate(**batch, **GREEDY, logits_processor=[guide])
+
+
+# --- query guidance (context-aware decoding) --------------------------------------------
+
+QUERIES = ["i was happy today", "the dog ran home and then ate bread with my sister"]
+
+
+def _last_log_probs(
+    model: nn.Module, tokenizer: PreTrainedTokenizerFast, prompt: str
+) -> torch.Tensor:
+    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        return torch.log_softmax(model(input_ids=ids).logits[0, -1], dim=-1)
+
+
+def test_query_guidance_amplifies_the_question_against_the_query_free_prompt(
+    llama: nn.Module, tokenizer: PreTrainedTokenizerFast
+) -> None:
+    """The first token is argmax of scale · (log p(t | prompt) − log p(t | query-free)) +
+    log p(t | query-free), both passes steered, each row against its own query-free turn."""
+    bank, scale = _bank(llama), 3.0
+    free = ["", "and then"]
+    # A small α: the random bank's norms swamp this tiny model's, and the question with them.
+    with steer(llama, bank, joy=0.02, layers=[1, 2]) as steering:  # type: ignore[arg-type]
+        got = generate_answers(
+            llama,
+            tokenizer,
+            QUERIES,
+            max_new_tokens=1,
+            clean=False,
+            steering=steering,
+            query_guidance=scale,
+            query_free=free,
+        )
+        unguided = generate_answers(llama, tokenizer, QUERIES, max_new_tokens=1, clean=False)
+        expected, plain_choice = [], []
+        for query, turn in zip(QUERIES, free, strict=True):
+            asked = _last_log_probs(llama, tokenizer, format_prompts(tokenizer, [query])[0])
+            unasked = _last_log_probs(llama, tokenizer, format_prompts(tokenizer, [turn])[0])
+            expected.append(int((scale * (asked - unasked) + unasked).argmax()))
+            plain_choice.append(int(asked.argmax()))
+    assert expected != plain_choice  # the guidance changes the choice: the test can fail
+    assert got == [tokenizer.decode([t], skip_special_tokens=True).strip() for t in expected]
+    assert unguided == [
+        tokenizer.decode([t], skip_special_tokens=True).strip() for t in plain_choice
+    ]
+
+
+def test_query_guidance_of_one_changes_nothing(
+    llama: nn.Module, tokenizer: PreTrainedTokenizerFast
+) -> None:
+    with steer(llama, _bank(llama), joy=2.0, layers=[1, 2]) as steering:  # type: ignore[arg-type]
+        guided = generate_answers(
+            llama, tokenizer, QUERIES, max_new_tokens=4, clean=False, query_guidance=1.0
+        )
+        alone = generate_answers(
+            llama, tokenizer, QUERIES, max_new_tokens=4, clean=False, steering=steering
+        )
+    assert guided == alone
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "match"),
+    [
+        ({"query_guidance": 0.5}, ValueError, ">= 1"),
+        ({"query_guidance": math.nan}, ValueError, ">= 1"),
+        ({"query_guidance": True}, TypeError, "number"),
+        ({"query_guidance": "2"}, TypeError, "number"),
+        ({"query_guidance": 2.0, "query_free": [""]}, ValueError, "one query-free turn"),
+        ({"query_guidance": 2.0, "guidance": 0.5}, ValueError, "not both"),
+    ],
+)
+def test_query_guidance_refuses_bad_input(
+    llama: nn.Module,
+    tokenizer: PreTrainedTokenizerFast,
+    options: dict[str, object],
+    error: type,
+    match: str,
+) -> None:
+    bank = _bank(llama)
+    with (
+        steer(llama, bank, joy=1.0, layers=[1]) as steering,  # type: ignore[arg-type]
+        pytest.raises(error, match=match),
+    ):
+        generate_answers(
+            llama,
+            tokenizer,
+            QUERIES,
+            max_new_tokens=2,
+            clean=False,
+            steering=steering,
+            **options,  # type: ignore[arg-type]
+        )
+
+
+def test_query_guidance_refuses_steering_of_some_positions(
+    llama: nn.Module, tokenizer: PreTrainedTokenizerFast
+) -> None:
+    """The query-free pass's calls would be read as new prompts: refused, not mis-steered."""
+    bank = _bank(llama)
+    for options in ({"positions": "generated"}, {"schedule": Schedule(2.0, 1, 1.0, 1)}):
+        with (
+            steer(llama, bank, joy=1.0, layers=[1], **options) as steering,  # type: ignore[arg-type]
+            pytest.raises(ValueError, match="every position"),
+        ):
+            generate_answers(
+                llama,
+                tokenizer,
+                QUERIES,
+                max_new_tokens=2,
+                clean=False,
+                steering=steering,
+                query_guidance=1.5,
+            )

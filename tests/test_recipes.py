@@ -50,6 +50,8 @@ RECIPES = {
     "persona": Recipe(placement=Placement((1, 2), 0.2), persona=True),
     # Plain for the first 2 answer tokens, then the emotion ramps in (and a strong dose, so
     # that the schedule visibly changes the answer).
+    # The question amplified against the instruction alone (context-aware decoding).
+    "query-guided": Recipe(placement=Placement((1, 2), 0.3), instruct=True, query_guidance=2.0),
     "ramp": Recipe(
         placement=Placement((1, 2), 2.0), positions="generated", schedule=Schedule(0.0, 2, 1.0, 3)
     ),
@@ -97,6 +99,8 @@ def _alone(setup: tuple, name: str, emotion: str, query: str) -> str:
             max_new_tokens=DECODING.max_new_tokens,
             clean=False,
             systems=[system],
+            query_guidance=recipe.query_guidance,
+            query_free=[instruction or ""],
         )
     return answer
 

@@ -55,6 +55,9 @@ class Recipe:
         guidance: Steered share of each next token's distribution, mixed with a plain
             pass (:class:`emovec.guidance.PlainGuidance`); ``None``: the steered model alone.
         schedule: ``steer``'s schedule of the strength over generated tokens.
+        query_guidance: Amplify what the question contributes to each next token against
+            the same prompt without it (:func:`emovec.guidance.query_guidance_kwargs`; ≥ 1);
+            ``None``: off.
     """
 
     placement: Placement | None = None
@@ -64,6 +67,7 @@ class Recipe:
     method: SteerMethod = "add"
     guidance: float | None = None
     schedule: Schedule | None = None
+    query_guidance: float | None = None
 
     def instruction(self, vectors: EmotionVectors, emotion: str) -> str | None:
         """The instruction this recipe adds to the query for ``emotion`` (or ``None``)."""
@@ -104,6 +108,7 @@ class Recipe:
             "method": self.method,
             "guidance": self.guidance,
             "schedule": None if self.schedule is None else self.schedule.to_dict(),
+            "query_guidance": self.query_guidance,
         }
 
 
@@ -146,6 +151,12 @@ def _query_for(condition: _Condition, query: str, vectors: EmotionVectors) -> st
         return query
     instruction = condition.recipe.instruction(vectors, condition.emotion)
     return query if instruction is None else f"{query} {instruction}"
+
+
+def _query_free_for(condition: _Condition, vectors: EmotionVectors) -> str:
+    """The user turn as asked, without the question: the instruction alone (or nothing)."""
+    asked = _query_for(condition, "", vectors)
+    return asked.strip()
 
 
 def _system_for(condition: _Condition, vectors: EmotionVectors) -> str | None:

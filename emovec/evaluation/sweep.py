@@ -49,6 +49,7 @@ from emovec.evaluation.recipes import (
     _conditions,
     _mix,
     _query_for,
+    _query_free_for,
     _system_for,
 )
 from emovec.evaluation.records import (
@@ -83,9 +84,9 @@ def _generate_all(
 ) -> list[str]:
     """Answers for (query, condition) jobs, in order.
 
-    Jobs whose recipes steer alike (positions, method, schedule, guidance) share batches via
-    per-row mixes, each row its emotion, α, placement and instruction: one ``generate`` serves
-    many conditions.
+    Jobs whose recipes steer alike (positions, method, schedule, guidance, query guidance)
+    share batches via per-row mixes, each row its emotion, α, placement and instruction: one
+    ``generate`` serves many conditions.
     """
     groups: dict[tuple[Any, ...] | None, list[int]] = {}
     for index, (_, condition) in enumerate(jobs):
@@ -96,7 +97,7 @@ def _generate_all(
             placement = recipe.placement or vectors.placements.get(condition.emotion)
             positions = recipe.positions or (placement.positions if placement else None)
             schedule = recipe.schedule or (placement.schedule if placement else None)
-            key = (positions, recipe.method, schedule, recipe.guidance)
+            key = (positions, recipe.method, schedule, recipe.guidance, recipe.query_guidance)
         groups.setdefault(key, []).append(index)
     batches = [
         (key, indices[start : start + batch_size])
@@ -124,7 +125,7 @@ def _generate_all(
             systems=systems,
         )
         if key is not None and any(rows):
-            positions, method, schedule, guidance = key
+            positions, method, schedule, guidance, query_guidance = key
             options = {
                 "layers": layers,
                 "positions": positions,
@@ -133,7 +134,12 @@ def _generate_all(
             }
             # The sweep goes past the dose guard on purpose; the report records each dose.
             with steer(model, vectors, rows=rows, max_dose=math.inf, **options) as steering:
-                texts = answer(steering=steering, guidance=guidance)
+                texts = answer(
+                    steering=steering,
+                    guidance=guidance,
+                    query_guidance=query_guidance,
+                    query_free=[_query_free_for(c, vectors) for _, c in batch],
+                )
         else:
             texts = answer()
         for i, text in zip(indices, texts, strict=True):
