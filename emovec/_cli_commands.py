@@ -17,7 +17,7 @@ from emovec.evaluation import evaluate
 from emovec.evaluation.calibration import (
     DEFAULT_DECODING,
 )
-from emovec.generation import generate_answers, persona_for, with_instructions
+from emovec.generation import emotional_answers, generate_answers
 from emovec.models import DEFAULT_MODEL
 from emovec.steering import steer
 
@@ -48,11 +48,16 @@ def _demo(args: argparse.Namespace) -> None:
     }
     for emotion in emotions:
         strength = {emotion: args.alpha}
-        asked = [with_instructions(p, vectors, strength) for p in prompts]
-        systems = [persona_for(vectors, strength)] * len(prompts)
-        with steer(model, vectors, layers=args.layers, scale=args.scale, **strength):
-            columns[f"{emotion} {args.alpha:+g}"] = generate_answers(
-                model, tokenizer, asked, decoding=decoding, clean=args.clean, systems=systems
+        with steer(model, vectors, layers=args.layers, scale=args.scale, **strength) as steering:
+            columns[f"{emotion} {args.alpha:+g}"] = emotional_answers(
+                model,
+                tokenizer,
+                prompts,
+                vectors,
+                strength,
+                decoding=decoding,
+                clean=args.clean,
+                steering=steering,
             )
     for i, prompt in enumerate(prompts):
         print(f"\n=== {prompt}")
@@ -66,14 +71,16 @@ def _demo(args: argparse.Namespace) -> None:
 def _generate(args: argparse.Namespace) -> None:
     model, tokenizer, vectors = _load(args)
     strengths = dict(args.emotion or [])
-    with steer(model, vectors, layers=args.layers, scale=args.scale, **strengths):
-        answers = generate_answers(
+    with steer(model, vectors, layers=args.layers, scale=args.scale, **strengths) as steering:
+        answers = emotional_answers(
             model,
             tokenizer,
-            [with_instructions(args.prompt, vectors, strengths)],
-            systems=[persona_for(vectors, strengths)],
+            [args.prompt],
+            vectors,
+            strengths,
             decoding=_decoding(args, vectors),
             clean=args.clean,
+            steering=steering,
         )
     print(answers[0])
 

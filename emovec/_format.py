@@ -295,7 +295,8 @@ def _placements(
             raise VectorFileError(path, f"has a placement for {emotion!r}, which it lacks.")
         if not isinstance(placement, dict):
             raise VectorFileError(path, f"its {where} is {placement!r:.80}, not a JSON object.")
-        unknown = sorted(set(placement) - {"layers", "dose", "schedule", *_PLACEMENT_TEXT})
+        known = {"layers", "dose", "schedule", "query_guidance", *_PLACEMENT_TEXT}
+        unknown = sorted(set(placement) - known)
         if unknown or "layers" not in placement or "dose" not in placement:
             raise VectorFileError(
                 path, f"its {where} needs 'layers' and 'dose' and nothing unknown {unknown}."
@@ -309,6 +310,9 @@ def _placements(
                 raise VectorFileError(path, f"its {where}'s {key} is not text.")
         if "schedule" in placement:
             _schedule(path, f"{where}'s schedule", placement["schedule"])
+        gamma = placement.get("query_guidance")
+        if "query_guidance" in placement and type(gamma) not in (int, float):
+            raise VectorFileError(path, f"its {where}'s query_guidance is {gamma!r:.80}.")
     return placements
 
 

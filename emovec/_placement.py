@@ -48,6 +48,10 @@ class Placement:
             ``None`` for ``steer``'s default.
         schedule: The strength over the generated tokens (a :class:`~emovec.Schedule`, or
             its ``to_dict()`` as read from a file), or ``None``: constant.
+        query_guidance: How much the question is amplified against the prompt without it
+            (≥ 1; :func:`emovec.guidance.query_guidance_kwargs`), or ``None``: not at all.
+            Like the instruction and persona it is not ``steer``'s to apply:
+            :func:`emovec.generation.emotional_answers` and the CLI do.
     """
 
     layers: tuple[int, ...]
@@ -56,6 +60,7 @@ class Placement:
     persona: str | None = None
     positions: str | None = None
     schedule: Schedule | None = None
+    query_guidance: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", layer_indices(self.layers, "A placement's layers"))
@@ -79,6 +84,15 @@ class Placement:
             if text is not None and not (isinstance(text, str) and text.strip()):
                 raise ValueError(f"A placement's {name} must be text, not {text!r}.")
         object.__setattr__(self, "schedule", _schedule(self.schedule))
+        gamma = self.query_guidance
+        if gamma is not None:
+            if isinstance(gamma, (bool, str)) or not isinstance(gamma, (int, float)):
+                raise TypeError(f"A placement's query_guidance must be a number, not {gamma!r}.")
+            if not (math.isfinite(gamma) and gamma >= 1):
+                raise ValueError(
+                    f"A placement's query_guidance must be finite and >= 1, not {gamma}."
+                )
+            object.__setattr__(self, "query_guidance", float(gamma))
 
     def to_dict(self) -> dict[str, Any]:
         written: dict[str, Any] = {"layers": list(self.layers), "dose": self.dose}
@@ -87,6 +101,8 @@ class Placement:
                 written[name] = getattr(self, name)
         if self.schedule is not None:
             written["schedule"] = self.schedule.to_dict()
+        if self.query_guidance is not None:
+            written["query_guidance"] = self.query_guidance
         return written
 
 

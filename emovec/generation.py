@@ -21,10 +21,12 @@ from emovec.vectors import EmotionVectors
 
 __all__ = [
     "Decoding",
+    "emotional_answers",
     "emotional_prompt",
     "format_prompts",
     "generate_answers",
     "persona_for",
+    "query_guidance_for",
     "with_instructions",
 ]
 
@@ -173,6 +175,19 @@ def persona_for(vectors: EmotionVectors, strengths: Mapping[str, float]) -> str 
     return " ".join(text for text in personas if text) or None
 
 
+def query_guidance_for(vectors: EmotionVectors, strengths: Mapping[str, float]) -> float | None:
+    """The query guidance for steering ``strengths``: the largest of the raised emotions'
+    placements' (α > 0), or ``None`` where none records one."""
+    recorded = [
+        placement.query_guidance
+        for emotion, alpha in strengths.items()
+        if alpha > 0
+        and (placement := vectors.placements.get(emotion)) is not None
+        and placement.query_guidance is not None
+    ]
+    return max(recorded) if recorded else None
+
+
 def emotional_prompt(
     tokenizer: PreTrainedTokenizerBase,
     query: str,
@@ -184,6 +199,29 @@ def emotional_prompt(
     :func:`persona_for`). Tokenise it with ``add_special_tokens=False``."""
     asked = with_instructions(query, vectors, strengths)
     return format_prompts(tokenizer, [asked], [persona_for(vectors, strengths)])[0]
+
+
+def emotional_answers(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    queries: Sequence[str],
+    vectors: EmotionVectors,
+    strengths: Mapping[str, float],
+    **options: Any,
+) -> list[str]:
+    """Answer ``queries`` as the raised emotions' placements were calibrated, under the
+    steering the caller applied: their instruction added to each query, their persona as the
+    system turn and their query guidance (against the instruction alone). ``options`` go to
+    :func:`generate_answers` (pass ``steering=`` so that query guidance can check it)."""
+    return generate_answers(
+        model,
+        tokenizer,
+        [with_instructions(q, vectors, strengths) for q in queries],
+        systems=[persona_for(vectors, strengths)] * len(queries),
+        query_guidance=query_guidance_for(vectors, strengths),
+        query_free=[with_instructions("", vectors, strengths).strip()] * len(queries),
+        **options,
+    )
 
 
 def generate_answers(

@@ -1,7 +1,8 @@
 """Steer the embedded SmolLM2-135M-Instruct with the shipped emotion vectors.
 
 Answers two queries three ways, side by side: plain; with joy as the bank was calibrated
-(its vector at the calibrated layers and dose, plus the calibrated prompt); and with the
+(its vector at the calibrated layers and dose, plus the calibrated prompt and query
+guidance); and with the
 vector arithmetic ``0.7 * joy - 0.3 * fear`` (vectors alone, the prompt untouched).
 
 Run it from anywhere, offline: ``python examples/steer_and_compose.py``.
@@ -10,7 +11,7 @@ Run it from anywhere, offline: ``python examples/steer_and_compose.py``.
 from __future__ import annotations
 
 from emovec import EmotionVectors, load_model, steer
-from emovec.generation import generate_answers, persona_for, with_instructions
+from emovec.generation import emotional_answers, generate_answers
 from emovec.prebuilt import prebuilt_path
 
 QUERIES = ["Tell me about your morning.", "Describe the town where you live."]
@@ -29,7 +30,7 @@ def main() -> None:
     vectors = EmotionVectors.load(path)
     print(vectors)
 
-    def answer(queries: list[str], systems: list[str | None] | None = None) -> list[str]:
+    def answer(queries: list[str]) -> list[str]:
         # Greedy decoding; slurs and obscenities are blocked (clean=True by default).
         return generate_answers(
             model,
@@ -37,18 +38,24 @@ def main() -> None:
             queries,
             max_new_tokens=NEW_TOKENS,
             repetition_penalty=REPETITION_PENALTY,
-            systems=systems,
         )
 
     plain = answer(QUERIES)
 
     # One emotion at α = 1: the vector at joy's calibrated placement while the block runs,
-    # and the prompt it was calibrated with (an instruction in the user turn, a persona).
-    joy = {"joy": 1.0}  # the prompt helpers take the strengths as a mapping
-    with steer(model, vectors, joy=1.0):
-        joyful = answer(
-            [with_instructions(q, vectors, joy) for q in QUERIES],
-            [persona_for(vectors, joy)] * len(QUERIES),
+    # and the prompt and guidance it was calibrated with (a persona; each next token pushed
+    # toward what the question contributes).
+    joy = {"joy": 1.0}
+    with steer(model, vectors, joy) as steering:
+        joyful = emotional_answers(
+            model,
+            tokenizer,
+            QUERIES,
+            vectors,
+            joy,
+            steering=steering,
+            max_new_tokens=NEW_TOKENS,
+            repetition_penalty=REPETITION_PENALTY,
         )
 
     # Vector arithmetic: emotions combine per emotion in the bank's units, so this is

@@ -4,6 +4,7 @@ under left padding) and query guidance (context-aware decoding)."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,8 +13,14 @@ from torch import nn
 from transformers import LogitsProcessor, PreTrainedTokenizerFast
 
 from emovec import Schedule, find_layers, steer
-from emovec.generation import format_prompts, generate_answers
+from emovec.generation import (
+    emotional_answers,
+    format_prompts,
+    generate_answers,
+    query_guidance_for,
+)
 from emovec.guidance import PlainGuidance
+from emovec.vectors import EmotionVectors, Placement
 
 pytestmark = pytest.mark.filterwarnings("ignore::emovec.steering.DoseWarning")
 
@@ -249,3 +256,57 @@ def test_query_guidance_refuses_steering_of_some_positions(
                 steering=steering,
                 query_guidance=1.5,
             )
+
+
+def test_placements_carry_their_query_guidance(
+    llama: nn.Module, tokenizer: PreTrainedTokenizerFast, tmp_path: Path
+) -> None:
+    """A placement's query guidance is kept in the file and applied by emotional_answers
+    (against the instruction alone), for raised emotions only."""
+    instruction = "and then"
+    bank = _bank(llama).with_placements(
+        {
+            "joy": Placement((1, 2), 0.05, instruction=instruction, query_guidance=3.0),
+            "fear": Placement((1,), 0.05, query_guidance=1.5),
+            "anger": Placement((1,), 0.05),
+        }
+    )
+    bank.save(tmp_path / "bank.safetensors")
+    loaded = EmotionVectors.load(tmp_path / "bank.safetensors")
+    assert loaded.placements["joy"].query_guidance == 3.0
+    assert query_guidance_for(loaded, {"joy": 1.0, "fear": 1.0}) == 3.0
+    assert query_guidance_for(loaded, {"joy": -1.0, "fear": 1.0}) == 1.5  # joy suppressed
+    assert query_guidance_for(loaded, {"anger": 1.0}) is None
+    with steer(llama, loaded, joy=1.0) as steering:
+        got = emotional_answers(
+            llama,
+            tokenizer,
+            QUERIES,
+            loaded,
+            {"joy": 1.0},
+            max_new_tokens=3,
+            clean=False,
+            steering=steering,
+        )
+        expected = generate_answers(
+            llama,
+            tokenizer,
+            [f"{q} {instruction}" for q in QUERIES],
+            max_new_tokens=3,
+            clean=False,
+            steering=steering,
+            query_guidance=3.0,
+            query_free=[instruction] * len(QUERIES),
+        )
+        unguided = generate_answers(
+            llama,
+            tokenizer,
+            [f"{q} {instruction}" for q in QUERIES],
+            max_new_tokens=3,
+            clean=False,
+        )
+    assert got == expected
+    assert got != unguided
+    for bad, error in ((0.5, ValueError), (math.inf, ValueError), (True, TypeError)):
+        with pytest.raises(error, match="query_guidance"):
+            Placement((1,), 0.3, query_guidance=bad)

@@ -21,7 +21,7 @@ from emovec.evaluation.calibration import calibrated_repetition_penalty
 from emovec.evaluation.metrics import is_degenerate
 from emovec.evaluation.scoring import NadeScorer, PrototypeScorer
 from emovec.evaluation.topic import SentenceEmbedder, topic_retention
-from emovec.generation import generate_answers, persona_for, with_instructions
+from emovec.generation import emotional_answers, generate_answers
 from emovec.offensive import OffensiveJudge
 
 pytestmark = pytest.mark.real_model
@@ -136,12 +136,15 @@ def test_steering_raises_the_target_emotion_score(
 ) -> None:
     model, tokenizer = model_and_tokenizer
     strength = {emotion: 1.0}
-    with steer(model, vectors, **strength):  # as calibrated: the placement's prompt and vector
-        steered = generate_answers(
+    # As calibrated: the placement's prompt, query guidance and vector.
+    with steer(model, vectors, **strength) as steering:
+        steered = emotional_answers(
             model,
             tokenizer,
-            [with_instructions(q, vectors, strength) for q in QUERIES],
-            systems=[persona_for(vectors, strength)] * len(QUERIES),
+            QUERIES,
+            vectors,
+            strength,
+            steering=steering,
             max_new_tokens=MAX_NEW_TOKENS,
         )
     column = scorer.emotions.index(emotion)
@@ -189,15 +192,18 @@ def judge() -> PrototypeScorer:
 
 
 def _answers(model_and_tokenizer: tuple, vectors: EmotionVectors, **alphas: float) -> list[str]:
-    """Answers as calibrated: the placements' prompt (instruction, persona) and vector."""
+    """Answers as calibrated: the placements' prompt (instruction, persona), query guidance
+    and vector."""
     model, tokenizer = model_and_tokenizer
     penalty = calibrated_repetition_penalty(vectors)
-    with steer(model, vectors, **alphas):
-        return generate_answers(
+    with steer(model, vectors, **alphas) as steering:
+        return emotional_answers(
             model,
             tokenizer,
-            [with_instructions(q, vectors, alphas) for q in QUERIES],
-            systems=[persona_for(vectors, alphas)] * len(QUERIES),
+            QUERIES,
+            vectors,
+            alphas,
+            steering=steering,
             max_new_tokens=BAR_NEW_TOKENS,
             repetition_penalty=penalty,
         )

@@ -297,6 +297,16 @@ _PLACED = '{{"joy": {}}}'
         ("placements", _PLACED.format('{"layers": [1], "dose": 0.5, "schedule": 2}'), "schedule"),
         (
             "placements",
+            _PLACED.format('{"layers": [1], "dose": 0.5, "query_guidance": "2"}'),
+            "query_guidance is '2'",
+        ),
+        (
+            "placements",
+            _PLACED.format('{"layers": [1], "dose": 0.5, "query_guidance": 0.5}'),
+            "finite and >= 1",
+        ),
+        (
+            "placements",
             _PLACED.format('{"layers": [1], "dose": 0.5, "schedule": {"begin": 0, "hold": 6}}'),
             "schedule",
         ),

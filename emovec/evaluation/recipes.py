@@ -57,7 +57,7 @@ class Recipe:
         schedule: ``steer``'s schedule of the strength over generated tokens.
         query_guidance: Amplify what the question contributes to each next token against
             the same prompt without it (:func:`emovec.guidance.query_guidance_kwargs`; ≥ 1);
-            ``None``: off.
+            ``None``: the placement's where the emotion is raised, else off.
     """
 
     placement: Placement | None = None

@@ -97,7 +97,10 @@ def _generate_all(
             placement = recipe.placement or vectors.placements.get(condition.emotion)
             positions = recipe.positions or (placement.positions if placement else None)
             schedule = recipe.schedule or (placement.schedule if placement else None)
-            key = (positions, recipe.method, schedule, recipe.guidance, recipe.query_guidance)
+            # The placement's query guidance, like its prompts, only where the emotion is raised.
+            recorded = placement.query_guidance if placement and condition.alpha > 0 else None
+            gamma = recipe.query_guidance or recorded
+            key = (positions, recipe.method, schedule, recipe.guidance, gamma)
         groups.setdefault(key, []).append(index)
     batches = [
         (key, indices[start : start + batch_size])
