@@ -84,15 +84,9 @@ class Placement:
             if text is not None and not (isinstance(text, str) and text.strip()):
                 raise ValueError(f"A placement's {name} must be text, not {text!r}.")
         object.__setattr__(self, "schedule", _schedule(self.schedule))
-        gamma = self.query_guidance
-        if gamma is not None:
-            if isinstance(gamma, (bool, str)) or not isinstance(gamma, (int, float)):
-                raise TypeError(f"A placement's query_guidance must be a number, not {gamma!r}.")
-            if not (math.isfinite(gamma) and gamma >= 1):
-                raise ValueError(
-                    f"A placement's query_guidance must be finite and >= 1, not {gamma}."
-                )
-            object.__setattr__(self, "query_guidance", float(gamma))
+        if self.query_guidance is not None:
+            gamma = query_guidance_of(self.query_guidance, "A placement's query_guidance")
+            object.__setattr__(self, "query_guidance", gamma)
 
     def to_dict(self) -> dict[str, Any]:
         written: dict[str, Any] = {"layers": list(self.layers), "dose": self.dose}
@@ -104,6 +98,20 @@ class Placement:
         if self.query_guidance is not None:
             written["query_guidance"] = self.query_guidance
         return written
+
+
+def query_guidance_of(value: object, what: str = "query_guidance") -> float:
+    """A query guidance strength: a finite number >= 1 (1: none), as a float.
+
+    Raises:
+        TypeError: If ``value`` is not a number (bools and strings are not).
+        ValueError: If it is not finite or below 1.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{what} must be a number, not {value!r}.")
+    if not (math.isfinite(value) and value >= 1):
+        raise ValueError(f"{what} must be finite and >= 1 (1: none), not {value}.")
+    return float(value)
 
 
 def _schedule(value: object) -> Schedule | None:

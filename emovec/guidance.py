@@ -31,6 +31,7 @@ from torch import nn
 from transformers import DynamicCache, LogitsProcessor, RepetitionPenaltyLogitsProcessor
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from emovec._placement import query_guidance_of
 from emovec.steering import Steering
 
 __all__ = ["PlainGuidance", "query_guidance_kwargs"]
@@ -150,13 +151,11 @@ def query_guidance_kwargs(
             schedule (the second pass's calls would be mistaken for new prompts).
 
     Raises:
-        ValueError: If ``scale`` is not a finite number ≥ 1, or ``steering`` steers only
+        TypeError: If ``scale`` is not a number.
+        ValueError: If ``scale`` is not finite or below 1, or ``steering`` steers only
             some positions or follows a schedule.
     """
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        raise TypeError(f"query_guidance must be a number, not {scale!r}.")
-    if not (math.isfinite(scale) and scale >= 1):
-        raise ValueError(f"query_guidance must be finite and >= 1 (1: none), not {scale}.")
+    scale = query_guidance_of(scale)
     if steering is not None and (steering.positions != "all" or steering.schedule is not None):
         raise ValueError(
             "query_guidance needs steering at every position without a schedule "
@@ -170,7 +169,7 @@ def query_guidance_kwargs(
         return_attention_mask=True,
     )
     return {
-        "guidance_scale": float(scale),
+        "guidance_scale": scale,
         "negative_prompt_ids": batch["input_ids"].to(device),
         "negative_prompt_attention_mask": batch["attention_mask"].to(device),
     }

@@ -221,9 +221,29 @@ def test_query_guidance_refuses_bad_input(
     error: type,
     match: str,
 ) -> None:
-    bank = _bank(llama)
+    _refused(llama, tokenizer, {}, options, error, match)
+
+
+def test_query_guidance_refuses_steering_of_some_positions(
+    llama: nn.Module, tokenizer: PreTrainedTokenizerFast
+) -> None:
+    """The query-free pass's calls would be read as new prompts: refused, not mis-steered."""
+    for options in ({"positions": "generated"}, {"schedule": Schedule(2.0, 1, 1.0, 1)}):
+        guided = {"query_guidance": 1.5}
+        _refused(llama, tokenizer, options, guided, ValueError, "every position")
+
+
+def _refused(
+    llama: nn.Module,
+    tokenizer: PreTrainedTokenizerFast,
+    steering_options: dict[str, object],
+    options: dict[str, object],
+    error: type,
+    match: str,
+) -> None:
+    """generate_answers(**options) under steer(**steering_options) raises error(match)."""
     with (
-        steer(llama, bank, joy=1.0, layers=[1]) as steering,  # type: ignore[arg-type]
+        steer(llama, _bank(llama), joy=1.0, layers=[1], **steering_options) as steering,  # type: ignore[arg-type]
         pytest.raises(error, match=match),
     ):
         generate_answers(
@@ -235,27 +255,6 @@ def test_query_guidance_refuses_bad_input(
             steering=steering,
             **options,  # type: ignore[arg-type]
         )
-
-
-def test_query_guidance_refuses_steering_of_some_positions(
-    llama: nn.Module, tokenizer: PreTrainedTokenizerFast
-) -> None:
-    """The query-free pass's calls would be read as new prompts: refused, not mis-steered."""
-    bank = _bank(llama)
-    for options in ({"positions": "generated"}, {"schedule": Schedule(2.0, 1, 1.0, 1)}):
-        with (
-            steer(llama, bank, joy=1.0, layers=[1], **options) as steering,  # type: ignore[arg-type]
-            pytest.raises(ValueError, match="every position"),
-        ):
-            generate_answers(
-                llama,
-                tokenizer,
-                QUERIES,
-                max_new_tokens=2,
-                clean=False,
-                steering=steering,
-                query_guidance=1.5,
-            )
 
 
 def test_placements_carry_their_query_guidance(
