@@ -255,6 +255,7 @@ def _calibrate(args: argparse.Namespace) -> None:
         instructions=(False, True) if args.instructions else (False,),
         personas=(False, True) if args.personas else (False,),
         positions=[None if p == "default" else p for p in args.positions],
+        query_guidance=args.query_guidance,
         num_queries=args.queries,
         tolerance=_tolerance(args),
         target_success=args.target_success,

@@ -14,6 +14,7 @@ from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from emovec._files import check_writable, write_text
+from emovec._placement import query_guidance_of
 from emovec.evaluation import Tolerance
 from emovec.generation import Decoding
 from emovec.models import DEFAULT_MODEL, load_model
@@ -57,6 +58,18 @@ def _parse_layers(text: str) -> list[int]:
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected a range 10-19 or a list 10,12, got {text!r}"
+        ) from None
+
+
+def _parse_query_guidance(text: str) -> float | None:
+    """``"none"`` (no query guidance) or a number ≥ 1."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return query_guidance_of(float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected none or a finite number >= 1 such as 1.3, got {text!r}"
         ) from None
 
 

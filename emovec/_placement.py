@@ -49,7 +49,7 @@ class Placement:
         schedule: The strength over the generated tokens (a :class:`~emovec.Schedule`, or
             its ``to_dict()`` as read from a file), or ``None``: constant.
         query_guidance: How much the question is amplified against the prompt without it
-            (≥ 1; :func:`emovec.guidance.query_guidance_kwargs`), or ``None``: not at all.
+            (≥ 1; :class:`emovec.guidance.QueryGuidance`), or ``None``: not at all.
             Like the instruction and persona it is not ``steer``'s to apply:
             :func:`emovec.generation.emotional_answers` and the CLI do.
     """

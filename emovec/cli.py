@@ -26,6 +26,7 @@ from emovec._cli_options import (
     _add_sampling_options,
     _add_tolerance_options,
     _parse_layers,
+    _parse_query_guidance,
     _parse_strength,
 )
 from emovec.evaluation import evaluate
@@ -224,6 +225,15 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["default", *get_args(Positions)],
         default=["default"],
         help="positions each setting steers ('default': steer's; e.g. default generated)",
+    )
+    cal.add_argument(
+        "--query-guidance",
+        type=_parse_query_guidance,
+        nargs="+",
+        default=[None],
+        metavar="GAMMA",
+        help="query guidance each setting is tried with ('none': without; e.g. none 1.3); "
+        "a second pass per token",
     )
     cal.add_argument(
         "--queries",

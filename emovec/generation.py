@@ -13,7 +13,7 @@ import torch
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from emovec.guidance import PlainGuidance, query_guidance_kwargs
+from emovec.guidance import PlainGuidance, QueryGuidance
 from emovec.hooks import Steering
 from emovec.models import input_device
 from emovec.offensive import clean_generation_kwargs
@@ -252,7 +252,7 @@ def generate_answers(
     share (:class:`emovec.guidance.PlainGuidance`). ``systems`` gives each query a system
     turn (see :func:`format_prompts`). ``query_guidance`` (≥ 1) amplifies what the question
     contributes to each next token against the same prompt without it
-    (:func:`emovec.guidance.query_guidance_kwargs`); ``query_free`` gives each row's user
+    (:class:`emovec.guidance.QueryGuidance`); ``query_free`` gives each row's user
     turn without the question (e.g. just the instruction that was appended to it; default:
     empty).
     """
@@ -285,25 +285,37 @@ def generate_answers(
         inputs = {key: batch[key].to(device) for key in ("input_ids", "attention_mask")}
         processors = list(blocker.get("logits_processor", []))
         if guidance is not None and steering is not None:
-            guide = PlainGuidance(
+            plain = PlainGuidance(
                 model,
                 steering,
                 inputs["attention_mask"],
                 weight=guidance,
                 repetition_penalty=decoding.repetition_penalty,
             )
-            processors.insert(0, guide)
-        guided = {}
+            processors.insert(0, plain)
         if query_guidance is not None:
-            rows = unasked[start : start + batch_size]
-            guided = query_guidance_kwargs(tokenizer, rows, query_guidance, device, steering)
+            free = tokenizer(
+                unasked[start : start + batch_size],
+                return_tensors="pt",
+                padding=True,
+                add_special_tokens=False,
+                return_attention_mask=True,
+            )
+            guide = QueryGuidance(
+                model,
+                inputs["attention_mask"],
+                (free["input_ids"].to(device), free["attention_mask"].to(device)),
+                query_guidance,
+                repetition_penalty=decoding.repetition_penalty,
+                steering=steering,
+            )
+            processors.insert(0, guide)
         seed = decoding.seed + start if decoding.do_sample else None
         with torch.inference_mode(), _seeded(model, seed):
             output = model.generate(  # type: ignore[operator]
                 **inputs,
                 pad_token_id=tokenizer.pad_token_id,
                 **options,
-                **guided,
                 **{**blocker, "logits_processor": processors},
             )
         new_tokens = output[:, inputs["input_ids"].shape[1] :]

@@ -36,7 +36,7 @@ from emovec.evaluation.recipes import PERSONAS, PROMPT_INSTRUCTIONS
 from emovec.evaluation.scoring import NadeScorer
 from emovec.evaluation.topic import SentenceEmbedder
 from emovec.evaluation.trials import Calibration, Trial, _choose, _setting_name
-from emovec.generation import Decoding, generate_answers, with_instructions
+from emovec.generation import Decoding, emotional_answers, generate_answers, with_instructions
 from emovec.steering import RELATIVE_DOSE, steer
 from emovec.vectors import EmotionVectors, Placement
 
@@ -1039,6 +1039,90 @@ def test_personas_and_positions_are_searched_and_stored(
         assert [got[q] for q in QUERIES] == alone, emotion
 
 
+class OnlyQueryGuided(Tolerance):
+    """Accepts only the settings answered with query guidance."""
+
+    def fluent(self, row: Mapping[str, Any], plain: Mapping[str, Any]) -> bool:
+        return str(row["recipe"]).endswith("+query-2.0")
+
+
+def test_query_guidance_is_searched_and_stored(
+    setup: tuple, embedder: SentenceEmbedder, tmp_path: Path
+) -> None:
+    """query_guidance=(None, 2.0) tries each band × dose with and without it; the chosen
+    γ is stored in the placement, and the saved bank answers through emotional_answers
+    exactly as the trial did."""
+    model, tokenizer, bank = setup
+    doses = [0.01, 0.02]  # the random bank's norms dwarf the model's: steer gently
+    result = _calibrate(
+        setup,
+        embedder,
+        scorer=ConstantScorer(),
+        doses=doses,
+        query_guidance=(None, 2),
+        tolerance=OnlyQueryGuided(),
+    )
+    assert len(result.trials) == 2 * len(EMOTIONS) * len(BANDS) * len(doses)
+    for emotion in EMOTIONS:
+        tried = [
+            (t.layers, t.dose, t.query_guidance) for t in result.trials if t.emotion == emotion
+        ]
+        assert tried == [(b, d, g) for b in BANDS for d in doses for g in (None, 2.0)]
+    assert result.settings["query_guidance"] == [None, 2.0]
+    assert {p.query_guidance for p in result.placements.values()} == {2.0}
+    labels = {p.label for p in result.front_points()["joy"] if p.kind == "chosen"}
+    assert len(labels) == 1 and labels.pop().endswith(", query guidance 2")
+
+    loaded = EmotionVectors.load(result.apply(bank).save(tmp_path / "guided.safetensors"))
+    assert loaded.placements == result.placements
+    report = result.report
+    assert report is not None
+    for emotion, placement in result.placements.items():
+        name = _setting_name(placement.layers, placement.dose, False, False, None, 2.0)
+        got = {
+            r["query"]: r["answer"]
+            for r in report.records
+            if r["recipe"] == name and r["target"] == emotion
+        }
+        strengths = {emotion: 1.0}
+        with steer(model, loaded, max_dose=math.inf, **strengths) as steering:
+            alone = emotional_answers(
+                model,
+                tokenizer,
+                QUERIES,
+                loaded,
+                strengths,
+                max_new_tokens=DECODING.max_new_tokens,
+                batch_size=len(QUERIES),
+                steering=steering,
+            )
+            unguided = generate_answers(
+                model,
+                tokenizer,
+                QUERIES,
+                max_new_tokens=DECODING.max_new_tokens,
+                batch_size=len(QUERIES),
+                steering=steering,
+            )
+        assert [got[q] for q in QUERIES] == alone, emotion
+        assert alone != unguided, emotion  # the guidance changed the answers: it was applied
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"query_guidance": (0.5,)}, ">= 1"),
+        ({"query_guidance": ()}, "query_guidance"),
+        ({"query_guidance": (None, 1.5), "positions": (None, "generated")}, "every position"),
+    ],
+)
+def test_bad_query_guidance_is_rejected(
+    setup: tuple, embedder: SentenceEmbedder, options: dict[str, Any], match: str
+) -> None:
+    with pytest.raises(ValueError, match=match):
+        _calibrate(setup, embedder, scorer=ConstantScorer(), **options)
+
+
 @pytest.mark.parametrize("instructions", [(), ("yes",), (1,)])
 def test_instructions_must_be_booleans(setup: tuple, instructions: tuple[Any, ...]) -> None:
     model, tokenizer, bank = setup
@@ -1105,6 +1189,9 @@ def test_cli_calibrate_defaults_are_the_library_defaults(
     out = str(tmp_path / "out.safetensors")
     assert main(["calibrate", "--out", out]) == 2
     assert main(["calibrate", "--out", out, "--instructions"]) == 2
-    assert [k["instructions"] for k in seen] == [(False,), (False, True)]
+    assert main(["calibrate", "--out", out, "--query-guidance", "none", "1.3"]) == 2
+    assert [k["instructions"] for k in seen] == [(False,), (False, True), (False,)]
+    assert [k["query_guidance"] for k in seen] == [[None], [None], [None, 1.3]]
+    assert defaults["query_guidance"].default == (None,)
     assert seen[0]["decoding"] == defaults["decoding"].default
     assert seen[0]["batch_size"] == DEFAULT_BATCH_SIZE

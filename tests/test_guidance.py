@@ -19,7 +19,7 @@ from emovec.generation import (
     generate_answers,
     query_guidance_for,
 )
-from emovec.guidance import PlainGuidance
+from emovec.guidance import PlainGuidance, QueryGuidance
 from emovec.vectors import EmotionVectors, Placement
 
 pytestmark = pytest.mark.filterwarnings("ignore::emovec.steering.DoseWarning")
@@ -188,6 +188,76 @@ def test_query_guidance_amplifies_the_question_against_the_query_free_prompt(
     assert unguided == [
         tokenizer.decode([t], skip_special_tokens=True).strip() for t in plain_choice
     ]
+
+
+@pytest.mark.parametrize("penalty", [1.0, 1.5])
+def test_query_guidance_mixes_each_step_with_the_penalty_before_the_mix(
+    llama: nn.Module, tokenizer: PreTrainedTokenizerFast, penalty: float
+) -> None:
+    """At every step (left padding on both prompts, the second pass on its own cache), the
+    scores are γ·ℓ(prompt + answer) + (1 − γ)·ℓ(query-free + answer), ℓ being the log-softmax
+    of logits that already carry the repetition penalty (over the generated sequence)."""
+    bank, scale = _bank(llama), 2.0
+    batch = _batch(tokenizer)
+    free = dict(tokenizer(["", "and then the"], return_tensors="pt", padding=True))
+    recorder = _Recorder()
+    with steer(llama, bank, joy=0.05, layers=[1, 2]) as steering:  # type: ignore[arg-type]
+        guide = QueryGuidance(
+            llama,
+            batch["attention_mask"],
+            (free["input_ids"], free["attention_mask"]),
+            scale,
+            repetition_penalty=penalty,
+            steering=steering,
+        )
+        out = llama.generate(
+            **batch,
+            **GREEDY,
+            logits_processor=[guide, recorder],
+            repetition_penalty=penalty,
+        )
+        answer = out[:, batch["input_ids"].shape[1] :]
+        for step in range(NEW):
+            sequence = torch.cat([batch["input_ids"], answer[:, :step]], dim=1)
+            asked = _logits(llama, batch["input_ids"], batch["attention_mask"], answer[:, :step])
+            unasked = _logits(llama, free["input_ids"], free["attention_mask"], answer[:, :step])
+            if penalty != 1.0:
+                asked, unasked = (
+                    _punished(sequence, asked, penalty),
+                    _punished(sequence, unasked, penalty),
+                )
+            expected = scale * torch.log_softmax(asked, -1) + (1 - scale) * torch.log_softmax(
+                unasked, -1
+            )
+            # Older transformers penalise the prompt's padding too: the pad token is left out.
+            allowed = torch.isfinite(recorder.seen[step])
+            allowed[:, PAD_ID] = False
+            got = torch.where(allowed, recorder.seen[step], -1e9)
+            want = torch.where(allowed, expected, -1e9)
+            got, want = got - got.amax(-1, keepdim=True), want - want.amax(-1, keepdim=True)
+            torch.testing.assert_close(got[allowed], want[allowed], rtol=1e-4, atol=1e-4)
+            assert torch.equal(answer[:, step], want.argmax(-1))
+
+
+def _punished(sequence: torch.Tensor, logits: torch.Tensor, penalty: float) -> torch.Tensor:
+    """The repetition penalty, row by row, on every token the row holds but padding."""
+    logits = logits.clone()
+    for row, tokens in enumerate(sequence):
+        for token in set(tokens.tolist()) - {PAD_ID}:
+            value = logits[row, token]
+            logits[row, token] = value * penalty if value < 0 else value / penalty
+    return logits
+
+
+def _logits(
+    model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, answer: torch.Tensor
+) -> torch.Tensor:
+    """The last position's logits for a left-padded prompt followed by answer tokens."""
+    ids = torch.cat([ids, answer], dim=1)
+    mask = torch.cat([mask, torch.ones_like(answer)], dim=1)
+    positions = (mask.cumsum(-1) - 1).clamp_min(0)
+    with torch.no_grad():
+        return model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1]
 
 
 def test_query_guidance_of_one_changes_nothing(

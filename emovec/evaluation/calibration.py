@@ -34,6 +34,7 @@ from typing import get_args
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from emovec._placement import query_guidance_of
 from emovec.datasets import default_calibration_queries
 from emovec.evaluation.choice import DEFAULT_TARGET_SUCCESS
 from emovec.evaluation.recipes import Recipe
@@ -116,6 +117,7 @@ def calibrate(
     instructions: Sequence[bool] = (False,),
     personas: Sequence[bool] = (False,),
     positions: Sequence[Positions | None] = (None,),
+    query_guidance: Sequence[float | None] = (None,),
     queries: Sequence[str] | None = None,
     num_queries: int = DEFAULT_NUM_QUERIES,
     tolerance: Tolerance = _DEFAULT_TOLERANCE,
@@ -131,8 +133,8 @@ def calibrate(
 ) -> Calibration:
     """Find, per emotion, the setting closest to both bars: the emotion shown, the topic kept.
 
-    Every setting (band × dose × instruction or not × persona or not × positions) of every
-    emotion is answered in one
+    Every setting (band × dose × instruction or not × persona or not × positions × query
+    guidance) of every emotion is answered in one
     :func:`~emovec.evaluation.evaluate` call: the plain answers once, the steered rows of all
     settings and emotions sharing ``generate`` batches (each row its own placement).
 
@@ -153,6 +155,9 @@ def calibrate(
             PERSONAS`) instead; a chosen persona is stored with the placement.
         positions: The positions each setting steers (``None``: ``steer``'s default;
             ``"generated"``: only the answer's tokens); the chosen ones are stored.
+        query_guidance: How much each setting amplifies the question against the prompt
+            without it (``None``: not at all; a number ≥ 1: :class:`emovec.guidance.
+            QueryGuidance`, a second pass per token); the chosen one is stored.
         queries: Calibration queries; default: the first ``num_queries`` shipped calibration
             queries (disjoint from the extraction and the evaluation queries).
         num_queries: How many default queries to use.
@@ -175,7 +180,8 @@ def calibrate(
 
     Raises:
         ValueError: For doses that are not finite and positive, bands outside the bank,
-            ``instructions`` or ``personas`` that are not booleans, unknown ``positions``, a
+            ``instructions`` or ``personas`` that are not booleans, unknown ``positions``,
+            ``query_guidance`` below 1 or combined with positions other than all, a
             ``target_success`` outside (0, 1], or an instruction or persona asked for an
             emotion without one.
     """
@@ -189,6 +195,14 @@ def calibrate(
     if not where or any(p is not None and p not in get_args(Positions) for p in where):
         raise ValueError(
             f"positions must be None and/or some of {get_args(Positions)}, not {list(positions)}."
+        )
+    gammas = [None if g is None else query_guidance_of(g) for g in dict.fromkeys(query_guidance)]
+    if not gammas:
+        raise ValueError("query_guidance must hold None and/or numbers >= 1, not [].")
+    if any(g is not None for g in gammas) and any(p not in (None, "all") for p in where):
+        raise ValueError(
+            "query_guidance steers every position: try it with positions None or 'all' only, "
+            f"not {where}."
         )
     candidates = [tuple(sorted({int(i) for i in band})) for band in (bands or ())]
     candidates = list(dict.fromkeys(candidates or candidate_bands(vectors.num_layers)))
@@ -211,13 +225,16 @@ def calibrate(
         else {}
     )
     recipes = {
-        _setting_name(band, dose, instructed, persona, at): Recipe(
+        _setting_name(band, dose, instructed, persona, at, gamma): Recipe(
             placement=Placement(band, dose),
             instruct=instructed,
             persona=persona,
             positions=at,
+            query_guidance=gamma,
         )
-        for band, dose, instructed, persona, at in product(candidates, grid, tried, cast, where)
+        for band, dose, instructed, persona, at, gamma in product(
+            candidates, grid, tried, cast, where, gammas
+        )
     }
     report = evaluate(
         model,
@@ -244,6 +261,7 @@ def calibrate(
         "personas": cast,
         "persona_texts": persona_texts,
         "positions": where,
+        "query_guidance": gammas,
         "tolerance": asdict(tolerance),
         "target_success": target_success,
         "decoding": asdict(decoding),

@@ -56,7 +56,7 @@ class Recipe:
             pass (:class:`emovec.guidance.PlainGuidance`); ``None``: the steered model alone.
         schedule: ``steer``'s schedule of the strength over generated tokens.
         query_guidance: Amplify what the question contributes to each next token against
-            the same prompt without it (:func:`emovec.guidance.query_guidance_kwargs`; ≥ 1);
+            the same prompt without it (:class:`emovec.guidance.QueryGuidance`; ≥ 1);
             ``None``: the placement's where the emotion is raised, else off.
     """
 

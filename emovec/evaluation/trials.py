@@ -36,9 +36,10 @@ def _setting_name(
     instructed: bool,
     persona: bool = False,
     positions: str | None = None,
+    query_guidance: float | None = None,
 ) -> str:
     """The recipe name of one setting: ``"12-16@0.35"``, ``"12-16@0.35+instruction"``,
-    ``"12-16@0.35+instruction+persona+generated"``.
+    ``"12-16@0.35+instruction+persona+generated+query-1.3"``.
 
     The dose is written as Python's shortest round-trip form, so distinct doses never share
     a name.
@@ -48,6 +49,7 @@ def _setting_name(
         + (_INSTRUCTED if instructed else "")
         + ("+persona" if persona else "")
         + (f"+{positions}" if positions else "")
+        + (f"+query-{float(query_guidance)!r}" if query_guidance is not None else "")
     )
 
 
@@ -63,8 +65,9 @@ class Trial:
     stayed within the tolerance (:meth:`~emovec.evaluation.Tolerance.fluent`; retention is
     scored by the choice, not filtered), ``instruction`` the request for the emotion added
     to each query and ``persona`` the system turn (``None``: not used), ``positions`` the
-    positions steered (``None``: ``steer``'s default) and ``schedule`` the strength over the
-    answer's tokens (``None``: constant).
+    positions steered (``None``: ``steer``'s default), ``schedule`` the strength over the
+    answer's tokens (``None``: constant) and ``query_guidance`` how much the question was
+    amplified against the prompt without it (``None``: not at all).
     """
 
     emotion: str
@@ -82,6 +85,7 @@ class Trial:
     persona: str | None = None
     positions: str | None = None
     schedule: Schedule | None = None
+    query_guidance: float | None = None
 
     @property
     def placement(self) -> Placement:
@@ -93,18 +97,21 @@ class Trial:
             persona=self.persona,
             positions=self.positions,
             schedule=self.schedule,
+            query_guidance=self.query_guidance,
         )
 
     @property
     def extras(self) -> str:
         """What the trial used beside the vector: ``" + instruction"`` where the query asked
         for the emotion, ``" + persona"`` where the system turn did, ``" on generated"``
-        where only some positions were steered (empty for the vector alone)."""
+        where only some positions were steered, ``", query guidance 1.3"`` where the
+        question was amplified (empty for the vector alone)."""
         return (
             (" + instruction" if self.instruction else "")
             + (" + persona" if self.persona else "")
             + (f" on {self.positions}" if self.positions else "")
             + (f", {self.schedule.label}" if self.schedule else "")
+            + (f", query guidance {self.query_guidance:g}" if self.query_guidance else "")
         )
 
     @property
@@ -345,12 +352,14 @@ def _decide(
             settings.get("instructions", [False]),
             settings.get("personas", [False]),
             settings.get("positions", [None]),
+            settings.get("query_guidance", [None]),
         )
     )
     trials: list[Trial] = []
     for emotion in report.settings.get("emotions") or list(baseline):
-        for band, dose, instructed, persona, positions in grid:
-            row = rows[(_setting_name(band, dose, instructed, persona, positions), emotion)]
+        for band, dose, instructed, persona, positions, gamma in grid:
+            name = _setting_name(band, dose, instructed, persona, positions, gamma)
+            row = rows[(name, emotion)]
             trials.append(
                 Trial(
                     emotion=emotion,
@@ -367,6 +376,7 @@ def _decide(
                     instruction=texts[emotion] if instructed else None,
                     persona=persona_texts[emotion] if persona else None,
                     positions=positions,
+                    query_guidance=gamma,
                 )
             )
     placements: dict[str, Placement] = {}
