@@ -51,13 +51,22 @@ def _on_answer(schedule: Schedule, persona: bool, instruct: bool) -> Recipe:
 RECIPES: dict[str, tuple[float, Recipe]] = {  # name: (α, recipe)
     "calibrated": (1.0, Recipe()),
     # The bank's recipes with the question amplified against the prompt without it
-    # (context-aware decoding; round 3), at α 1, 1.5 and 2.
+    # (context-aware decoding; rounds 3 and 4), at α 1 to 3.
     **{
         f"calibrated{'' if alpha == 1 else f'-{alpha:g}'}+query-{scale:g}": (
             alpha,
             Recipe(query_guidance=scale),
         )
-        for alpha, scale in ((1.0, 1.3), (1.0, 1.6), (1.5, 1.3), (2.0, 1.3), (2.0, 1.6))
+        for alpha, scale in (
+            (1.0, 1.3),
+            (1.0, 1.6),
+            (1.5, 1.3),
+            (2.0, 1.3),
+            (2.0, 1.6),
+            (2.5, 1.6),
+            (2.5, 2.0),
+            (3.0, 2.0),
+        )
     },
     "suppressed": (-1.0, Recipe()),
     "vector-only": (1.0, Recipe(instruct=False)),

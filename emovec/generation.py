@@ -275,14 +275,7 @@ def generate_answers(
         options.update(_UNUSED_WHEN_GREEDY)
     blocker = clean_generation_kwargs(tokenizer) if clean else {}
     for start in range(0, len(prompts), batch_size):
-        batch = tokenizer(
-            prompts[start : start + batch_size],
-            return_tensors="pt",
-            padding=True,
-            add_special_tokens=False,
-            return_attention_mask=True,
-        )
-        inputs = {key: batch[key].to(device) for key in ("input_ids", "attention_mask")}
+        inputs = _tokenized(tokenizer, prompts[start : start + batch_size], device)
         processors = list(blocker.get("logits_processor", []))
         if guidance is not None and steering is not None:
             plain = PlainGuidance(
@@ -294,17 +287,11 @@ def generate_answers(
             )
             processors.insert(0, plain)
         if query_guidance is not None:
-            free = tokenizer(
-                unasked[start : start + batch_size],
-                return_tensors="pt",
-                padding=True,
-                add_special_tokens=False,
-                return_attention_mask=True,
-            )
+            free = _tokenized(tokenizer, unasked[start : start + batch_size], device)
             guide = QueryGuidance(
                 model,
                 inputs["attention_mask"],
-                (free["input_ids"].to(device), free["attention_mask"].to(device)),
+                (free["input_ids"], free["attention_mask"]),
                 query_guidance,
                 repetition_penalty=decoding.repetition_penalty,
                 steering=steering,
@@ -323,3 +310,18 @@ def generate_answers(
             t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         )
     return answers
+
+
+def _tokenized(
+    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], device: torch.device
+) -> dict[str, torch.Tensor]:
+    """Formatted prompts as padded input ids and attention mask on ``device`` (the
+    tokenizer pads on its side: left, as load_model sets it, for generation)."""
+    batch = tokenizer(
+        list(prompts),
+        return_tensors="pt",
+        padding=True,
+        add_special_tokens=False,
+        return_attention_mask=True,
+    )
+    return {key: batch[key].to(device) for key in ("input_ids", "attention_mask")}

@@ -886,19 +886,14 @@ def test_each_trial_answers_as_its_placement_steered_alone(
 
 
 @dataclass(frozen=True)
-class OnlyInstructed(Tolerance):
-    """Accepts only the settings that asked for the emotion in the query."""
+class OnlySettingsEndingIn(Tolerance):
+    """Accepts only the settings whose recipe name ends in ``suffix`` (e.g.
+    ``"+instruction"``: those that asked for the emotion in the query)."""
+
+    suffix: str = ""
 
     def fluent(self, row: Mapping[str, Any], plain: Mapping[str, Any]) -> bool:
-        return str(row["recipe"]).endswith("+instruction")
-
-
-@dataclass(frozen=True)
-class OnlyPersonaOnTheAnswer(Tolerance):
-    """Accepts only the settings with the persona that steered the answer's tokens alone."""
-
-    def fluent(self, row: Mapping[str, Any], plain: Mapping[str, Any]) -> bool:
-        return str(row["recipe"]).endswith("+persona+generated")
+        return str(row["recipe"]).endswith(self.suffix)
 
 
 def test_instructions_try_every_setting_with_and_without_and_store_the_chosen_one(
@@ -914,7 +909,7 @@ def test_instructions_try_every_setting_with_and_without_and_store_the_chosen_on
         embedder,
         scorer=ConstantScorer(),
         instructions=(False, True),
-        tolerance=OnlyInstructed(),
+        tolerance=OnlySettingsEndingIn(suffix="+instruction"),
     )
     assert len(result.trials) == 2 * len(EMOTIONS) * len(BANDS) * len(DOSES)
     for emotion in EMOTIONS:
@@ -994,7 +989,7 @@ def test_personas_and_positions_are_searched_and_stored(
         scorer=ConstantScorer(),
         personas=(False, True),
         positions=(None, "generated"),
-        tolerance=OnlyPersonaOnTheAnswer(),
+        tolerance=OnlySettingsEndingIn(suffix="+persona+generated"),
     )
     assert len(result.trials) == 4 * len(EMOTIONS) * len(BANDS) * len(DOSES)
     ways = [(None, None), (None, "generated"), ("p", None), ("p", "generated")]
@@ -1039,13 +1034,6 @@ def test_personas_and_positions_are_searched_and_stored(
         assert [got[q] for q in QUERIES] == alone, emotion
 
 
-class OnlyQueryGuided(Tolerance):
-    """Accepts only the settings answered with query guidance."""
-
-    def fluent(self, row: Mapping[str, Any], plain: Mapping[str, Any]) -> bool:
-        return str(row["recipe"]).endswith("+query-2.0")
-
-
 def test_query_guidance_is_searched_and_stored(
     setup: tuple, embedder: SentenceEmbedder, tmp_path: Path
 ) -> None:
@@ -1060,7 +1048,7 @@ def test_query_guidance_is_searched_and_stored(
         scorer=ConstantScorer(),
         doses=doses,
         query_guidance=(None, 2),
-        tolerance=OnlyQueryGuided(),
+        tolerance=OnlySettingsEndingIn(suffix="+query-2.0"),
     )
     assert len(result.trials) == 2 * len(EMOTIONS) * len(BANDS) * len(doses)
     for emotion in EMOTIONS:
