@@ -862,14 +862,7 @@ def test_each_trial_answers_as_its_placement_steered_alone(
         }
         placed = bank.with_placements({trial.emotion: trial.placement})
         with steer(model, placed, max_dose=math.inf, **{trial.emotion: 1.0}) as steering:
-            alone = generate_answers(
-                model,
-                tokenizer,
-                QUERIES,
-                max_new_tokens=DECODING.max_new_tokens,
-                batch_size=len(QUERIES),
-                steering=steering,
-            )
+            alone = _answers_alone(model, tokenizer, steering)
         assert [got[q] for q in QUERIES] == alone, trial
         changed += sum(answer != plain[q] for q, answer in zip(QUERIES, alone, strict=True))
         banded = steer(
@@ -883,6 +876,41 @@ def test_each_trial_answers_as_its_placement_steered_alone(
         for mine, old in zip(steering.deltas(), banded.deltas(), strict=True):
             torch.testing.assert_close(mine, old, rtol=1e-6, atol=1e-7)
     assert changed > 0  # steering changed answers: not plain compared with plain
+
+
+def _answers_alone(
+    model: torch.nn.Module, tokenizer: Any, steering: Any, **options: Any
+) -> list[str]:
+    """QUERIES answered in one batch of DECODING's length under the applied steering."""
+    return generate_answers(
+        model,
+        tokenizer,
+        QUERIES,
+        max_new_tokens=DECODING.max_new_tokens,
+        batch_size=len(QUERIES),
+        steering=steering,
+        **options,
+    )
+
+
+def _saved(
+    result: Calibration, bank: EmotionVectors, folder: Path
+) -> tuple[EmotionVectors, EvaluationReport]:
+    """The calibrated bank saved and loaded again (its placements kept), and the report of
+    the calibration's answers."""
+    loaded = EmotionVectors.load(result.apply(bank).save(folder / "calibrated.safetensors"))
+    assert loaded.placements == result.placements
+    assert result.report is not None
+    return loaded, result.report
+
+
+def _answers_of(report: EvaluationReport, recipe: str, emotion: str) -> dict[str, str]:
+    """Each query's answer under one setting (recipe name) for one emotion."""
+    return {
+        r["query"]: r["answer"]
+        for r in report.records
+        if r["recipe"] == recipe and r["target"] == emotion
+    }
 
 
 @dataclass(frozen=True)
@@ -925,23 +953,16 @@ def test_instructions_try_every_setting_with_and_without_and_store_the_chosen_on
         e: PROMPT_INSTRUCTIONS[e] for e in EMOTIONS
     }
 
-    loaded = EmotionVectors.load(result.apply(bank).save(tmp_path / "hybrid.safetensors"))
-    assert loaded.placements == result.placements
+    loaded, report = _saved(result, bank, tmp_path)
     chosen = loaded.settings["calibration"]["chosen"]
     for emotion in EMOTIONS:
         assert loaded.instruction(emotion) == PROMPT_INSTRUCTIONS[emotion]
         assert chosen[emotion]["instruction"] == PROMPT_INSTRUCTIONS[emotion]
     assert loaded.instruction("fear") is None  # not calibrated
 
-    report = result.report
-    assert report is not None
     for emotion, placement in result.placements.items():
         name = _setting_name(placement.layers, placement.dose, True)
-        got = {
-            r["query"]: r["answer"]
-            for r in report.records
-            if r["recipe"] == name and r["target"] == emotion
-        }
+        got = _answers_of(report, name, emotion)
         asked = [with_instructions(q, loaded, {emotion: 1.0}) for q in QUERIES]
         assert asked == [f"{q} {PROMPT_INSTRUCTIONS[emotion]}" for q in QUERIES]
         with steer(model, loaded, max_dose=math.inf, **{emotion: 1.0}) as steering:
@@ -1009,27 +1030,14 @@ def test_personas_and_positions_are_searched_and_stored(
     labels = {p.label for p in result.front_points()["joy"] if p.kind == "chosen"}
     assert len(labels) == 1 and labels.pop().endswith(" + persona on generated")
 
-    loaded = EmotionVectors.load(result.apply(bank).save(tmp_path / "persona.safetensors"))
-    assert loaded.placements == result.placements
-    report = result.report
-    assert report is not None
+    loaded, report = _saved(result, bank, tmp_path)
     for emotion, placement in result.placements.items():
         assert loaded.persona(emotion) == PERSONAS[emotion]
         name = _setting_name(placement.layers, placement.dose, False, True, "generated")
-        got = {
-            r["query"]: r["answer"]
-            for r in report.records
-            if r["recipe"] == name and r["target"] == emotion
-        }
+        got = _answers_of(report, name, emotion)
         with steer(model, loaded, max_dose=math.inf, **{emotion: 1.0}) as steering:
-            alone = generate_answers(
-                model,
-                tokenizer,
-                QUERIES,
-                max_new_tokens=DECODING.max_new_tokens,
-                batch_size=len(QUERIES),
-                steering=steering,
-                systems=[PERSONAS[emotion]] * len(QUERIES),
+            alone = _answers_alone(
+                model, tokenizer, steering, systems=[PERSONAS[emotion]] * len(QUERIES)
             )
         assert [got[q] for q in QUERIES] == alone, emotion
 
@@ -1061,17 +1069,10 @@ def test_query_guidance_is_searched_and_stored(
     labels = {p.label for p in result.front_points()["joy"] if p.kind == "chosen"}
     assert len(labels) == 1 and labels.pop().endswith(", query guidance 2")
 
-    loaded = EmotionVectors.load(result.apply(bank).save(tmp_path / "guided.safetensors"))
-    assert loaded.placements == result.placements
-    report = result.report
-    assert report is not None
+    loaded, report = _saved(result, bank, tmp_path)
     for emotion, placement in result.placements.items():
         name = _setting_name(placement.layers, placement.dose, False, False, None, 2.0)
-        got = {
-            r["query"]: r["answer"]
-            for r in report.records
-            if r["recipe"] == name and r["target"] == emotion
-        }
+        got = _answers_of(report, name, emotion)
         strengths = {emotion: 1.0}
         with steer(model, loaded, max_dose=math.inf, **strengths) as steering:
             alone = emotional_answers(
@@ -1084,14 +1085,7 @@ def test_query_guidance_is_searched_and_stored(
                 batch_size=len(QUERIES),
                 steering=steering,
             )
-            unguided = generate_answers(
-                model,
-                tokenizer,
-                QUERIES,
-                max_new_tokens=DECODING.max_new_tokens,
-                batch_size=len(QUERIES),
-                steering=steering,
-            )
+            unguided = _answers_alone(model, tokenizer, steering)
         assert [got[q] for q in QUERIES] == alone, emotion
         assert alone != unguided, emotion  # the guidance changed the answers: it was applied
 
