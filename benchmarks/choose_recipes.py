@@ -7,11 +7,25 @@ emotion, the recipe :func:`emovec.evaluation.choice.choose` picks: fluent within
 recipes (the bank as it was, at several strengths; success within one answer), and nearest
 both bars, ``min(success / 0.8, 1) + min(retention / 0.7, 1)``, success by the judge the report
 was scored with. The chosen recipe becomes the emotion's placement: its layers, its dose (the
-bank's dose × α), and the instruction, persona and positions it was answered with.
+bank's dose × α), and the instruction, persona, positions, schedule and query guidance it was
+answered with (those it left to the placement: the placement's).
 
     python benchmarks/choose_recipes.py out/grid/report.json \
         --reference vector-only-0.5 vector-only-0.75 vector-only \
         --vectors /tmp/old-bank.safetensors --out vectors/smollm2-135m-instruct.safetensors
+
+A report may be named ``PATH:RECIPE,RECIPE`` to read only those recipes from it (e.g. where an
+older run answered a recipe of the same name under other code). The reference may come from
+other reports (``--reference-reports``, ``--reference-pool``: say, an older bank answering the
+same queries), and then is no candidate. Round 4's SmolLM2 choice (docs/methods.md)::
+
+    python benchmarks/choose_recipes.py out/r3ship/report.json out/r4A/report.json \
+        out/r4HA/report.json --pool out/c80A/report.json:calibrated out/r4B/report.json \
+        out/r4HB/report.json --reference-reports out/r3V/report.json \
+        --reference-pool out/c80R/report.json \
+        --reference vector-only-0.5 vector-only-0.75 vector-only \
+        --vectors <round 2's bank> --earlier <round 3's bank> \
+        --out vectors/smollm2-135m-instruct.safetensors
 """
 
 from __future__ import annotations
@@ -25,7 +39,9 @@ from typing import Any
 from emovec import EmotionVectors
 from emovec.evaluation import EvaluationReport, Tolerance
 from emovec.evaluation.choice import DEFAULT_TARGET_SUCCESS, choose
-from emovec.evaluation.recipes import PERSONAS, PROMPT_INSTRUCTIONS
+from emovec.evaluation.recipes import Recipe
+from emovec.steering import Schedule
+from emovec.vectors import Placement
 
 
 def pooled(first: EvaluationReport, second: EvaluationReport) -> EvaluationReport:
@@ -42,14 +58,59 @@ def pooled(first: EvaluationReport, second: EvaluationReport) -> EvaluationRepor
     return EvaluationReport(records, settings=settings)
 
 
+def read(specs: list[str]) -> EvaluationReport | None:
+    """The reports named ``PATH`` or ``PATH:RECIPE,RECIPE`` (only those recipes, and plain),
+    combined: they must answer the same queries."""
+    if not specs:
+        return None
+    reports = []
+    for spec in specs:
+        path, _, names = spec.partition(":")
+        report = EvaluationReport.from_json(Path(path))
+        if names:
+            kept = {"plain", *names.split(",")}
+            recipes = report.settings.get("recipes") or {}
+            report = EvaluationReport(
+                [r for r in report.records if r["recipe"] in kept],
+                settings={
+                    **report.settings,
+                    "recipes": {n: recipes[n] for n in kept & set(recipes)},
+                },
+            )
+        reports.append(report)
+    return EvaluationReport.combined(reports)
+
+
+def placement_of(
+    old: Placement, recipe: dict[str, Any], alpha: float, vectors: EmotionVectors, emotion: str
+) -> Placement:
+    """The placement a recipe answered with at ``alpha``: ``old`` at the dose × α, with the
+    recipe's prompts, positions, schedule and query guidance (the placement's where the
+    recipe left them to it, as :func:`emovec.evaluation.evaluate` does)."""
+    if recipe.get("placement") or recipe.get("method", "add") != "add" or recipe.get("guidance"):
+        raise SystemExit(
+            f"{emotion}: a recipe with its own placement, method or guidance is no placement"
+        )
+    asked = Recipe(instruct=recipe.get("instruct"), persona=recipe.get("persona"))
+    schedule = recipe.get("schedule")
+    return replace(
+        old,
+        dose=round(old.dose * alpha, 6),  # 0.2625, not 0.26249999999999996
+        instruction=asked.instruction(vectors, emotion),
+        persona=asked.system(vectors, emotion),
+        positions=recipe.get("positions") or old.positions,
+        schedule=Schedule(**schedule) if schedule else old.schedule,
+        query_guidance=recipe.get("query_guidance") or old.query_guidance,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("reports", type=Path, nargs="+", help="reports over the same queries")
+    parser.add_argument("reports", nargs="+", help="reports over the same queries (PATH[:RECIPES])")
     parser.add_argument("--vectors", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument(
         "--pool",
-        type=Path,
         nargs="+",
         default=[],
         help="reports over other calibration queries (one sweep: their own plain answers), "
@@ -61,22 +122,47 @@ def main() -> None:
         default=[],
         help="recipes whose front the choice must not fall behind",
     )
+    parser.add_argument(
+        "--reference-reports",
+        nargs="+",
+        default=[],
+        help="reports holding the reference recipes (default: the candidates' own)",
+    )
+    parser.add_argument(
+        "--reference-pool",
+        nargs="+",
+        default=[],
+        help="the reference's reports over the --pool queries",
+    )
+    parser.add_argument(
+        "--earlier",
+        type=Path,
+        help="the bank this choice replaces, whose record is kept under 'earlier' "
+        "(default: --vectors)",
+    )
     args = parser.parse_args()
 
-    report = EvaluationReport.combined([EvaluationReport.from_json(p) for p in args.reports])
-    if args.pool:
-        more = EvaluationReport.combined([EvaluationReport.from_json(p) for p in args.pool])
-        report = pooled(report, more)
+    report = read(args.reports)
+    more = read(args.pool)
+    report = pooled(report, more) if more else report
+    reference_report = read(args.reference_reports)
+    if reference_report is None:
+        reference_report = report
+    else:
+        other = read(args.reference_pool)
+        reference_report = pooled(reference_report, other) if other else reference_report
     vectors = EmotionVectors.load(args.vectors)
     recipes = report.settings["recipes"]
     tolerance = Tolerance()
-    summary = report.summary()
+    summary, references = report.summary(), reference_report.summary()
     chosen: dict[str, Any] = {}
     placements = {}
     for emotion in vectors.emotions:
         rows = [r for r in summary if r["emotion"] == emotion]
         plain = next(r for r in rows if r["recipe"] == "plain")
-        reference = [r for r in rows if r["recipe"] in args.reference]
+        reference = [
+            r for r in references if r["emotion"] == emotion and r["recipe"] in args.reference
+        ]
         if len(reference) != len(args.reference):
             raise SystemExit(f"{emotion}: the report lacks some of {args.reference}")
         best = choose(
@@ -89,14 +175,8 @@ def main() -> None:
         if best is None:
             print(f"{emotion}: no recipe is fluent and on the reference's front; kept as it was")
             continue
-        recipe = recipes[best["recipe"]]
-        old = vectors.placements[emotion]
-        placements[emotion] = replace(
-            old,
-            dose=round(old.dose * best["alpha"], 6),  # 0.2625, not 0.26249999999999996
-            instruction=PROMPT_INSTRUCTIONS[emotion] if recipe["instruct"] else None,
-            persona=PERSONAS[emotion] if recipe["persona"] else None,
-            positions=recipe["positions"],
+        placements[emotion] = placement_of(
+            vectors.placements[emotion], recipes[best["recipe"]], best["alpha"], vectors, emotion
         )
         chosen[emotion] = {
             "recipe": best["recipe"],
@@ -111,7 +191,9 @@ def main() -> None:
               f"retention {best['retention']:.2f}")  # fmt: skip
     record = {
         "method": "benchmarks/choose_recipes.py",
-        "reports": [str(p) for p in args.reports],
+        "reports": args.reports,
+        "pool": args.pool,
+        "reference_reports": args.reference_reports + args.reference_pool,
         "queries": report.settings.get("queries"),
         "split": report.settings.get("split"),
         "decoding": report.settings.get("decoding"),
@@ -120,7 +202,7 @@ def main() -> None:
         "target_success": DEFAULT_TARGET_SUCCESS,
         "reference": args.reference,
         "chosen": chosen,
-        "earlier": vectors.settings.get("calibration"),
+        "earlier": EmotionVectors.load(args.earlier or args.vectors).settings.get("calibration"),
     }
     vectors.with_placements(placements).with_settings(calibration=record).save(args.out)
     print(json.dumps(chosen, indent=1))
