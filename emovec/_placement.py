@@ -87,6 +87,7 @@ class Placement:
         if self.query_guidance is not None:
             gamma = query_guidance_of(self.query_guidance, "A placement's query_guidance")
             object.__setattr__(self, "query_guidance", gamma)
+            check_guided_steering(self.positions, self.schedule)
 
     def to_dict(self) -> dict[str, Any]:
         written: dict[str, Any] = {"layers": list(self.layers), "dose": self.dose}
@@ -112,6 +113,21 @@ def query_guidance_of(value: object, what: str = "query_guidance") -> float:
     if not (math.isfinite(value) and value >= 1):
         raise ValueError(f"{what} must be finite and >= 1 (1: none), not {value}.")
     return float(value)
+
+
+def check_guided_steering(positions: str | None, schedule: object) -> None:
+    """Query guidance's second pass reads the query-free prompt through the same steering,
+    whose calls would be taken for a new prompt's: it needs steering at every position
+    (``positions`` ``None``, ``steer``'s default, or ``"all"``) and no schedule.
+
+    Raises:
+        ValueError: Otherwise.
+    """
+    if positions not in (None, "all") or schedule is not None:
+        raise ValueError(
+            "query_guidance needs steering at every position without a schedule "
+            f"(got positions={positions!r}, schedule={schedule})."
+        )
 
 
 def _schedule(value: object) -> Schedule | None:

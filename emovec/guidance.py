@@ -39,7 +39,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache, LogitsProcessor
 
-from emovec._placement import query_guidance_of
+from emovec._placement import check_guided_steering, query_guidance_of
 from emovec.steering import Steering
 
 __all__ = ["PlainGuidance", "QueryGuidance"]
@@ -79,6 +79,14 @@ class _SecondPass(LogitsProcessor):
         self._context = None if context is None else (context[0].detach(), context[1].detach())
         self._mask = (prompt_mask if context is None else context[1]).detach().clone()
         self._paused = paused
+        if isinstance(repetition_penalty, bool) or not (
+            isinstance(repetition_penalty, (int, float))
+            and math.isfinite(repetition_penalty)
+            and repetition_penalty > 0
+        ):
+            raise ValueError(
+                f"repetition_penalty must be a finite positive number, not {repetition_penalty!r}."
+            )
         self._penalty = float(repetition_penalty)
         self._prompt_mask = prompt_mask.detach().clone()
         self._cache: DynamicCache | None = None
@@ -125,8 +133,8 @@ class _SecondPass(LogitsProcessor):
 
     def _penalised(self, input_ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """``logits`` with the repetition penalty on every token of ``input_ids`` but the
-        prompt's padding (as ``generate`` does): positive logits divided, negative ones
-        multiplied."""
+        prompt's padding (as recent transformers' ``generate`` does): positive logits
+        divided, negative ones multiplied."""
         prompt = self._prompt_mask.to(input_ids.device).long()
         generated = prompt.new_ones(len(input_ids), input_ids.shape[1] - self._prompt_length)
         counts = torch.zeros(logits.shape, dtype=torch.long, device=logits.device)
@@ -163,7 +171,8 @@ class PlainGuidance(_SecondPass):
             scores, so the plain ones get it here).
 
     Raises:
-        ValueError: If ``weight`` is outside [0, 1] or not finite.
+        ValueError: If ``weight`` is outside [0, 1] or not finite, or ``repetition_penalty``
+            is not a finite positive number.
     """
 
     def __init__(
@@ -206,7 +215,8 @@ class QueryGuidance(_SecondPass):
 
     Raises:
         TypeError: If ``scale`` is not a number.
-        ValueError: If ``scale`` is not finite or below 1, the query-free rows do not match
+        ValueError: If ``scale`` is not finite or below 1, ``repetition_penalty`` not a finite
+            positive number, the query-free rows do not match
             the prompt's, or ``steering`` steers only some positions or follows a schedule.
     """
 
@@ -221,11 +231,8 @@ class QueryGuidance(_SecondPass):
         steering: Steering | None = None,
     ) -> None:
         scale = query_guidance_of(scale)
-        if steering is not None and (steering.positions != "all" or steering.schedule is not None):
-            raise ValueError(
-                "query_guidance needs steering at every position without a schedule "
-                f"(got positions={steering.positions!r}, schedule={steering.schedule})."
-            )
+        if steering is not None:
+            check_guided_steering(steering.positions, steering.schedule)
         ids, mask = query_free
         if ids.shape != mask.shape or ids.shape[0] != attention_mask.shape[0]:
             raise ValueError(

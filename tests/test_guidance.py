@@ -139,6 +139,12 @@ def test_refuses_bad_weight_and_beams(llama: nn.Module, tokenizer: PreTrainedTok
     for weight in (-0.1, 1.5, math.nan, True):
         with pytest.raises(ValueError, match="weight"):
             PlainGuidance(llama, steering, batch["attention_mask"], weight=weight)  # type: ignore[arg-type]
+    free = (batch["input_ids"], batch["attention_mask"])
+    for penalty in (0.0, -1.0, math.nan, math.inf, True):
+        with pytest.raises(ValueError, match="repetition_penalty"):
+            PlainGuidance(llama, steering, batch["attention_mask"], repetition_penalty=penalty)
+        with pytest.raises(ValueError, match="repetition_penalty"):
+            QueryGuidance(llama, batch["attention_mask"], free, 2.0, repetition_penalty=penalty)
     guide = PlainGuidance(llama, steering, batch["attention_mask"][:1], weight=0.5)
     with steering, pytest.raises(ValueError, match="rows"):
         llama.generate(**batch, **GREEDY, logits_processor=[guide])
@@ -379,3 +385,8 @@ def test_placements_carry_their_query_guidance(
     for bad, error in ((0.5, ValueError), (math.inf, ValueError), (True, TypeError)):
         with pytest.raises(error, match="query_guidance"):
             Placement((1,), 0.3, query_guidance=bad)
+    # The second pass needs every position steered, without a schedule: refused up front.
+    for options in ({"positions": "generated"}, {"schedule": Schedule(2.0, 1, 1.0, 1)}):
+        with pytest.raises(ValueError, match="every position"):
+            Placement((1,), 0.3, query_guidance=1.5, **options)  # type: ignore[arg-type]
+    assert Placement((1,), 0.3, query_guidance=1.5, positions="all").positions == "all"

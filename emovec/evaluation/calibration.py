@@ -34,7 +34,7 @@ from typing import get_args
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from emovec._placement import query_guidance_of
+from emovec._placement import check_guided_steering, query_guidance_of
 from emovec.datasets import default_calibration_queries
 from emovec.evaluation.choice import DEFAULT_TARGET_SUCCESS
 from emovec.evaluation.recipes import Recipe
@@ -199,11 +199,9 @@ def calibrate(
     gammas = [None if g is None else query_guidance_of(g) for g in dict.fromkeys(query_guidance)]
     if not gammas:
         raise ValueError("query_guidance must hold None and/or numbers >= 1, not [].")
-    if any(g is not None for g in gammas) and any(p not in (None, "all") for p in where):
-        raise ValueError(
-            "query_guidance steers every position: try it with positions None or 'all' only, "
-            f"not {where}."
-        )
+    if any(g is not None for g in gammas):
+        for at in where:
+            check_guided_steering(at, None)
     candidates = [tuple(sorted({int(i) for i in band})) for band in (bands or ())]
     candidates = list(dict.fromkeys(candidates or candidate_bands(vectors.num_layers)))
     if any(not band or not 0 <= band[0] <= band[-1] < vectors.num_layers for band in candidates):
