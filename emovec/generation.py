@@ -13,6 +13,7 @@ import torch
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from emovec._prompts import persona_for, query_free_turn, query_guidance_for, with_instructions
 from emovec.guidance import PlainGuidance, QueryGuidance
 from emovec.hooks import Steering
 from emovec.models import input_device
@@ -22,6 +23,7 @@ from emovec.vectors import EmotionVectors
 __all__ = [
     "Decoding",
     "emotional_answers",
+    "emotional_guidance",
     "emotional_prompt",
     "format_prompts",
     "generate_answers",
@@ -156,38 +158,6 @@ def format_prompts(
     return [f"{bos}{first}Q: {q}\nA:" for q, first in zip(queries, lead, strict=True)]
 
 
-def with_instructions(query: str, vectors: EmotionVectors, strengths: Mapping[str, float]) -> str:
-    """``query`` with the calibrated instruction of every emotion steered with α > 0.
-
-    A bank whose placements were calibrated with an instruction (the "hybrid" recipe: a
-    short request for the emotion in the user's turn plus a smaller vector dose) is meant to
-    be steered with it; ``steer`` cannot change the prompt, so the prompt is built here.
-    Suppressed emotions (α ≤ 0) and emotions without an instruction add nothing.
-    """
-    asked = [vectors.instruction(e) for e, alpha in strengths.items() if alpha > 0]
-    return " ".join([query, *(text for text in asked if text)])
-
-
-def persona_for(vectors: EmotionVectors, strengths: Mapping[str, float]) -> str | None:
-    """The system turn for steering ``strengths``: the calibrated personas of the emotions
-    raised (α > 0), joined, or ``None`` (the model's default system prompt)."""
-    personas = [vectors.persona(e) for e, alpha in strengths.items() if alpha > 0]
-    return " ".join(text for text in personas if text) or None
-
-
-def query_guidance_for(vectors: EmotionVectors, strengths: Mapping[str, float]) -> float | None:
-    """The query guidance for steering ``strengths``: the largest of the raised emotions'
-    placements' (α > 0), or ``None`` where none records one."""
-    recorded = [
-        placement.query_guidance
-        for emotion, alpha in strengths.items()
-        if alpha > 0
-        and (placement := vectors.placements.get(emotion)) is not None
-        and placement.query_guidance is not None
-    ]
-    return max(recorded) if recorded else None
-
-
 def emotional_prompt(
     tokenizer: PreTrainedTokenizerBase,
     query: str,
@@ -199,6 +169,52 @@ def emotional_prompt(
     :func:`persona_for`). Tokenise it with ``add_special_tokens=False``."""
     asked = with_instructions(query, vectors, strengths)
     return format_prompts(tokenizer, [asked], [persona_for(vectors, strengths)])[0]
+
+
+def emotional_guidance(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    vectors: EmotionVectors,
+    strengths: Mapping[str, float],
+    attention_mask: torch.Tensor,
+    *,
+    steering: Steering | None = None,
+    repetition_penalty: float = 1.0,
+) -> list[QueryGuidance]:
+    """The logits processors that give your own ``model.generate`` the raised emotions'
+    calibrated query guidance (:func:`query_guidance_for`): one :class:`~emovec.guidance.
+    QueryGuidance` against the query-free prompt (the same persona, the instructions alone),
+    or none where no placement records it. Make them anew for each ``generate`` call.
+
+    Args:
+        model: The model ``generate`` runs.
+        tokenizer: Its tokenizer (left padding).
+        vectors: The bank steered.
+        strengths: The strengths steered, as given to ``steer``.
+        attention_mask: The mask of the batch of :func:`emotional_prompt` rows generated.
+        steering: The applied steering (checked to steer every position).
+        repetition_penalty: The penalty passed to ``generate``.
+    """
+    scale = query_guidance_for(vectors, strengths)
+    if scale is None:
+        return []
+    rows = attention_mask.shape[0]
+    free = format_prompts(
+        tokenizer,
+        [query_free_turn(vectors, strengths)] * rows,
+        [persona_for(vectors, strengths)] * rows,
+    )
+    batch = _tokenized(tokenizer, free, attention_mask.device)
+    return [
+        QueryGuidance(
+            model,
+            attention_mask,
+            (batch["input_ids"], batch["attention_mask"]),
+            scale,
+            repetition_penalty=repetition_penalty,
+            steering=steering,
+        )
+    ]
 
 
 def emotional_answers(
@@ -219,7 +235,7 @@ def emotional_answers(
         [with_instructions(q, vectors, strengths) for q in queries],
         systems=[persona_for(vectors, strengths)] * len(queries),
         query_guidance=query_guidance_for(vectors, strengths),
-        query_free=[with_instructions("", vectors, strengths).strip()] * len(queries),
+        query_free=[query_free_turn(vectors, strengths)] * len(queries),
         **options,
     )
 

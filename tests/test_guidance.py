@@ -15,6 +15,8 @@ from transformers import LogitsProcessor, PreTrainedTokenizerFast
 from emovec import Schedule, find_layers, steer
 from emovec.generation import (
     emotional_answers,
+    emotional_guidance,
+    emotional_prompt,
     format_prompts,
     generate_answers,
     query_guidance_for,
@@ -382,6 +384,27 @@ def test_placements_carry_their_query_guidance(
         )
     assert got == expected
     assert got != unguided
+    # The same through model.generate itself: emotional_prompt rows + emotional_guidance.
+    with steer(llama, loaded, joy=1.0) as steering:
+        prompts = [emotional_prompt(tokenizer, q, loaded, {"joy": 1.0}) for q in QUERIES]
+        batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        processors = emotional_guidance(
+            llama, tokenizer, loaded, {"joy": 1.0}, batch["attention_mask"], steering=steering
+        )
+        assert [p.weight for p in processors] == [3.0]
+        out = llama.generate(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            max_new_tokens=3,
+            do_sample=False,
+            pad_token_id=PAD_ID,
+            logits_processor=processors,
+        )
+    own = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert [text.strip() for text in own] == got
+    assert (
+        emotional_guidance(llama, tokenizer, loaded, {"anger": 1.0}, batch["attention_mask"]) == []
+    )
     for bad, error in ((0.5, ValueError), (math.inf, ValueError), (True, TypeError)):
         with pytest.raises(error, match="query_guidance"):
             Placement((1,), 0.3, query_guidance=bad)
