@@ -204,17 +204,30 @@ def emotional_guidance(
         [query_free_turn(vectors, strengths)] * rows,
         [persona_for(vectors, strengths)] * rows,
     )
-    batch = _tokenized(tokenizer, free, attention_mask.device)
     return [
-        QueryGuidance(
-            model,
-            attention_mask,
-            (batch["input_ids"], batch["attention_mask"]),
-            scale,
-            repetition_penalty=repetition_penalty,
-            steering=steering,
-        )
+        _query_guidance(model, tokenizer, attention_mask, free, scale, repetition_penalty, steering)
     ]
+
+
+def _query_guidance(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    attention_mask: torch.Tensor,
+    query_free_prompts: Sequence[str],
+    scale: float,
+    repetition_penalty: float,
+    steering: Steering | None,
+) -> QueryGuidance:
+    """Query guidance for one batch: its formatted query-free prompts tokenised beside it."""
+    free = _tokenized(tokenizer, query_free_prompts, attention_mask.device)
+    return QueryGuidance(
+        model,
+        attention_mask,
+        (free["input_ids"], free["attention_mask"]),
+        scale,
+        repetition_penalty=repetition_penalty,
+        steering=steering,
+    )
 
 
 def emotional_answers(
@@ -303,14 +316,14 @@ def generate_answers(
             )
             processors.insert(0, plain)
         if query_guidance is not None:
-            free = _tokenized(tokenizer, unasked[start : start + batch_size], device)
-            guide = QueryGuidance(
+            guide = _query_guidance(
                 model,
+                tokenizer,
                 inputs["attention_mask"],
-                (free["input_ids"], free["attention_mask"]),
+                unasked[start : start + batch_size],
                 query_guidance,
-                repetition_penalty=decoding.repetition_penalty,
-                steering=steering,
+                decoding.repetition_penalty,
+                steering,
             )
             processors.insert(0, guide)
         seed = decoding.seed + start if decoding.do_sample else None
