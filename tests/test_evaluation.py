@@ -737,6 +737,34 @@ def test_combined_keeps_one_set_of_plain_answers_and_every_steered_one() -> None
     assert EvaluationReport.combined([first]).records == first.records
 
 
+def test_combined_joins_sweeps_over_other_emotions_of_the_same_queries() -> None:
+    """One sweep per emotion: each emotion's plain answers come from the sweep that has them;
+    where two sweeps both have them they must agree, and every sweep answers the same queries."""
+
+    def sweep(target: str, queries: tuple[str, ...] = ("q1", "q2")) -> list[dict[str, object]]:
+        return [
+            _record(recipe, alpha, 0.0, 10.0, query=q, target=target)
+            for q in queries
+            for recipe, alpha in (("plain", 0.0), ("vector", 1.0))
+        ]
+
+    joy, fear = EvaluationReport(sweep("joy")), EvaluationReport(sweep("fear"))
+    both = EvaluationReport.combined([joy, fear])
+    assert len(both.records) == 8
+    assert {(r["recipe"], r["emotion"]) for r in both.summary()} == {
+        (recipe, emotion) for recipe in ("plain", "vector") for emotion in ("joy", "fear")
+    }
+    # A third sweep with joy's plain answers again, and the same: accepted, nothing doubled.
+    again = EvaluationReport([r for r in sweep("joy") if r["recipe"] == "plain"])
+    assert len(EvaluationReport.combined([joy, fear, again]).records) == 8
+
+    changed = [{**r, "answer": "other"} if r["recipe"] == "plain" else r for r in sweep("joy")]
+    with pytest.raises(ValueError, match="plain answers differ"):
+        EvaluationReport.combined([fear, joy, EvaluationReport(changed)])
+    with pytest.raises(ValueError, match="plain answers differ"):
+        EvaluationReport.combined([joy, EvaluationReport(sweep("fear", ("q1", "q3")))])
+
+
 def test_combined_refuses_reports_that_are_not_comparable() -> None:
     """Other plain answers (other queries or decoding) or the same rows twice are refused."""
     report = EvaluationReport([_record("plain", 0.0, 0.0, 10.0), _record("vector", 1.0, 0.0, 12.0)])

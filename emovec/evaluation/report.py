@@ -167,28 +167,38 @@ class EvaluationReport:
 
     @classmethod
     def combined(cls, reports: Sequence[EvaluationReport]) -> EvaluationReport:
-        """One report from sweeps over the same queries (say, one per α, or one per process):
-        the first one's plain answers and settings, every report's steered answers, and the
-        union of their ``recipes`` settings.
+        """One report from sweeps over the same queries (say, one per α, one per process, or
+        one per emotion): the first one's settings and plain answers (those of emotions only a
+        later sweep evaluated added from it), every report's steered answers, and the union of
+        their ``recipes`` settings.
 
         Raises:
-            ValueError: If there is no report, the plain answers differ (other queries or
-                decoding: the rows would not be comparable), or two reports hold answers of
-                the same (recipe, emotion, α).
+            ValueError: If there is no report, plain answers differ where two sweeps both have
+                them, or the queries differ (other queries or decoding: the rows would not be
+                comparable), or two reports hold answers of the same (recipe, emotion, α).
         """
         if not reports:
             raise ValueError("combined() needs at least one report.")
 
-        def plain(report: EvaluationReport) -> list[tuple[str, str, str]]:
-            rows = [r for r in report.records if r["recipe"] == "plain"]
-            return sorted((r["target"], r["query"], r["answer"]) for r in rows)
+        def plain(report: EvaluationReport) -> dict[str, list[tuple[str, str]]]:
+            """Per emotion, its plain (query, answer) pairs, sorted."""
+            by_target: dict[str, list[tuple[str, str]]] = {}
+            for r in report.records:
+                if r["recipe"] == "plain":
+                    by_target.setdefault(r["target"], []).append((r["query"], r["answer"]))
+            return {target: sorted(pairs) for target, pairs in by_target.items()}
 
         first = plain(reports[0])
+        queries = {q for pairs in first.values() for q, _ in pairs}
         records = list(reports[0].records)
         seen = {(r["recipe"], r["target"], r["alpha"]) for r in records}
         recipes: dict[str, Any] = {}
         for number, report in enumerate(reports):
-            if number and plain(report) != first:
+            answers = plain(report)
+            if any(
+                first.get(target, pairs) != pairs or {q for q, _ in pairs} != queries
+                for target, pairs in answers.items()
+            ):
                 raise ValueError(
                     f"Report {number} answered other queries, or decoded otherwise: its plain "
                     "answers differ from the first report's."
@@ -196,11 +206,16 @@ class EvaluationReport:
             recipes.update(report.settings.get("recipes") or {})
             if not number:
                 continue
+            added = set(answers) - set(first)
+            first.update({target: answers[target] for target in added})
             steered = [r for r in report.records if r["recipe"] != "plain"]
             keys = {(r["recipe"], r["target"], r["alpha"]) for r in steered}
             if keys & seen:
                 raise ValueError(f"Answers of {sorted(keys & seen)[:3]} appear in two reports.")
             seen |= keys
+            records += [
+                r for r in report.records if r["recipe"] == "plain" and r["target"] in added
+            ]
             records += steered
         return cls(records, settings={**reports[0].settings, "recipes": recipes})
 
