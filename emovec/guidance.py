@@ -31,7 +31,6 @@ Usage::
 
 from __future__ import annotations
 
-import inspect
 import math
 from contextlib import AbstractContextManager, nullcontext
 
@@ -40,6 +39,7 @@ from torch import nn
 from transformers import DynamicCache, LogitsProcessor
 
 from emovec._placement import check_guided_steering, query_guidance_of
+from emovec.models import cache_argument
 from emovec.steering import Steering
 
 __all__ = ["PlainGuidance", "QueryGuidance"]
@@ -91,9 +91,7 @@ class _SecondPass(LogitsProcessor):
         self._prompt_mask = prompt_mask.detach().clone()
         self._cache: DynamicCache | None = None
         self._seen = 0
-        # transformers ≥ 5.24 names the cache argument ``cache`` (``past_key_values`` before).
-        parameters = inspect.signature(model.forward).parameters
-        self._cache_argument = "cache" if "cache" in parameters else "past_key_values"
+        self._cache_argument = cache_argument(model)
 
     def _second_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
         batch = input_ids.shape[0]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import os
 import shutil
 import tempfile
@@ -155,6 +156,22 @@ def input_device(model: PreTrainedModel) -> torch.device:
     """Where input ids must go: the device of the input embeddings (also with device_map)."""
     weight = model.get_input_embeddings().weight
     return weight.device if isinstance(weight, torch.Tensor) else torch.device("cpu")
+
+
+def forward_parameters(model: torch.nn.Module) -> frozenset[str]:
+    """The arguments the model class's ``forward`` names (the class's, not the instance's:
+    accelerate and other wrappers replace the instance's with ``*args, **kwargs``); empty if
+    it cannot be inspected."""
+    try:
+        return frozenset(inspect.signature(type(model).forward).parameters)
+    except (TypeError, ValueError):
+        return frozenset()
+
+
+def cache_argument(model: torch.nn.Module) -> str:
+    """The name ``forward`` takes a key/value cache by: ``cache`` from transformers 5.24 on,
+    ``past_key_values`` before (and where the signature cannot be read)."""
+    return "cache" if "cache" in forward_parameters(model) else "past_key_values"
 
 
 # transformers 4.56 renamed from_pretrained's torch_dtype to dtype (and logs the old name as

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import build_model, build_tokenizer
+from conftest import BOS_ID, build_model, build_tokenizer
 from transformers import PreTrainedTokenizerFast
 
 from emovec.datasets import default_answer_pairs
@@ -230,7 +230,8 @@ def causal_lm(request: pytest.FixtureRequest) -> CausalLM:
 def _hand_perplexity(
     model: Any, tokenizer: PreTrainedTokenizerFast, prompt: str, answer: str
 ) -> float:
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    """One unpadded pass over prompt + answer; an empty prompt is the BOS token."""
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] or [BOS_ID]
     answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
     ids = prompt_ids + answer_ids
     with torch.no_grad():
@@ -258,6 +259,46 @@ def test_perplexity_does_not_depend_on_batching(causal_lm: CausalLM) -> None:
     # The same pair scored next to different company keeps its value.
     paired = perplexity(model, tokenizer, PROMPTS[1:], ANSWERS[1:])
     np.testing.assert_allclose(paired, one[1:], rtol=1e-4)
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 5, 16])
+def test_perplexity_shares_each_prompt_across_its_answers(
+    causal_lm: CausalLM, batch_size: int
+) -> None:
+    """Answers to one prompt reuse its pass (a cache copied to their rows, then continued):
+    each still scores as it would alone, whatever the batch's mix of prompts, the answers'
+    lengths (one token: only the prompt's last position predicts it) and their order."""
+    model, tokenizer = causal_lm
+    pairs = [
+        (PROMPTS[2], "and then they came home very glad ."),
+        (PROMPTS[0], "the dog was happy"),
+        (PROMPTS[2], "glad"),
+        (PROMPTS[1], "then she cried"),
+        (PROMPTS[0], "then the cat ran home ."),
+        ("", "the dog was happy"),  # no prompt: the answer follows the BOS token
+        (PROMPTS[2], "the store was at home and the dog was glad"),
+        (PROMPTS[0], "she"),
+    ]
+    prompts, answers = [p for p, _ in pairs], [a for _, a in pairs]
+    got = perplexity(model, tokenizer, prompts, answers, batch_size=batch_size)
+    expected = [_hand_perplexity(model, tokenizer, p, a) for p, a in pairs]
+    np.testing.assert_allclose(got, expected, rtol=1e-4)
+
+
+def test_perplexity_without_prompt_or_bos_scores_from_the_second_token(
+    causal_lm: CausalLM,
+) -> None:
+    model, _ = causal_lm
+    tokenizer = build_tokenizer(bos=False)
+    tokenizer.bos_token = None
+    assert tokenizer.bos_token_id is None
+    ids = tokenizer("the dog was happy", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        log_probs = torch.log_softmax(model(torch.tensor([ids])).logits[0], dim=-1)
+    expected = math.exp(-sum(float(log_probs[t - 1, ids[t]]) for t in range(1, 4)) / 3)
+    got = perplexity(model, tokenizer, ["", ""], ["the dog was happy", "the"])
+    assert got[0] == pytest.approx(expected, rel=1e-4)
+    assert math.isnan(got[1])  # one token and nothing before it: nothing to score
 
 
 def test_perplexity_of_empty_answers_is_nan(causal_lm: CausalLM) -> None:

@@ -7,7 +7,6 @@ an optional dependency imported only when used.
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import re
@@ -18,10 +17,10 @@ from types import MappingProxyType
 
 import numpy as np
 import torch
-from transformers import PreTrainedModel
+from transformers import DynamicCache, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from emovec.models import input_device
+from emovec.models import cache_argument, forward_parameters, input_device
 
 __all__ = [
     "NRC_EMOTIONS",
@@ -154,17 +153,19 @@ def perplexity(
     answer lacks, which changes its first token. The caller makes sure the model is not
     steered.
 
-    Sequences are left-padded (positions counted from each one's first token), so every
-    answer ends at the batch's right edge and the LM head runs only over the answers' span
-    (``logits_to_keep`` where the model takes it): on a chat model the prompt is about half
-    of each sequence and the vocabulary-wide logits were most of the pass's memory traffic.
+    Answers to the same prompt share its pass: per batch each distinct prompt is run once
+    (left-padded, positions counted from its first token) and its key/value cache copied to
+    the rows of its answers, which then run as a continuation (right-padded). An evaluation
+    scores many answers per query (every emotion, dose and recipe), so the prompts, about
+    half of each sequence on a chat model, are no longer recomputed per answer; the LM head
+    runs only where an answer token is predicted.
 
     Args:
         model: A causal LM.
         tokenizer: Its tokenizer.
         prompts: Full prompt strings, already chat-formatted.
         answers: One answer per prompt.
-        batch_size: Sequences per forward pass.
+        batch_size: Answers per forward pass.
 
     Returns:
         Perplexities, shape ``[len(answers)]``; ``nan`` where an answer has no tokens to score.
@@ -175,63 +176,109 @@ def perplexity(
     if len(prompts) != len(answers):
         raise ValueError(f"Got {len(prompts)} prompts for {len(answers)} answers.")
     result = np.full(len(answers), math.nan)
-    bos = tokenizer.bos_token_id
-    # (index, full ids, number of scored tokens at the end)
-    rows: list[tuple[int, list[int], int]] = []
-    for i, (prompt, answer) in enumerate(zip(prompts, answers, strict=True)):
-        answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"] if answer else []
-        if not answer_ids:
-            continue
-        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
-        if not prompt_ids and bos is not None:
-            prompt_ids = [bos]  # give the first answer token something to be predicted from
-        ids = [*prompt_ids, *answer_ids]
-        scored = len(ids) - max(len(prompt_ids), 1)  # position 0 is never predicted
-        if scored > 0:
-            rows.append((i, ids, scored))
-    # Similar lengths together keep padding, and so wasted compute, small.
-    rows.sort(key=lambda row: len(row[1]))
+    rows = _scored_rows(tokenizer, prompts, answers)
     device = input_device(model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    takes = _forward_parameters(model)
+    takes = forward_parameters(model)
     for start in range(0, len(rows), batch_size):
         batch = rows[start : start + batch_size]
-        width = max(len(ids) for _, ids, _ in batch)
-        # Logits at t predict the token at t + 1: the last `keep` positions but the very last
-        # predict every scored token of the batch.
-        keep = max(scored for _, _, scored in batch) + 1
-        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        attention = torch.zeros((len(batch), width), dtype=torch.long)
-        mask = torch.zeros((len(batch), keep - 1), dtype=torch.bool)
-        for row, (_, ids, scored) in enumerate(batch):
-            input_ids[row, width - len(ids) :] = torch.tensor(ids)
-            attention[row, width - len(ids) :] = 1
-            mask[row, keep - 1 - scored :] = True
-        inputs: dict[str, torch.Tensor | int] = {
-            "input_ids": input_ids.to(device),
-            "attention_mask": attention.to(device),
-        }
-        if "position_ids" in takes:
-            inputs["position_ids"] = (attention.cumsum(-1) - 1).clamp(min=0).to(device)
-        if "logits_to_keep" in takes:
-            inputs["logits_to_keep"] = keep
-        with torch.inference_mode():
-            logits = model(**inputs).logits[:, -keep:-1].float()
-            # Gather on the device so that only [batch, keep] values come back; logsumexp
-            # minus the target's logit is its NLL without a vocabulary-wide log-softmax copy.
-            targets = input_ids[:, width - keep + 1 :].to(logits.device).unsqueeze(-1)
-            nll = (logits.logsumexp(-1) - logits.gather(-1, targets).squeeze(-1)).cpu()
-        mean_nll = (nll * mask).sum(1) / mask.sum(1)
-        for row, (index, _, _) in enumerate(batch):
-            result[index] = math.exp(float(mean_nll[row]))
+        nll, scored = _answer_nll(model, batch, pad, device, takes)
+        for (index, _, _), total, count in zip(batch, nll.tolist(), scored.tolist(), strict=True):
+            result[index] = math.exp(total / count)
     return result
 
 
-def _forward_parameters(model: PreTrainedModel) -> frozenset[str]:
-    """The arguments the model class's ``forward`` names (the class's, not the instance's:
-    accelerate and other wrappers replace the instance's with ``*args, **kwargs``); empty if
-    it cannot be inspected."""
-    try:
-        return frozenset(inspect.signature(type(model).forward).parameters)
-    except (TypeError, ValueError):
-        return frozenset()
+# (index of the answer, the ids it follows (never empty), the answer's ids to score).
+_Row = tuple[int, tuple[int, ...], list[int]]
+
+
+def _scored_rows(
+    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], answers: Sequence[str]
+) -> list[_Row]:
+    """The answers with a token to score, grouped by prompt (the longest prompts last) and
+    by length within a group, so that a batch holds few prompts and little padding."""
+    bos = tokenizer.bos_token_id
+    prompt_ids: dict[str, tuple[int, ...]] = {}
+    rows: list[_Row] = []
+    for i, (prompt, answer) in enumerate(zip(prompts, answers, strict=True)):
+        answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"] if answer else []
+        if prompt not in prompt_ids:
+            ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
+            # Give the first answer token something to be predicted from.
+            prompt_ids[prompt] = tuple(ids or ([bos] if bos is not None else []))
+        context = prompt_ids[prompt]
+        if not context:  # no prompt and no BOS: the answer's first token is never predicted
+            context, answer_ids = tuple(answer_ids[:1]), answer_ids[1:]
+        if answer_ids:
+            rows.append((i, context, answer_ids))
+    rows.sort(key=lambda row: (len(row[1]), row[1], len(row[2])))
+    return rows
+
+
+def _answer_nll(
+    model: PreTrainedModel,
+    batch: Sequence[_Row],
+    pad: int,
+    device: torch.device,
+    takes: frozenset[str],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed negative log-likelihood of each row's answer tokens, and how many there are."""
+    contexts = list(dict.fromkeys(context for _, context, _ in batch))
+    of_row = torch.tensor([contexts.index(context) for _, context, _ in batch])
+    width = max(len(context) for context in contexts)
+    context_ids = torch.full((len(contexts), width), pad, dtype=torch.long)
+    context_mask = torch.zeros((len(contexts), width), dtype=torch.long)
+    for row, context in enumerate(contexts):
+        context_ids[row, width - len(context) :] = torch.tensor(context)
+        context_mask[row, width - len(context) :] = 1
+    # The answer's last token is predicted but never read: the continuation stops before it.
+    span = max(len(answer) for _, _, answer in batch)
+    targets = torch.full((len(batch), span), pad, dtype=torch.long)
+    scored = torch.zeros((len(batch), span), dtype=torch.bool)
+    for row, (_, _, answer) in enumerate(batch):
+        targets[row, : len(answer)] = torch.tensor(answer)
+        scored[row, : len(answer)] = True
+    # An explicit dynamic cache, which the continuation can grow (left to itself, a model may
+    # make a static one sized to the context).
+    cache = DynamicCache()
+    with torch.inference_mode():
+        first = model(
+            **_inputs(context_ids, context_mask, context_mask.cumsum(-1) - 1, device, takes),
+            **({"logits_to_keep": 1} if "logits_to_keep" in takes else {}),
+            **{cache_argument(model): cache},
+            use_cache=True,
+        )
+        logits = first.logits[:, -1:].float()[of_row.to(first.logits.device)]
+        if span > 1:
+            cache.batch_select_indices(of_row.to(device))
+            mask = torch.cat([context_mask[of_row], scored[:, :-1].long()], dim=1)
+            positions = context_mask[of_row].sum(-1, keepdim=True) + torch.arange(span - 1)
+            rest = model(
+                **_inputs(targets[:, :-1], mask, positions, device, takes),
+                **{cache_argument(model): cache},
+                use_cache=True,
+            )
+            logits = torch.cat([logits, rest.logits.float()], dim=1)
+        # logsumexp minus the target's logit is its NLL without a vocabulary-wide
+        # log-softmax copy; gathered on the device so that only [batch, span] values return.
+        picked = logits.gather(-1, targets.to(logits.device).unsqueeze(-1)).squeeze(-1)
+        nll = (logits.logsumexp(-1) - picked).cpu()
+    return (nll * scored).sum(1), scored.sum(1)
+
+
+def _inputs(
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    positions: torch.Tensor,
+    device: torch.device,
+    takes: frozenset[str],
+) -> dict[str, torch.Tensor]:
+    """Forward arguments, with explicit positions where the model takes them (left padding
+    must not move a position)."""
+    inputs: dict[str, torch.Tensor] = {
+        "input_ids": ids.to(device),
+        "attention_mask": mask.to(device),
+    }
+    if "position_ids" in takes:
+        inputs["position_ids"] = positions.clamp(min=0).to(device)
+    return inputs
