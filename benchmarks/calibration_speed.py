@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from emovec import EmotionVectors, load_model
@@ -94,12 +95,57 @@ class Timed:
         return self._clock.wrap(self._name, self._inner)(*args, **kwargs)
 
 
+def whole_perplexity(
+    model: Any, tokenizer: Any, prompts: Sequence[str], answers: Sequence[str], batch_size: int
+) -> np.ndarray:
+    """The previous perplexity: each prompt + answer one left-padded sequence, the LM head over
+    the answers' span (the prompt recomputed for every answer)."""
+    result = np.full(len(answers), math.nan)
+    rows = []
+    for i, (prompt, answer) in enumerate(zip(prompts, answers, strict=True)):
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"] if answer else []
+        if answer_ids:
+            rows.append((i, prompt_ids + answer_ids, len(answer_ids)))
+    rows.sort(key=lambda row: len(row[1]))
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start : start + batch_size]
+        width, keep = max(len(r[1]) for r in batch), max(r[2] for r in batch) + 1
+        ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
+        attention = torch.zeros_like(ids)
+        scored = torch.zeros((len(batch), keep - 1), dtype=torch.bool)
+        for row, (_, full, count) in enumerate(batch):
+            ids[row, width - len(full) :], attention[row, width - len(full) :] = (
+                torch.tensor(full),
+                1,
+            )
+            scored[row, keep - 1 - count :] = True
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        with torch.inference_mode():
+            logits = (
+                model(
+                    input_ids=ids,
+                    attention_mask=attention,
+                    position_ids=positions,
+                    logits_to_keep=keep,
+                )
+                .logits[:, :-1]
+                .float()
+            )
+            targets = ids[:, width - keep + 1 :].unsqueeze(-1)
+            nll = logits.logsumexp(-1) - logits.gather(-1, targets).squeeze(-1)
+        mean = (nll * scored).sum(1) / scored.sum(1)
+        for row, (index, _, _) in enumerate(batch):
+            result[index] = math.exp(float(mean[row]))
+    return result
+
+
 @contextlib.contextmanager
-def timing(clock: Clock) -> Iterator[None]:
-    """Time evaluation's generation and perplexity while inside."""
+def timing(clock: Clock, perplexity: Callable[..., Any] | None = None) -> Iterator[None]:
+    """Time evaluation's generation and perplexity (or the given one instead) while inside."""
     saved = evaluation_module.generate_answers, evaluation_module.perplexity
     evaluation_module.generate_answers = clock.wrap("generation", saved[0])
-    evaluation_module.perplexity = clock.wrap("perplexity", saved[1])
+    evaluation_module.perplexity = clock.wrap("perplexity", perplexity or saved[1])
     try:
         yield
     finally:
@@ -266,7 +312,7 @@ def main() -> None:
     if not args.skip_old:
         clock = Clock()
         started = time.perf_counter()
-        with timing(clock):
+        with timing(clock, perplexity=whole_perplexity):
             old_reports = old_calibrate(
                 model, tokenizer, vectors, bands, args.doses, options(clock)
             )
