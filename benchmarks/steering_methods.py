@@ -60,7 +60,11 @@ RECIPES: dict[str, tuple[float, Recipe]] = {  # name: (α, recipe)
         for alpha, scale in (
             (1.0, 1.3),
             (1.0, 1.6),
+            (1.25, 1.3),
+            (1.25, 1.6),
             (1.5, 1.3),
+            (1.5, 1.6),
+            (1.75, 1.3),
             (2.0, 1.3),
             (2.0, 1.6),
             (2.5, 1.6),
@@ -139,6 +143,9 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=48)
     parser.add_argument("--repetition-penalty", type=float, default=1.15)
     parser.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=list(RECIPES))
+    parser.add_argument(
+        "--emotions", nargs="+", help="only these of the bank's emotions (default: all)"
+    )
     parser.add_argument("--vectors", default=str(SHIPPED))
     parser.add_argument("--batch-size", type=int, default=48)
     parser.add_argument("--no-clean", dest="clean", action="store_false")
@@ -165,6 +172,7 @@ def main() -> None:
                 model,
                 tokenizer,
                 vectors,
+                emotions=args.emotions,
                 alphas=[alpha],
                 queries=queries,
                 decoding=decoding,
