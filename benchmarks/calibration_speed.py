@@ -4,9 +4,11 @@ In one run, on the embedded SmolLM2 and the shipped vectors, over the same grid:
 
 (a) the previous way, exactly what ``calibrate`` did before: per band one
     ``evaluate(vectors.without_placements(), layers=band, alphas=[d / RELATIVE_DOSE ...],
-    batch_size=24)`` (each regenerating the plain answers), trials decided by the same rule;
+    batch_size=24)`` (each regenerating the plain answers), trials decided by the same rule,
+    perplexity scored as it was then (each prompt + answer one sequence: :func:`whole_perplexity`);
 (b) :func:`emovec.evaluation.calibration.calibrate`: one ``evaluate`` with a recipe per setting, the
-    plain answers once, every setting of every emotion a row of the same batches.
+    plain answers once, every setting of every emotion a row of the same batches, perplexity
+    sharing each prompt's pass among its answers.
 
 Prints both times, their ratio, where the time went (generation, perplexity, embedding,
 emotion and offensive scoring), and whether both chose the same placements; where they did
@@ -19,13 +21,12 @@ noise, which greedy decoding can turn into another token).
 Both sides share the loaded model, judges and embedder; the hand-written answers' reference
 retention (cached per embedder) is computed before either is timed.
 
-Measured with the defaults (2 CPU cores, one thread): (a) 179 s, (b) 152 s at batch 96,
-**1.18x**; generation 108 -> 77 s, perplexity 67 -> 71 s (it scores almost the same rows
-either way, 264 vs 248). Before perplexity ran its LM head over the answers' span only:
-(a) 209 s, (b) 169 s, 1.24x (perplexity 85 -> 86 s). All 360 answers both sides have in
-common were identical, and so were the choices. On CPU a forward pass costs about the same
-per row at batch 24 as at 96, so batching the grid saves the per-band plain answers and some
-per-call overhead, not a factor of 3.
+Measured with the defaults (2 CPU cores, one thread): (a) 182.5 s, (b) 126.3 s at batch 96,
+**1.45x**; generation 108.8 -> 77.0 s, perplexity 69.6 -> 46.1 s (264 vs 248 rows: 1.42x per
+row from sharing the prompts). Before perplexity shared them: (a) 179 s, (b) 152 s, 1.18x. All
+360 answers both sides have in common were identical, and so were the choices. On CPU a
+forward pass costs about the same per row at batch 24 as at 96, so batching the grid saves the
+per-band plain answers and some per-call overhead, not a factor of 3.
 """
 
 from __future__ import annotations

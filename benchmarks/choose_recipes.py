@@ -17,14 +17,15 @@ answered with (those it left to the placement: the placement's).
 A report may be named ``PATH:RECIPE,RECIPE`` to read only those recipes from it (e.g. where an
 older run answered a recipe of the same name under other code). The reference may come from
 other reports (``--reference-reports``, ``--reference-pool``: say, an older bank answering the
-same queries), and then is no candidate. Round 4's SmolLM2 choice (docs/methods.md)::
+same queries), and then is no candidate. Round 5's SmolLM2 choice (docs/methods.md; round 4's
+without the ``r5C*`` reports)::
 
     python benchmarks/choose_recipes.py out/r3ship/report.json out/r4A/report.json \
-        out/r4HA/report.json --pool out/c80A/report.json:calibrated out/r4B/report.json \
-        out/r4HB/report.json --reference-reports out/r3V/report.json \
-        --reference-pool out/c80R/report.json \
+        out/r4HA/report.json out/r5C0/report.json --pool out/c80A/report.json:calibrated \
+        out/r4B/report.json out/r4HB/report.json out/r5C40/report.json \
+        --reference-reports out/r3V/report.json --reference-pool out/c80R/report.json \
         --reference vector-only-0.5 vector-only-0.75 vector-only \
-        --vectors <round 2's bank> --earlier <round 3's bank> \
+        --vectors <round 2's bank> --earlier <round 4's bank> \
         --out vectors/smollm2-135m-instruct.safetensors
 """
 

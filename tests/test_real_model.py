@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -214,23 +215,40 @@ def plain_long_answers(model_and_tokenizer: tuple, vectors: EmotionVectors) -> l
     return _answers(model_and_tokenizer, vectors)
 
 
-@pytest.mark.parametrize("emotion", ["joy", "anger", "disgust", "fear", "sadness"])
+EMOTIONS = ["joy", "anger", "disgust", "fear", "sadness"]
+
+
+@pytest.fixture(scope="module")
+def at_alpha_one(model_and_tokenizer: tuple, vectors: EmotionVectors) -> Callable[[str], list[str]]:
+    """An emotion's answers at α = 1, generated once for every test that reads them."""
+    made: dict[str, list[str]] = {}
+
+    def answers(emotion: str) -> list[str]:
+        if emotion not in made:
+            made[emotion] = _answers(model_and_tokenizer, vectors, **{emotion: 1.0})
+        return made[emotion]
+
+    return answers
+
+
+@pytest.mark.parametrize("emotion", EMOTIONS)
 def test_at_alpha_one_the_target_wins_most_answers_and_minus_one_suppresses(
     model_and_tokenizer: tuple,
     vectors: EmotionVectors,
     judge: PrototypeScorer,
     plain_long_answers: list[str],
+    at_alpha_one: Callable[[str], list[str]],
     emotion: str,
 ) -> None:
     """On held-out queries: at α = 1 the target is the judge's top emotion far more often
     than plain, at most one answer degenerate; at α = −1 its score falls below plain."""
     column = judge.emotions.index(emotion)
-    steered = _answers(model_and_tokenizer, vectors, **{emotion: 1.0})
+    steered = at_alpha_one(emotion)
     scores = judge(steered)
     wins = float(np.mean(np.argmax(scores, axis=1) == column))
     plain_wins = float(np.mean(np.argmax(judge(plain_long_answers), axis=1) == column))
-    # On the 40 held-out evaluation queries the shipped recipes win 0.82 / 0.28 / 0.47 /
-    # 0.47 / 0.70 of the answers (docs/methods.md): the target must clearly gain over plain.
+    # On all 120 held-out evaluation queries the shipped recipes win 0.82 / 0.42 / 0.55 /
+    # 0.51 / 0.76 of the answers (docs/methods.md): the target must clearly gain over plain.
     assert wins >= plain_wins + 0.25, (emotion, wins, plain_wins, steered)
     assert sum(is_degenerate(answer) for answer in steered) <= 1, steered
     if emotion in ("disgust", "fear", "sadness"):
@@ -245,28 +263,39 @@ def test_at_alpha_one_the_target_wins_most_answers_and_minus_one_suppresses(
 # --- the answer still answers, and stays clean ------------------------------------------
 
 # Topic retention at α = 1 on these held-out queries (mean MiniLM similarity of the answers
-# to their queries over the plain answers'): the issue's bar, 0.7, for every emotion. The
-# shipped recipes keep 0.90 / 0.78 / 0.89 / 0.88 / 0.75 here (joy / anger / disgust / fear /
-# sadness); on the 40 harder evaluation queries 0.73 / 0.56 / 0.66 / 0.73 / 0.56
-# (docs/methods.md), the bank shipped before 0.57 / 0.39 / 0.48 / 0.63 / 0.43.
-RETENTION_FLOOR = dict.fromkeys(["joy", "anger", "disgust", "fear", "sadness"], 0.7)
+# to their queries over the plain answers'): the issue's bar, 0.7, for every emotion. On all
+# 120 harder evaluation queries the shipped recipes keep 0.74 / 0.80 / 0.67 / 0.69 / 0.69
+# (joy / anger / disgust / fear / sadness; docs/methods.md), the first bank 0.55 / 0.23 /
+# 0.45 / 0.50 / 0.28.
+RETENTION_FLOOR = dict.fromkeys(EMOTIONS, 0.7)
 
 
-@pytest.mark.parametrize("emotion", ["joy", "anger", "disgust", "fear", "sadness"])
-def test_at_alpha_one_the_answers_keep_the_question_and_stay_clean(
-    model_and_tokenizer: tuple,
-    vectors: EmotionVectors,
+@pytest.mark.parametrize("emotion", EMOTIONS)
+def test_at_alpha_one_the_answers_keep_the_question(
     embedder: SentenceEmbedder,
     plain_long_answers: list[str],
+    at_alpha_one: Callable[[str], list[str]],
     emotion: str,
 ) -> None:
-    steered = _answers(model_and_tokenizer, vectors, **{emotion: 1.0})
+    steered = at_alpha_one(emotion)
     queries = embedder(QUERIES)
     similarity = float((embedder(steered) * queries).sum(-1).mean())
     plain = float((embedder(plain_long_answers) * queries).sum(-1).mean())
     retention = topic_retention(similarity, plain)
     assert retention >= RETENTION_FLOOR[emotion], (emotion, retention, steered)
+
+
+def test_at_alpha_one_the_answers_stay_clean(
+    plain_long_answers: list[str], at_alpha_one: Callable[[str], list[str]]
+) -> None:
+    """The offensive bar, plain + 0.02, over every emotion's answers at once: on one
+    emotion's 16 answers a single flag is 0.06, so the bar is only resolved over all 80
+    (plain's count per emotion, plus one answer in all)."""
     judge = OffensiveJudge()
-    flagged = int(judge.flags(steered).sum())
-    # The bar is plain + 0.02; on 16 answers that allows no answer more than plain.
-    assert flagged <= int(judge.flags(plain_long_answers).sum()), (emotion, steered)
+    steered = {emotion: at_alpha_one(emotion) for emotion in EMOTIONS}
+    flagged = {
+        e: [a for a, f in zip(s, judge.flags(s), strict=True) if f] for e, s in steered.items()
+    }
+    answers = sum(len(s) for s in steered.values())
+    allowed = len(EMOTIONS) * int(judge.flags(plain_long_answers).sum()) + int(0.02 * answers)
+    assert sum(len(f) for f in flagged.values()) <= allowed, flagged
