@@ -241,12 +241,12 @@ def _answer_nll(
     # An explicit dynamic cache, which the continuation can grow (left to itself, a model may
     # make a static one sized to the context).
     cache = DynamicCache()
+    cached = {cache_argument(model): cache, "use_cache": True}
     with torch.inference_mode():
         first = model(
             **_inputs(context_ids, context_mask, context_mask.cumsum(-1) - 1, device, takes),
             **({"logits_to_keep": 1} if "logits_to_keep" in takes else {}),
-            **{cache_argument(model): cache},
-            use_cache=True,
+            **cached,
         )
         logits = first.logits[:, -1:].float()[of_row.to(first.logits.device)]
         if span > 1:
@@ -255,8 +255,7 @@ def _answer_nll(
             positions = context_mask[of_row].sum(-1, keepdim=True) + torch.arange(span - 1)
             rest = model(
                 **_inputs(targets[:, :-1], mask, positions, device, takes),
-                **{cache_argument(model): cache},
-                use_cache=True,
+                **cached,
             )
             logits = torch.cat([logits, rest.logits.float()], dim=1)
         # logsumexp minus the target's logit is its NLL without a vocabulary-wide
