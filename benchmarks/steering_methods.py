@@ -93,6 +93,14 @@ RECIPES: dict[str, tuple[float, Recipe]] = {  # name: (α, recipe)
     "persona-instruction-0.25": (0.25, Recipe(instruct=True, persona=True)),
     "persona-instruction-0.35": (0.35, Recipe(instruct=True, persona=True)),
     "persona-instruction-0.5": (0.5, Recipe(instruct=True, persona=True)),
+    # Round 6: persona and instruction together with query guidance (anger's shipped recipe).
+    **{
+        f"persona-instruction-{alpha:g}+query-{scale:g}": (
+            alpha,
+            Recipe(instruct=True, persona=True, query_guidance=scale),
+        )
+        for alpha, scale in ((1.0, 1.6), (1.0, 2.0), (1.5, 2.0), (2.0, 2.0))
+    },
     "persona-instruction-generated-1": (
         1.0,
         Recipe(instruct=True, persona=True, positions="generated"),
