@@ -32,9 +32,8 @@ from emovec.evaluation import EvaluationReport, Recipe, evaluate
 from emovec.evaluation.scoring import PrototypeScorer
 from emovec.evaluation.topic import SentenceEmbedder
 from emovec.generation import Decoding
-
-ROOT = Path(__file__).resolve().parent.parent
-SHIPPED = ROOT / "vectors" / "smollm2-135m-instruct.safetensors"
+from emovec.models import DEFAULT_MODEL
+from emovec.prebuilt import vectors_for
 
 # Schedules over the answer's tokens (round 3): strong while the answer sets its tone, then a
 # quarter; the answer's first 6 (or 12) tokens plain, then the emotion ramping in.
@@ -154,7 +153,8 @@ def main() -> None:
     parser.add_argument(
         "--emotions", nargs="+", help="only these of the bank's emotions (default: all)"
     )
-    parser.add_argument("--vectors", default=str(SHIPPED))
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="model id or path")
+    parser.add_argument("--vectors", help="vector file (default: the prebuilt one for --model)")
     parser.add_argument("--batch-size", type=int, default=48)
     parser.add_argument("--no-clean", dest="clean", action="store_false")
     parser.add_argument(
@@ -166,8 +166,12 @@ def main() -> None:
 
     pool = default_calibration_queries() if args.split == "calibration" else default_queries()
     queries = pool[args.offset : args.offset + args.queries]
-    model, tokenizer = load_model()
-    vectors = EmotionVectors.load(args.vectors)
+    model, tokenizer = load_model(args.model)
+    vectors = (
+        EmotionVectors.load(args.vectors)
+        if args.vectors
+        else vectors_for(model, tokenizer, args.model)
+    )
     embedder = SentenceEmbedder()
     decoding = Decoding(max_new_tokens=args.tokens, repetition_penalty=args.repetition_penalty)
     reports = []

@@ -20,7 +20,7 @@ import torch
 from emovec import EmotionVectors, load_model, steer
 from emovec.evaluation.metrics import is_degenerate
 from emovec.evaluation.scoring import NadeScorer
-from emovec.generation import format_prompts, generate_answers
+from emovec.generation import emotional_answers, format_prompts, generate_answers
 from emovec.prebuilt import prebuilt_path
 
 pytestmark = pytest.mark.real_model
@@ -115,12 +115,20 @@ def test_shipped_vectors_fit_gemma(model_and_tokenizer: tuple, vectors: EmotionV
 def test_alpha_one_no_longer_breaks_the_text(
     model_and_tokenizer: tuple, vectors: EmotionVectors, emotion: str
 ) -> None:
-    """At α = 1, decoded as calibrated, every emotion's answers are text, not loops."""
+    """At α = 1, decoded as calibrated (the placement's query guidance, the bank's repetition
+    penalty), every emotion's answers are text, not loops."""
     model, tokenizer = model_and_tokenizer
-    decoding = vectors.generation_kwargs()
-    with steer(model, vectors, **{emotion: 1.0}):
-        steered = generate_answers(
-            model, tokenizer, QUERIES, max_new_tokens=MAX_NEW_TOKENS, **decoding
+    alphas = {emotion: 1.0}
+    with steer(model, vectors, **alphas) as steering:
+        steered = emotional_answers(
+            model,
+            tokenizer,
+            QUERIES,
+            vectors,
+            alphas,
+            steering=steering,
+            max_new_tokens=MAX_NEW_TOKENS,
+            **vectors.generation_kwargs(),
         )
     assert sum(is_degenerate(answer) for answer in steered) <= 1, steered
     for answer in steered:
