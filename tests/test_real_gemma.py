@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import calibrated_answers
 
 from emovec import EmotionVectors, load_model, steer
 from emovec.evaluation.metrics import is_degenerate
 from emovec.evaluation.scoring import NadeScorer
-from emovec.generation import emotional_answers, format_prompts, generate_answers
+from emovec.generation import format_prompts, generate_answers
 from emovec.prebuilt import prebuilt_path
 
 pytestmark = pytest.mark.real_model
@@ -118,18 +119,15 @@ def test_alpha_one_no_longer_breaks_the_text(
     """At α = 1, decoded as calibrated (the placement's query guidance, the bank's repetition
     penalty), every emotion's answers are text, not loops."""
     model, tokenizer = model_and_tokenizer
-    alphas = {emotion: 1.0}
-    with steer(model, vectors, **alphas) as steering:
-        steered = emotional_answers(
-            model,
-            tokenizer,
-            QUERIES,
-            vectors,
-            alphas,
-            steering=steering,
-            max_new_tokens=MAX_NEW_TOKENS,
-            **vectors.generation_kwargs(),
-        )
+    steered = calibrated_answers(
+        model,
+        tokenizer,
+        vectors,
+        QUERIES,
+        {emotion: 1.0},
+        max_new_tokens=MAX_NEW_TOKENS,
+        **vectors.generation_kwargs(),
+    )
     assert sum(is_degenerate(answer) for answer in steered) <= 1, steered
     for answer in steered:
         words = answer.split()

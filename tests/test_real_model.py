@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import calibrated_answers
 
 from emovec import EmotionVectors, extract, load_model, steer
 from emovec.datasets import default_answer_pairs, default_pairs
@@ -22,7 +23,7 @@ from emovec.evaluation.calibration import calibrated_repetition_penalty
 from emovec.evaluation.metrics import is_degenerate
 from emovec.evaluation.scoring import NadeScorer, PrototypeScorer
 from emovec.evaluation.topic import SentenceEmbedder, topic_retention
-from emovec.generation import emotional_answers, generate_answers
+from emovec.generation import generate_answers
 from emovec.offensive import OffensiveJudge
 
 pytestmark = pytest.mark.real_model
@@ -136,18 +137,10 @@ def test_steering_raises_the_target_emotion_score(
     emotion: str,
 ) -> None:
     model, tokenizer = model_and_tokenizer
-    strength = {emotion: 1.0}
     # As calibrated: the placement's prompt, query guidance and vector.
-    with steer(model, vectors, **strength) as steering:
-        steered = emotional_answers(
-            model,
-            tokenizer,
-            QUERIES,
-            vectors,
-            strength,
-            steering=steering,
-            max_new_tokens=MAX_NEW_TOKENS,
-        )
+    steered = calibrated_answers(
+        model, tokenizer, vectors, QUERIES, {emotion: 1.0}, max_new_tokens=MAX_NEW_TOKENS
+    )
     column = scorer.emotions.index(emotion)
     before, after = scorer(plain_answers)[:, column], scorer(steered)[:, column]
     raised = float(np.mean(after > before))
@@ -196,18 +189,15 @@ def _answers(model_and_tokenizer: tuple, vectors: EmotionVectors, **alphas: floa
     """Answers as calibrated: the placements' prompt (instruction, persona), query guidance
     and vector."""
     model, tokenizer = model_and_tokenizer
-    penalty = calibrated_repetition_penalty(vectors)
-    with steer(model, vectors, **alphas) as steering:
-        return emotional_answers(
-            model,
-            tokenizer,
-            QUERIES,
-            vectors,
-            alphas,
-            steering=steering,
-            max_new_tokens=BAR_NEW_TOKENS,
-            repetition_penalty=penalty,
-        )
+    return calibrated_answers(
+        model,
+        tokenizer,
+        vectors,
+        QUERIES,
+        alphas,
+        max_new_tokens=BAR_NEW_TOKENS,
+        repetition_penalty=calibrated_repetition_penalty(vectors),
+    )
 
 
 @pytest.fixture(scope="module")
