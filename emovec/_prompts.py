@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 from emovec.vectors import EmotionVectors
 
-__all__ = ["persona_for", "query_guidance_for", "with_instructions"]
+__all__ = ["persona_for", "query_free_turn", "query_guidance_for", "with_instructions"]
 
 
 def with_instructions(query: str, vectors: EmotionVectors, strengths: Mapping[str, float]) -> str:

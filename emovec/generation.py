@@ -14,7 +14,7 @@ from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from emovec._prompts import persona_for, query_free_turn, query_guidance_for, with_instructions
-from emovec.guidance import PlainGuidance, QueryGuidance
+from emovec.guidance import PlainGuidance, QueryGuidance, repetition_penalty_of
 from emovec.hooks import Steering
 from emovec.models import input_device
 from emovec.offensive import clean_generation_kwargs
@@ -61,10 +61,7 @@ class Decoding:
             raise ValueError(
                 f"max_new_tokens must be a whole number >= 1, not {self.max_new_tokens}."
             )
-        if not (math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0):
-            raise ValueError(
-                f"repetition_penalty must be positive (1 = off), not {self.repetition_penalty}."
-            )
+        repetition_penalty_of(self.repetition_penalty)
         if self.do_sample and not (math.isfinite(self.temperature) and self.temperature > 0):
             raise ValueError(f"temperature must be positive to sample, not {self.temperature}.")
         if self.do_sample and not 0 < self.top_p <= 1:

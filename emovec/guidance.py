@@ -45,6 +45,21 @@ from emovec.steering import Steering
 __all__ = ["PlainGuidance", "QueryGuidance"]
 
 
+def repetition_penalty_of(value: object) -> float:
+    """A repetition penalty as ``generate`` takes it: a finite positive number (1 = off).
+
+    Raises:
+        ValueError: Otherwise (also for a bool or a string).
+    """
+    if isinstance(value, bool) or not (
+        isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+    ):
+        raise ValueError(
+            f"repetition_penalty must be a finite positive number (1 = off), not {value!r}."
+        )
+    return float(value)
+
+
 class _SecondPass(LogitsProcessor):
     """Mixes ``generate``'s next-token scores with a second pass over ``context`` followed by
     the tokens generated so far. One instance serves one ``generate`` call (it keeps the
@@ -79,15 +94,7 @@ class _SecondPass(LogitsProcessor):
         self._context = None if context is None else (context[0].detach(), context[1].detach())
         self._mask = (prompt_mask if context is None else context[1]).detach().clone()
         self._paused = paused
-        if isinstance(repetition_penalty, bool) or not (
-            isinstance(repetition_penalty, (int, float))
-            and math.isfinite(repetition_penalty)
-            and repetition_penalty > 0
-        ):
-            raise ValueError(
-                f"repetition_penalty must be a finite positive number, not {repetition_penalty!r}."
-            )
-        self._penalty = float(repetition_penalty)
+        self._penalty = repetition_penalty_of(repetition_penalty)
         self._prompt_mask = prompt_mask.detach().clone()
         self._cache: DynamicCache | None = None
         self._seen = 0

@@ -141,6 +141,8 @@ def test_decoding_gives_generate_only_the_keywords_that_apply() -> None:
         ({"max_new_tokens": 2.5}, "max_new_tokens"),
         ({"repetition_penalty": 0.0}, "repetition_penalty"),
         ({"repetition_penalty": math.inf}, "repetition_penalty"),
+        ({"repetition_penalty": "1.15"}, "repetition_penalty"),  # a string is not parsed
+        ({"repetition_penalty": True}, "repetition_penalty"),
         ({"do_sample": True, "temperature": 0.0}, "temperature"),
         ({"do_sample": True, "top_p": 1.5}, "top_p"),
     ],
