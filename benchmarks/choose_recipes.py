@@ -186,6 +186,7 @@ def main() -> None:
             "retention": best["retention"],
             "degenerate": best["degenerate"],
             "offensive": best["offensive"],
+            "invented": best["invented"],
             **placements[emotion].to_dict(),
         }
         print(f"{emotion}: {best['recipe']} (α {best['alpha']:g}) success {best['success']:.2f} "

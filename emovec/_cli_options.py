@@ -189,6 +189,13 @@ def _add_tolerance_options(parser: argparse.ArgumentParser) -> None:
         help="most share of degenerate answers above plain's (default: %(default)s)",
     )
     group.add_argument(
+        "--max-invented-increase",
+        type=float,
+        default=_TOLERANCE.max_invented_increase,
+        help="most share of answers with invented words (two or more no English word list "
+        "knows) above plain's (default: %(default)s)",
+    )
+    group.add_argument(
         "--max-perplexity-ratio",
         type=float,
         default=_TOLERANCE.max_perplexity_ratio,
@@ -202,6 +209,7 @@ def _tolerance(args: argparse.Namespace) -> Tolerance:
         max_perplexity_ratio=args.max_perplexity_ratio,
         min_topic_ratio=args.min_topic_ratio,
         max_offensive_increase=args.max_offensive_increase,
+        max_invented_increase=args.max_invented_increase,
     )
 
 

@@ -2,9 +2,10 @@
 
 ``evaluate`` answers each query plain and under each (emotion, α), and scores the answers:
 *success* (the judge's top emotion is the target), *retention* (still on the question),
-offensive, degenerate and perplexity. ``recommend_alpha`` picks, per emotion, the largest α
-within a :class:`Tolerance` of the plain answers. ``calibrate`` searches layer bands × doses
-for where the emotion shows most while staying fluent, and stores the winner in the bank.
+offensive, degenerate, invented (made-up words) and perplexity. ``recommend_alpha`` picks,
+per emotion, the largest α within a :class:`Tolerance` of the plain answers. ``calibrate``
+searches layer bands × doses for where the emotion shows most while staying fluent, and
+stores the winner in the bank.
 
 Real measurements use dozens of queries and ~48 tokens (``emovec eval``, ``emovec
 calibrate``); this one uses 3 queries and 16 tokens so that it runs in seconds, and its
@@ -53,8 +54,8 @@ def main() -> None:
     )
     print(report.to_markdown())
     # The largest α > 0 within tolerance: topic retention at least min_topic_ratio of
-    # plain's, and no more offensive, degenerate or broken (perplexity) text than the limits
-    # allow. The library's default ratio is 0.7; three queries call for a looser one.
+    # plain's, and no more offensive, degenerate, invented or broken (perplexity) text than
+    # the limits allow. The library's default ratio is 0.7; three queries call for a looser one.
     tolerance = Tolerance(min_topic_ratio=0.5)
     print(f"recommended α: {recommend_alpha(report, tolerance)}")
 

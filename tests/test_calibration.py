@@ -152,6 +152,7 @@ def test_calibrate_tries_every_emotion_band_and_dose(calibration: Calibration) -
     for trial in calibration.trials:
         assert 0.0 <= trial.success <= 1.0 and 0.0 <= trial.eps <= 1.0
         assert 0.0 <= trial.degenerate <= 1.0 and 0.0 <= trial.offensive <= 1.0
+        assert 0.0 <= trial.invented <= 1.0
     assert set(calibration.plain) == set(EMOTIONS)
     for plain in calibration.plain.values():
         assert set(plain) == {
@@ -161,6 +162,7 @@ def test_calibrate_tries_every_emotion_band_and_dose(calibration: Calibration) -
             "sim_query",
             "retention",
             "offensive",
+            "invented",
             "median_perplexity",
         }
         assert plain["retention"] == pytest.approx(1.0)
@@ -183,6 +185,7 @@ def test_trials_carry_the_retention_and_offensive_rate_of_their_evaluation(
         assert row["alpha"] == 1.0 and row["n"] == len(QUERIES)
         assert trial.retention == row["retention"]
         assert trial.offensive == row["offensive"]
+        assert trial.invented == row["invented"]
         assert trial.retention == pytest.approx(
             trial.sim_query / calibration.plain[trial.emotion]["sim_query"]
         )
@@ -234,6 +237,7 @@ def test_calibration_settings_record_the_run(calibration: Calibration) -> None:
         "max_perplexity_ratio": 10.0,
         "min_topic_ratio": 0.7,
         "max_offensive_increase": 0.02,
+        "max_invented_increase": 0.05,
     }
     assert settings["target_success"] == 0.8 and "success_margin" not in settings
     assert settings["personas"] == [False] and settings["positions"] == [None]
@@ -270,6 +274,7 @@ def test_apply_stores_the_placements_and_the_record(
             "degenerate": trial.degenerate,
             "retention": trial.retention,
             "offensive": trial.offensive,
+            "invented": trial.invented,
         }
     loaded = EmotionVectors.load(applied.save(tmp_path / "calibrated.safetensors"))
     assert loaded.placements == calibration.placements
@@ -391,6 +396,7 @@ def _trial(
     layers: tuple = (1, 2),
     sim_query: float = 0.5,
     offensive: float = 0.0,
+    invented: float = 0.0,
 ) -> Trial:
     return Trial(
         emotion="joy",
@@ -404,6 +410,7 @@ def _trial(
         offensive=offensive,
         median_perplexity=10.0,
         acceptable=acceptable,
+        invented=invented,
     )
 
 
@@ -447,7 +454,7 @@ def test_calibration_from_hand_made_trials() -> None:
     trials = [
         _trial(0.5, 0.4, 0.5),
         _trial(0.9, 0.7, 1.0, sim_query=0.4),
-        _trial(1.0, 0.9, 0.75, acceptable=False, layers=(2, 3), offensive=0.25),
+        _trial(1.0, 0.9, 0.75, acceptable=False, layers=(2, 3), offensive=0.25, invented=0.5),
     ]
     plain = {
         "joy": {
@@ -476,21 +483,25 @@ def test_calibration_from_hand_made_trials() -> None:
                 "degenerate": 0.0,
                 "retention": 0.8,
                 "offensive": 0.0,
+                "invented": 0.0,
             }
         },
     }
     markdown = calibration.to_markdown()
     assert (
-        "| joy | plain | 0 | 0.25 | 0.125 | 1.00 | 0.00 | 0.00 | 0.50 | 10.0 | "
+        "| joy | plain | 0 | 0.25 | 0.125 | 1.00 | 0.00 | 0.00 | – | 0.50 | 10.0 | "
         "reference retention 0.93 |" in markdown
-    )
+    )  # a plain row from before invented words were measured
     assert (
-        "| joy | 1–2 | 1 | 0.90 | 0.700 | 0.80 | 0.00 | 0.00 | 0.40 | 10.0 | **chosen** |"
+        "| joy | 1–2 | 1 | 0.90 | 0.700 | 0.80 | 0.00 | 0.00 | 0.00 | 0.40 | 10.0 | **chosen** |"
         in markdown
     )
-    assert "| joy | 1–2 | 0.5 | 0.50 | 0.400 | 1.00 | 0.00 | 0.00 | 0.50 | 10.0 |  |" in markdown
     assert (
-        "| joy | 2–3 | 0.75 | 1.00 | 0.900 | 1.00 | 0.25 | 0.00 | 0.50 | 10.0 | "
+        "| joy | 1–2 | 0.5 | 0.50 | 0.400 | 1.00 | 0.00 | 0.00 | 0.00 | 0.50 | 10.0 |  |"
+        in markdown
+    )
+    assert (
+        "| joy | 2–3 | 0.75 | 1.00 | 0.900 | 1.00 | 0.25 | 0.00 | 0.50 | 0.50 | 10.0 | "
         "outside tolerance |" in markdown
     )
     payload = calibration.to_dict()
@@ -498,12 +509,19 @@ def test_calibration_from_hand_made_trials() -> None:
     assert payload["plain"] == plain and payload["settings"] == settings
     assert [t["retention"] for t in payload["trials"]] == [1.0, 0.8, 1.0]
     assert [t["offensive"] for t in payload["trials"]] == [0.0, 0.0, 0.25]
+    assert [t["invented"] for t in payload["trials"]] == [0.0, 0.0, 0.5]
     assert [t["success"] for t in payload["trials"]] == [0.5, 0.9, 1.0]
 
 
 # --- tolerance ------------------------------------------------------------------------
 
-_PLAIN = {"degenerate": 0.25, "median_perplexity": 10.0, "sim_query": 0.5, "offensive": 0.0}
+_PLAIN = {
+    "degenerate": 0.25,
+    "median_perplexity": 10.0,
+    "sim_query": 0.5,
+    "offensive": 0.0,
+    "invented": 0.125,
+}
 
 
 def _row(**changes: float) -> dict[str, Any]:
@@ -512,12 +530,13 @@ def _row(**changes: float) -> dict[str, Any]:
 
 def test_tolerance_defaults() -> None:
     """Topic retention ≥ 0.7, offensive ≤ plain + 0.02, degeneration ≤ plain + 0.05,
-    median perplexity ≤ 10× plain."""
+    invented ≤ plain + 0.05, median perplexity ≤ 10× plain."""
     assert Tolerance() == Tolerance(
         max_degenerate_increase=0.05,
         max_perplexity_ratio=10.0,
         min_topic_ratio=0.7,
         max_offensive_increase=0.02,
+        max_invented_increase=0.05,
     )
 
 
@@ -528,10 +547,13 @@ def test_tolerance_accepts_rows_at_each_limit() -> None:
     assert tolerance.accepts(_row(sim_query=0.35), _PLAIN)  # retention 0.7
     assert tolerance.accepts(_row(offensive=0.02), _PLAIN)  # plain + 0.02
     assert tolerance.accepts(_row(degenerate=0.3), _PLAIN)  # plain + 0.05
+    assert tolerance.accepts(_row(invented=0.175), _PLAIN)  # plain + 0.05
+    assert tolerance.accepts(_row(invented=0.4), {**_PLAIN, "invented": 0.35})  # 8/20 vs 7/20
     assert tolerance.accepts(_row(median_perplexity=100.0), _PLAIN)  # exactly 10x
     assert tolerance.accepts(_row(degenerate=0.0, median_perplexity=1.0, sim_query=0.9), _PLAIN)
     assert Tolerance(max_degenerate_increase=0.25).accepts(_row(degenerate=0.5), _PLAIN)
     assert Tolerance(max_offensive_increase=0.5).accepts(_row(offensive=0.5), _PLAIN)
+    assert Tolerance(max_invented_increase=0.5).accepts(_row(invented=0.625), _PLAIN)
 
 
 @pytest.mark.parametrize(
@@ -543,6 +565,9 @@ def test_tolerance_accepts_rows_at_each_limit() -> None:
         ({"offensive": 0.5}, Tolerance(max_offensive_increase=0.25)),
         ({"degenerate": 0.3125}, Tolerance()),  # +0.0625 > +0.05
         ({"degenerate": 0.625}, Tolerance(max_degenerate_increase=0.25)),
+        ({"invented": 0.185}, Tolerance()),  # +0.06 > +0.05
+        ({"invented": 1.0}, Tolerance()),
+        ({"invented": 0.5}, Tolerance(max_invented_increase=0.25)),
         ({"median_perplexity": 100.5}, Tolerance()),  # > 10x
         ({"median_perplexity": 25.0}, Tolerance(max_perplexity_ratio=2.0)),
         ({"median_perplexity": math.nan}, Tolerance()),  # empty answers: no perplexity
@@ -562,6 +587,18 @@ def test_an_unmeasured_offensive_rate_is_not_held_against_a_row() -> None:
     assert Tolerance().accepts(_row(offensive=math.nan), _PLAIN)
     assert Tolerance().accepts(_row(offensive=1.0), {**_PLAIN, "offensive": math.nan})
     assert Tolerance().accepts({k: v for k, v in _row().items() if k != "offensive"}, without)
+
+
+def test_an_unmeasured_invented_rate_is_not_held_against_a_row() -> None:
+    """Reports from before invented words were judged: no rate (nan or absent), no limit;
+    measured on both sides, the same row is refused."""
+    salad = _row(invented=1.0)
+    assert not Tolerance().accepts(salad, _PLAIN)
+    assert Tolerance().accepts(salad, {**_PLAIN, "invented": math.nan})
+    assert Tolerance().accepts(_row(invented=math.nan), _PLAIN)
+    without = {k: v for k, v in _PLAIN.items() if k != "invented"}
+    assert Tolerance().accepts(salad, without)
+    assert Tolerance().accepts({k: v for k, v in salad.items() if k != "invented"}, _PLAIN)
 
 
 # --- bad input ------------------------------------------------------------------------
@@ -658,6 +695,8 @@ def test_cli_calibrate_writes_placements_and_reports(
             "0.05",
             "--max-offensive-increase",
             "1",
+            "--max-invented-increase",
+            "0.5",
             "--report",
             str(report),
         ]
@@ -684,6 +723,7 @@ def test_cli_calibrate_writes_placements_and_reports(
     assert payload["settings"]["tolerance"]["max_degenerate_increase"] == 1.0
     assert payload["settings"]["tolerance"]["min_topic_ratio"] == 0.05
     assert payload["settings"]["tolerance"]["max_offensive_increase"] == 1.0
+    assert payload["settings"]["tolerance"]["max_invented_increase"] == 0.5
     assert payload["settings"]["tolerance"]["max_perplexity_ratio"] == 10.0  # the default
     assert {(t["emotion"], tuple(t["layers"]), t["dose"]) for t in payload["trials"]} == {
         ("joy", (1, 2), 0.5),

@@ -555,16 +555,20 @@ def test_tolerance_options_default_to_the_library_tolerance(
     from emovec.evaluation import Tolerance
 
     options = ["min_topic_ratio", "max_offensive_increase", "max_degenerate_increase"]
-    options.append("max_perplexity_ratio")
+    options += ["max_perplexity_ratio", "max_invented_increase"]
     args = cli.build_parser().parse_args([command])
     assert {k: getattr(args, k) for k in options} == asdict(Tolerance())
     assert _cli_options._tolerance(args) == Tolerance()
     assert args.clean is True
-    other = replace(Tolerance(), min_topic_ratio=0.5, max_offensive_increase=0.125)
+    other = replace(
+        Tolerance(), min_topic_ratio=0.5, max_offensive_increase=0.125, max_invented_increase=0.25
+    )
     monkeypatch.setattr(_cli_options, "_TOLERANCE", other)
     args = cli.build_parser().parse_args([command, "--no-clean", "--max-perplexity-ratio", "3"])
     assert _cli_options._tolerance(args) == replace(other, max_perplexity_ratio=3.0)
     assert args.clean is False
+    args = cli.build_parser().parse_args([command, "--max-invented-increase", "0.5"])
+    assert _cli_options._tolerance(args) == replace(other, max_invented_increase=0.5)
 
 
 def test_eval_and_rescore_with_the_default_offensive_judge(

@@ -21,6 +21,7 @@ from conftest import build_model, build_tokenizer, random_bank
 from emovec.cli import main
 from emovec.evaluation import EvaluationReport, Tolerance, evaluate, recommend_alpha
 from emovec.evaluation import sweep as evaluation
+from emovec.evaluation.fluency import is_invented
 from emovec.evaluation.plots import pareto_front
 from emovec.evaluation.scoring import NadeScorer
 from emovec.evaluation.topic import MIN_PLAIN_SIMILARITY, SentenceEmbedder
@@ -339,6 +340,46 @@ def test_offensive_rate_comes_from_the_judge(report: EvaluationReport) -> None:
         )
 
 
+def test_the_sweep_judges_invented_words_with_the_word_list(report: EvaluationReport) -> None:
+    for record in report.records:
+        assert record["invented"] == float(is_invented(record["answer"]))
+
+
+def test_invented_rate_is_the_share_of_answers_judged_invented(
+    setup: tuple,
+    scorer: NadeScorer,
+    embedder: SentenceEmbedder,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each distinct answer is judged once (here by a stand-in that flags the tiny model's
+    "before" and "lonely": the real list knows every word of its vocabulary); a row's rate
+    is the share flagged, shown beside the degeneration rate."""
+    seen: list[str] = []
+
+    def flags(text: str, min_words: int = 2) -> bool:
+        seen.append(text)
+        return any(w in text.split() for w in JUDGE.words)
+
+    monkeypatch.setattr("emovec.evaluation.records.is_invented", flags)
+    report = _sweep(setup, scorer, embedder, prompt_baseline=False)
+    assert sorted(seen) == sorted({r["answer"] for r in report.records})
+    for record in report.records:
+        assert record["invented"] == float(any(w in record["answer"].split() for w in JUDGE.words))
+    summary = report.summary()
+    assert len({row["invented"] for row in summary}) > 1  # some answers flagged, not all
+    markdown = report.to_markdown()
+    assert markdown.count("| distinct-2 | degenerate | invented |") == len(EMOTIONS)
+    for row in summary:
+        records = [
+            r
+            for r in report.records
+            if (r["recipe"], r["target"], r["alpha"])
+            == (row["recipe"], row["emotion"], row["alpha"])
+        ]
+        assert row["invented"] == pytest.approx(sum(r["invented"] for r in records) / len(records))
+        assert f"| {row['degenerate']:.2f} | {row['invented']:.2f} |\n" in markdown + "\n"
+
+
 def test_clean_is_passed_to_generation_and_recorded(
     setup: tuple,
     scorer: NadeScorer,
@@ -403,6 +444,65 @@ def test_an_old_report_loads_summarises_and_gets_offensive_when_rescored(
         "vector": 1.0,
     }
     assert recommend_alpha(rescored) == {"joy": 0.0}  # now measured: +1.0 offensive
+
+
+def _before_invented_words() -> EvaluationReport:
+    """A report from before invented words were judged: clean plain answers, word salad at
+    α = 1 (both queries)."""
+    answers = {"plain": "The garden is green in spring.", "vector": "Mountainry, disgustinating!"}
+    records = [
+        {**r, "answer": answers[str(r["recipe"])]}
+        for r in [
+            _record("plain", 0.0, 0.0, 10.0, query="q1"),
+            _record("plain", 0.0, 0.0, 10.0, query="q2"),
+            _record("vector", 1.0, 0.0, 12.0, query="q1"),
+            _record("vector", 1.0, 0.0, 12.0, query="q2"),
+        ]
+    ]
+    return EvaluationReport(records)  # type: ignore[arg-type]
+
+
+def test_an_old_report_without_invented_words_loads_and_gets_them_when_rescored(
+    tmp_path: Path, scorer: NadeScorer, embedder: SentenceEmbedder
+) -> None:
+    """Unmeasured, the invented rate is nan (shown as –) and the tolerance does not hold it
+    against a row; rescoring judges every answer, and then the salad is refused."""
+    path = tmp_path / "old.json"
+    old = _before_invented_words()
+    path.write_text(json.dumps({"settings": {"scorer": "NadeScorer"}, "records": old.records}))
+    loaded = EvaluationReport.from_json(path)
+    assert all("invented" not in r for r in loaded.records)
+    assert all(math.isnan(row["invented"]) for row in loaded.summary())
+    assert "| 0.00 | – |" in loaded.to_markdown()
+    assert recommend_alpha(loaded) == {"joy": 1.0}
+    rescored = loaded.rescored(scorer, embedder=embedder)  # offensive measured: no judge
+    assert [r["invented"] for r in rescored.records] == [0.0, 0.0, 1.0, 1.0]
+    assert {r["recipe"]: r["invented"] for r in rescored.summary()} == {"plain": 0.0, "vector": 1.0}
+    assert "| 0.00 | 1.00 |" in rescored.to_markdown()
+    assert recommend_alpha(rescored) == {"joy": 0.0}  # now measured: +1.0 invented
+    assert recommend_alpha(rescored, Tolerance(max_invented_increase=1.0)) == {"joy": 1.0}
+
+
+def test_rescoring_keeps_the_invented_flags_it_has(report: EvaluationReport) -> None:
+    """Measured flags are kept, not judged again (a flag no answer earns survives)."""
+    marked = EvaluationReport(
+        [{**r, "invented": 1.0} for r in report.records], settings=report.settings
+    )
+    rescored = marked.rescored(_Constant(joy=0.5, anger=0.5))
+    assert [r["invented"] for r in rescored.records] == [1.0] * len(report.records)
+
+
+def test_cli_rescore_judges_the_invented_words_of_an_old_report(
+    tmp_path: Path, default_judge: WordJudge
+) -> None:
+    source = tmp_path / "old" / "report.json"
+    _before_invented_words().to_json(source)
+    payload = json.loads(source.read_text())
+    assert all("invented" not in r for r in payload["records"])
+    assert main(["rescore", str(source), "--out", str(tmp_path / "again")]) == 0
+    written = EvaluationReport.from_json(tmp_path / "again" / "report.json")
+    assert [r["invented"] for r in written.records] == [0.0, 0.0, 1.0, 1.0]
+    assert "| 0.00 | 1.00 |" in (tmp_path / "again" / "report.md").read_text()
 
 
 def test_reports_that_named_the_recipe_method_load_with_recipe(tmp_path: Path) -> None:

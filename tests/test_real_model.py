@@ -20,6 +20,7 @@ from conftest import calibrated_answers
 from emovec import EmotionVectors, extract, load_model, steer
 from emovec.datasets import default_answer_pairs, default_pairs
 from emovec.evaluation.calibration import calibrated_repetition_penalty
+from emovec.evaluation.fluency import invented_words, is_invented
 from emovec.evaluation.metrics import is_degenerate
 from emovec.evaluation.scoring import NadeScorer, PrototypeScorer
 from emovec.evaluation.topic import SentenceEmbedder, topic_retention
@@ -289,3 +290,10 @@ def test_at_alpha_one_the_answers_stay_clean(
     answers = sum(len(s) for s in steered.values())
     allowed = len(EMOTIONS) * int(judge.flags(plain_long_answers).sum()) + int(0.02 * answers)
     assert sum(len(f) for f in flagged.values()) <= allowed, flagged
+
+
+def test_the_plain_answers_invent_no_words(plain_long_answers: list[str]) -> None:
+    """The invented-words judge on the real model's own text: no plain answer is judged
+    invented (steered ones are, where they make words up: docs/evaluation.md)."""
+    flagged = [(a, invented_words(a)) for a in plain_long_answers if is_invented(a)]
+    assert not flagged, flagged

@@ -6,8 +6,8 @@ rule, used by :func:`~emovec.evaluation.calibration.calibrate` and by
 ``benchmarks/choose_recipes.py`` alike:
 
 1. keep the candidates whose **fluency** stays within the :class:`~emovec.evaluation.Tolerance`
-   of plain (degeneration, perplexity, offensive rate; :meth:`Tolerance.fluent`). Topic
-   retention is not a filter here but half of the goal;
+   of plain (degeneration, perplexity, offensive rate, invented words;
+   :meth:`Tolerance.fluent`). Topic retention is not a filter here but half of the goal;
 2. with a **reference** (the bank as it was, at several strengths), keep only candidates on or
    above its front: at their own retention, at least the success the reference reaches there
    (:func:`front_success`), less ``slack``;
@@ -98,7 +98,8 @@ def choose(
 
     Args:
         candidates: Rows with ``success``, ``retention``, ``sim_query``, ``degenerate``,
-            ``median_perplexity`` and (optionally) ``offensive``, all over the same queries.
+            ``median_perplexity`` and (optionally) ``offensive`` and ``invented``, all over
+            the same queries.
         plain: The plain answers' row over those queries (its retention is 1).
         tolerance: The fluency tolerance and retention bar; default :class:`Tolerance`.
         target_success: The success bar.

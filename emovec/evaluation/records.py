@@ -1,5 +1,5 @@
-"""What an evaluation records: one answer's judgement, the summary row of a condition, and
-the offensive-language judge it uses."""
+"""What an evaluation records: one answer's judgement, the summary row of a condition, the
+offensive-language judge it uses and the invented-words judge."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any, Protocol, TypedDict, cast
 
 import numpy as np
 
+from emovec.evaluation.fluency import is_invented
 from emovec.evaluation.topic import topic_retention
 
 __all__ = ["OffensiveJudgeLike", "Record", "SummaryRow", "load_offensive_judge"]
@@ -20,6 +21,7 @@ _METRICS = (
     "sim_query",
     "sim_plain",
     "offensive",
+    "invented",
     "perplexity",
     "distinct_1",
     "distinct_2",
@@ -52,6 +54,12 @@ def _offensive(texts: Sequence[str], judge: OffensiveJudgeLike) -> dict[str, flo
     if flags.shape != (len(unique),):
         raise ValueError(f"The offensive judge gave {flags.shape} flags for {len(unique)} texts.")
     return {t: float(bool(t.strip()) and bool(f)) for t, f in zip(unique, flags, strict=True)}
+
+
+def _invented(texts: Sequence[str]) -> dict[str, float]:
+    """Text -> 1.0 if it uses invented words (:func:`emovec.evaluation.fluency.is_invented`),
+    else 0.0, each distinct text judged once."""
+    return {t: float(is_invented(t)) for t in dict.fromkeys(texts)}
 
 
 class Judgement(TypedDict):
@@ -87,13 +95,15 @@ class Record(_Answer, total=False):
     name), ``alpha`` the strength; ``eps``/``success``/``scores`` are the emotion judge's,
     ``sim_query``/``sim_plain`` MiniLM similarities to the query and to the plain answer,
     ``retention`` :func:`~emovec.evaluation.topic.topic_retention` against the plain answer,
-    ``perplexity`` under the unsteered model. ``offensive`` (1.0 flagged, 0.0 clean) is
-    absent from reports written before it was measured, ``scores`` (every emotion the judge
-    knows) from the oldest ones.
+    ``perplexity`` under the unsteered model. ``offensive`` (1.0 flagged, 0.0 clean) and
+    ``invented`` (1.0 where the answer uses invented words,
+    :func:`~emovec.evaluation.fluency.is_invented`) are absent from reports written before
+    they were measured, ``scores`` (every emotion the judge knows) from the oldest ones.
     """
 
     scores: dict[str, float]
     offensive: float
+    invented: float
 
 
 _REQUIRED = tuple(k for k in _Answer.__annotations__ if k != "retention")
@@ -104,7 +114,8 @@ class SummaryRow(TypedDict):
 
     ``retention`` is :func:`emovec.evaluation.topic.topic_retention` of the row's mean answer–query
     similarity and the plain answers' mean over the same queries (not the mean of the
-    answers' own retentions); ``offensive`` is ``nan`` where it was not measured.
+    answers' own retentions); ``offensive`` and ``invented`` (the share of answers with
+    invented words) are ``nan`` where they were not measured.
     """
 
     recipe: str
@@ -122,6 +133,7 @@ class SummaryRow(TypedDict):
     distinct_1: float
     distinct_2: float
     degenerate: float
+    invented: float
     median_perplexity: float
 
 

@@ -19,6 +19,7 @@ from emovec.evaluation.records import (
     Record,
     SummaryRow,
     _fmt,
+    _invented,
     _judgement,
     _mean,
     _offensive,
@@ -45,7 +46,7 @@ class EvaluationReport:
 
         The plain answers (α = 0) appear once per emotion, scored for that emotion. The
         row's ``retention`` is the ratio of means described at :class:`SummaryRow`; a
-        metric no record has (``offensive`` in older reports) is ``nan``.
+        metric no record has (``offensive``, ``invented`` in older reports) is ``nan``.
         """
         groups: dict[tuple[str, str, float], list[Record]] = {}
         for record in self.records:
@@ -90,6 +91,7 @@ class EvaluationReport:
                     distinct_1=means["distinct_1"],
                     distinct_2=means["distinct_2"],
                     degenerate=means["degenerate"],
+                    invented=means["invented"],
                     # All-empty answers have no perplexity: keep the nan, it fails every
                     # tolerance.
                     median_perplexity=(
@@ -117,9 +119,10 @@ class EvaluationReport:
         slow part of an evaluation, so a second judge costs seconds.
 
         Reports from before the offensive rate was measured get it here, from
-        ``offensive_judge`` (default: :class:`emovec.offensive.OffensiveJudge`), and those
-        without a recorded reference retention get it from ``embedder`` (default: MiniLM);
-        neither is loaded when the report already has what it gives.
+        ``offensive_judge`` (default: :class:`emovec.offensive.OffensiveJudge`), those from
+        before invented words were (:func:`emovec.evaluation.fluency.is_invented`) get them,
+        and those without a recorded reference retention get it from ``embedder`` (default:
+        MiniLM); neither model is loaded when the report already has what it gives.
 
         Raises:
             ValueError: If the scorer cannot score an evaluated emotion.
@@ -161,6 +164,10 @@ class EvaluationReport:
             for r in records:
                 r.setdefault("offensive", flagged[r["answer"]])
             settings["offensive_judge"] = type(judge).__name__
+        if any("invented" not in r for r in records):
+            invented = _invented([r["answer"] for r in records if "invented" not in r])
+            for r in records:
+                r.setdefault("invented", invented[r["answer"]])
         if "reference_retention" not in settings:
             settings["reference_retention"] = reference_retention(embedder, targets)
         return EvaluationReport(_with_retention(records), settings=settings)
@@ -224,7 +231,8 @@ class EvaluationReport:
         """Read a report written by :meth:`to_json`.
 
         Answers of older reports without ``retention`` get it computed from their stored
-        similarities; those without ``offensive`` keep it absent (:meth:`rescored` adds it).
+        similarities; those without ``offensive`` or ``invented`` keep them absent
+        (:meth:`rescored` adds them).
 
         Raises:
             ValueError: If the file is not such a report.
@@ -245,7 +253,7 @@ class EvaluationReport:
         each emotion's name the retention of its hand-written answers (the reference)."""
         header = (
             "| method | α | EPS | success | retention | offensive | intensity | sim(query) | "
-            "sim(plain) | PPL (median) | distinct-2 | degenerate |"
+            "sim(plain) | PPL (median) | distinct-2 | degenerate | invented |"
         )
         reference = self.reference_retention
         lines: list[str] = []
@@ -258,7 +266,7 @@ class EvaluationReport:
                 f"\n**{emotion}** (reference retention of the hand-written {emotion} answers: "
                 f"{_fmt(ref, '.2f')})\n",
                 header,
-                "|" + "---|" * 12,
+                "|" + "---|" * 13,
             ]
             for r in sorted(rows, key=lambda r: (r["recipe"] == "prompt", r["alpha"])):
                 lines.append(
@@ -266,7 +274,7 @@ class EvaluationReport:
                     f"{_fmt(r['retention'], '.2f')} | {_fmt(r['offensive'], '.2f')} | "
                     f"{r['intensity']:.3f} | {r['sim_query']:.2f} | {r['sim_plain']:.2f} | "
                     f"{r['median_perplexity']:.1f} | {r['distinct_2']:.2f} | "
-                    f"{r['degenerate']:.2f} |"
+                    f"{r['degenerate']:.2f} | {_fmt(r['invented'], '.2f')} |"
                 )
         return "\n".join(lines).strip() + "\n"
 

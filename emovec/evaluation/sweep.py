@@ -14,17 +14,19 @@
   (:func:`emovec.evaluation.topic.reference_retention`, ``settings["reference_retention"]``);
 - **offensive**: whether an offensive-language judge (:class:`emovec.offensive.OffensiveJudge`
   by default) flags the answer; the summary gives the share flagged;
-- **fluency**: perplexity of the answer under the unsteered model, distinct-1/2, and whether
-  the answer is degenerate (unique-bigram share < 0.5).
+- **fluency**: perplexity of the answer under the unsteered model, distinct-1/2, whether
+  the answer is degenerate (unique-bigram share < 0.5), and whether it is **invented**: uses
+  two or more words no English word list knows (:func:`emovec.evaluation.fluency.is_invented`).
 
 Generation is batched across conditions with per-row mixes (``steer(..., rows=...)``), so one
 ``generate`` call serves many (emotion, α) pairs of the same query. Prompt-based baselines
 (an emotional instruction in the prompt instead of a vector) go through the same scoring.
 
-Reports written before retention and the offensive rate were measured still load:
-:meth:`EvaluationReport.from_json` recomputes each answer's retention from its stored
-similarities, and the offensive rate stays ``nan`` (unmeasured, which :class:`Tolerance`
-does not hold against a row) until :meth:`EvaluationReport.rescored` judges the answers.
+Reports written before retention, the offensive rate and invented words were measured still
+load: :meth:`EvaluationReport.from_json` recomputes each answer's retention from its stored
+similarities, and the offensive and invented shares stay ``nan`` (unmeasured, which
+:class:`Tolerance` does not hold against a row) until :meth:`EvaluationReport.rescored`
+judges the answers.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from emovec.evaluation.recipes import (
 from emovec.evaluation.records import (
     OffensiveJudgeLike,
     Record,
+    _invented,
     _judgement,
     _offensive,
     load_offensive_judge,
@@ -250,6 +253,7 @@ def evaluate(
     # evaluated: evaluating anger alone must not make anger win by default.
     rivals = list(dict.fromkeys([e for e in vectors.emotions if e in scorer.emotions] + wanted))
     offensive = _offensive(answers, judge)
+    invented = _invented(answers)
 
     records: list[Record] = []
     for i, ((query, condition), answer) in enumerate(zip(jobs, answers, strict=True)):
@@ -275,6 +279,7 @@ def evaluate(
                     "distinct_1": distinct_n(answer, 1),
                     "distinct_2": distinct_n(answer, 2),
                     "degenerate": float(not answer.strip() or is_degenerate(answer)),
+                    "invented": invented[answer],
                 }
             )
     return EvaluationReport(

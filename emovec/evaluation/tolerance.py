@@ -25,6 +25,9 @@ class Tolerance:
     - its **offensive rate** is at most ``max_offensive_increase`` above plain's (not
       checked where either was not measured, as in reports from before it was);
     - its **degeneration rate** is at most ``max_degenerate_increase`` above plain's;
+    - its **invented rate** (the share of answers with two or more words no English word
+      list knows, :func:`~emovec.evaluation.fluency.is_invented`) is at most
+      ``max_invented_increase`` above plain's (not checked where either was not measured);
     - its **median perplexity** is at most ``max_perplexity_ratio`` times plain's. The
       perplexity is under the unsteered model, so any emotional answer scores higher than
       the plain one (2.5–6× at α = 1 on SmolLM2); the ratio rules out broken text (≥ 10×),
@@ -38,6 +41,7 @@ class Tolerance:
     max_perplexity_ratio: float = 10.0
     min_topic_ratio: float = 0.7
     max_offensive_increase: float = 0.02
+    max_invented_increase: float = 0.05
 
     def accepts(self, row: Mapping[str, Any], plain: Mapping[str, Any]) -> bool:
         """Whether summary ``row`` stays within tolerance of the ``plain`` summary row: on
@@ -47,15 +51,24 @@ class Tolerance:
 
     def fluent(self, row: Mapping[str, Any], plain: Mapping[str, Any]) -> bool:
         """Whether summary ``row`` is as clean and fluent as the tolerance allows (offensive
-        rate, degeneration, perplexity), whatever its topic retention."""
-        offensive = float(row.get("offensive", math.nan))
-        plain_offensive = float(plain.get("offensive", math.nan))
-        measured = math.isfinite(offensive) and math.isfinite(plain_offensive)
+        rate, degeneration, invented words, perplexity), whatever its topic retention."""
         return bool(
-            (not measured or offensive <= plain_offensive + self.max_offensive_increase)
+            _within(row, plain, "offensive", self.max_offensive_increase)
             and row["degenerate"] <= plain["degenerate"] + self.max_degenerate_increase
+            and _within(row, plain, "invented", self.max_invented_increase)
             and row["median_perplexity"] <= plain["median_perplexity"] * self.max_perplexity_ratio
         )
+
+
+def _within(row: Mapping[str, Any], plain: Mapping[str, Any], key: str, increase: float) -> bool:
+    """Whether ``row``'s share ``key`` is at most ``increase`` above ``plain``'s (up to
+    rounding: 8/20 is 0.05 above 7/20); ``True`` where either was not measured (absent or
+    ``nan``, as in reports from before it was)."""
+    value = float(row.get(key, math.nan))
+    baseline = float(plain.get(key, math.nan))
+    if not (math.isfinite(value) and math.isfinite(baseline)):
+        return True
+    return value <= baseline + increase + 1e-9
 
 
 def recommend_alpha(

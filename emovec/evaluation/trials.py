@@ -61,13 +61,15 @@ class Trial:
 
     ``retention`` is the topic retention against the plain answers
     (:func:`emovec.evaluation.topic.topic_retention`), ``offensive`` the share of answers the
-    offensive judge flagged (``nan`` if not measured), ``acceptable`` whether its fluency
-    stayed within the tolerance (:meth:`~emovec.evaluation.Tolerance.fluent`; retention is
-    scored by the choice, not filtered), ``instruction`` the request for the emotion added
-    to each query and ``persona`` the system turn (``None``: not used), ``positions`` the
-    positions steered (``None``: ``steer``'s default), ``schedule`` the strength over the
-    answer's tokens (``None``: constant) and ``query_guidance`` how much the question was
-    amplified against the prompt without it (``None``: not at all).
+    offensive judge flagged and ``invented`` the share with invented words
+    (:func:`~emovec.evaluation.fluency.is_invented`; each ``nan`` if not measured),
+    ``acceptable`` whether its fluency stayed within the tolerance
+    (:meth:`~emovec.evaluation.Tolerance.fluent`; retention is scored by the choice, not
+    filtered), ``instruction`` the request for the emotion added to each query and
+    ``persona`` the system turn (``None``: not used), ``positions`` the positions steered
+    (``None``: ``steer``'s default), ``schedule`` the strength over the answer's tokens
+    (``None``: constant) and ``query_guidance`` how much the question was amplified against
+    the prompt without it (``None``: not at all).
     """
 
     emotion: str
@@ -81,6 +83,7 @@ class Trial:
     offensive: float
     median_perplexity: float
     acceptable: bool
+    invented: float = math.nan
     instruction: str | None = None
     persona: str | None = None
     positions: str | None = None
@@ -130,7 +133,8 @@ class Calibration:
         placements: The chosen placement per emotion (with the emotion's instruction,
             persona and positions where the chosen setting used them).
         plain: The plain answers' success, EPS, degeneration, similarity, retention (1),
-            offensive rate and perplexity per emotion, the baseline every trial was held to.
+            offensive and invented rates and perplexity per emotion, the baseline every trial
+            was held to.
         settings: How the calibration ran.
         report: The one evaluation behind every trial (every answer with its scores; its
             methods are the settings' names, ``"12-16@0.35"``), so another judge can
@@ -207,6 +211,7 @@ class Calibration:
             "degenerate": trial.degenerate,
             "retention": trial.retention,
             "offensive": trial.offensive,
+            "invented": trial.invented,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -228,8 +233,8 @@ class Calibration:
         trial that asked for the emotion in the query reads ``12–16 + instruction``."""
         lines = [
             "| emotion | layers | dose | success | EPS | retention | offensive | degenerate | "
-            "sim(query) | PPL | |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "invented | sim(query) | PPL | |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         reference = self.reference_retention
         for emotion in self.emotions:
@@ -240,7 +245,8 @@ class Calibration:
                     f"| {emotion} | plain | 0 | {plain['success']:.2f} | {plain['eps']:.3f} | "
                     f"{_fmt(plain.get('retention', math.nan), '.2f')} | "
                     f"{_fmt(plain.get('offensive', math.nan), '.2f')} | "
-                    f"{plain['degenerate']:.2f} | {plain['sim_query']:.2f} | "
+                    f"{plain['degenerate']:.2f} | "
+                    f"{_fmt(plain.get('invented', math.nan), '.2f')} | {plain['sim_query']:.2f} | "
                     f"{plain['median_perplexity']:.1f} | reference retention {_fmt(ref, '.2f')} |"
                 )
             chosen = self.placements.get(emotion)
@@ -254,7 +260,8 @@ class Calibration:
                 lines.append(
                     f"| {emotion} | {band} | {t.dose:g} | "
                     f"{t.success:.2f} | {t.eps:.3f} | {_fmt(t.retention, '.2f')} | "
-                    f"{_fmt(t.offensive, '.2f')} | {t.degenerate:.2f} | {t.sim_query:.2f} | "
+                    f"{_fmt(t.offensive, '.2f')} | {t.degenerate:.2f} | "
+                    f"{_fmt(t.invented, '.2f')} | {t.sim_query:.2f} | "
                     f"{t.median_perplexity:.1f} | {mark} |"
                 )
         return "\n".join(lines) + "\n"
@@ -324,7 +331,16 @@ def _choose(
     return next((t for t, row in zip(fluent, rows, strict=True) if row is best), None)
 
 
-_KEYS = ("success", "eps", "degenerate", "sim_query", "retention", "offensive", "median_perplexity")
+_KEYS = (
+    "success",
+    "eps",
+    "degenerate",
+    "sim_query",
+    "retention",
+    "offensive",
+    "invented",
+    "median_perplexity",
+)
 
 
 def _decide(
@@ -373,6 +389,7 @@ def _decide(
                     offensive=row["offensive"],
                     median_perplexity=row["median_perplexity"],
                     acceptable=tolerance.fluent(row, baseline[emotion]),
+                    invented=row["invented"],
                     instruction=texts[emotion] if instructed else None,
                     persona=persona_texts[emotion] if persona else None,
                     positions=positions,
