@@ -140,24 +140,28 @@ def doses_of(per_layer: torch.Tensor, hidden_norms: torch.Tensor) -> torch.Tenso
     return (norms / hidden_norms.double()[None]).sum(dim=1)
 
 
-def guard_factors(doses: torch.Tensor, max_dose: float, guard: str) -> torch.Tensor:
-    """Per-row factors (1 where the dose is fine, float64) after the guard policy."""
+def guard_factors(doses: torch.Tensor, limits: torch.Tensor, guard: str) -> torch.Tensor:
+    """Per-row factors (1 where the dose is within the row's limit, float64) after the guard
+    policy; ``limits`` holds each row's ``max_dose``."""
     if guard not in GUARDS:
         raise ValueError(f"guard must be 'warn', 'clamp' or 'raise', not {guard!r}.")
-    over = doses > max_dose
+    limits = limits.to(doses.dtype)
+    over = doses > limits
     ones = torch.ones_like(doses)
     if not bool(over.any()):
         return ones
+    worst = int(torch.argmax(torch.where(over, doses / limits, 0)))
+    limit = float(limits[worst])
     message = (
-        f"Steering dose {float(doses.max()):.3g} exceeds max_dose={max_dose:g} (a dose of 1 "
+        f"Steering dose {float(doses[worst]):.3g} exceeds max_dose={limit:g} (a dose of 1 "
         "adds a typical hidden state's norm across the steered layers; on SmolLM2 output "
         "degenerates into repetition near 1.0). Lower α, or pass max_dose= to accept it."
     )
     if guard == "raise":
         raise DoseError(message)
     if guard == "clamp":
-        warnings.warn(message + f" Clamped to {max_dose:g}.", DoseWarning, stacklevel=3)
-        return torch.where(over, max_dose / doses, ones)
+        warnings.warn(message + f" Clamped to {limit:g}.", DoseWarning, stacklevel=3)
+        return torch.where(over, limits / doses, ones)
     warnings.warn(message, DoseWarning, stacklevel=3)
     return ones
 

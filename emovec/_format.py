@@ -18,7 +18,8 @@ and these metadata entries (safetensors metadata values are strings):
   score);
 * ``placements`` (absent from files written before placements existed): a JSON object,
   emotion → ``{"layers": [int, ...], "dose": number}`` plus optional ``"instruction"``,
-  ``"persona"`` and ``"positions"`` strings;
+  ``"persona"`` and ``"positions"`` strings, a ``"schedule"``, a ``"query_guidance"`` number
+  and ``"weights"`` (one number per layer);
 * ``sha256`` (absent from older files, written before content hashes; they still load,
   unchecked): the content hash, see :func:`digest`.
 
@@ -295,7 +296,7 @@ def _placements(
             raise VectorFileError(path, f"has a placement for {emotion!r}, which it lacks.")
         if not isinstance(placement, dict):
             raise VectorFileError(path, f"its {where} is {placement!r:.80}, not a JSON object.")
-        known = {"layers", "dose", "schedule", "query_guidance", *_PLACEMENT_TEXT}
+        known = {"layers", "dose", "schedule", "query_guidance", "weights", *_PLACEMENT_TEXT}
         unknown = sorted(set(placement) - known)
         if unknown or "layers" not in placement or "dose" not in placement:
             raise VectorFileError(
@@ -310,6 +311,11 @@ def _placements(
                 raise VectorFileError(path, f"its {where}'s {key} is not text.")
         if "schedule" in placement:
             _schedule(path, f"{where}'s schedule", placement["schedule"])
+        weights = placement.get("weights")
+        if "weights" in placement and not (
+            isinstance(weights, list) and all(type(w) in (int, float) for w in weights)
+        ):
+            raise VectorFileError(path, f"its {where}'s weights are {weights!r:.80}, not numbers.")
         gamma = placement.get("query_guidance")
         if "query_guidance" in placement and type(gamma) not in (int, float):
             raise VectorFileError(path, f"its {where}'s query_guidance is {gamma!r:.80}.")

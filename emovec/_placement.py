@@ -52,6 +52,11 @@ class Placement:
             (≥ 1; :class:`emovec.guidance.QueryGuidance`), or ``None``: not at all.
             Like the instruction and persona it is not ``steer``'s to apply:
             :func:`emovec.generation.emotional_answers` and the CLI do.
+        weights: How the dose is shared among ``layers``: one non-negative number per layer,
+            in the order of ``layers``, relative to each other (:meth:`layer_weights` scales
+            them to average 1), or ``None``: evenly. A trained bank
+            (:func:`emovec.training.train`) records its learned per-layer sizes here, so
+            that α = 1 adds exactly the trained vectors.
     """
 
     layers: tuple[int, ...]
@@ -61,8 +66,13 @@ class Placement:
     positions: str | None = None
     schedule: Schedule | None = None
     query_guidance: float | None = None
+    weights: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.weights is not None:
+            layers, weights = _weighted_layers(self.layers, self.weights)
+            object.__setattr__(self, "weights", weights)
+            object.__setattr__(self, "layers", layers)
         object.__setattr__(self, "layers", layer_indices(self.layers, "A placement's layers"))
         if isinstance(self.dose, (bool, str)) or not hasattr(type(self.dose), "__float__"):
             raise TypeError(f"A placement's dose must be a number, not {self.dose!r}.")
@@ -98,7 +108,44 @@ class Placement:
             written["schedule"] = self.schedule.to_dict()
         if self.query_guidance is not None:
             written["query_guidance"] = self.query_guidance
+        if self.weights is not None:
+            written["weights"] = list(self.weights)
         return written
+
+    def layer_weights(self) -> dict[int, float]:
+        """Each layer's share of the dose, ``{layer: weight}`` (weights averaging 1)."""
+        weights = self.weights or (1.0,) * len(self.layers)
+        mean = math.fsum(weights) / len(weights)
+        return {layer: w / mean for layer, w in zip(self.layers, weights, strict=True)}
+
+
+def _weighted_layers(layers: object, weights: object) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """Layers sorted with their weights (as floats), the weights finite, non-negative and not
+    all zero.
+
+    Raises:
+        TypeError: If the weights are not a sequence of numbers.
+        ValueError: If they do not match the layers one to one, or are not usable.
+    """
+    indices = list(layers) if isinstance(layers, Iterable) and not isinstance(layers, str) else []
+    if isinstance(weights, (str, bytes)) or not isinstance(weights, Iterable):
+        raise TypeError(f"A placement's weights must be a sequence of numbers, not {weights!r}.")
+    values = list(weights)
+    for w in values:
+        if isinstance(w, bool) or not isinstance(w, (int, float)):
+            raise TypeError(f"A placement's weights must be numbers, not {w!r}.")
+    checked = layer_indices(indices, "A placement's layers")
+    if len(values) != len(indices) or len(checked) != len(indices):
+        raise ValueError(
+            f"A placement's weights need one number per distinct layer: {len(values)} weights "
+            f"for layers {indices}."
+        )
+    if not all(math.isfinite(w) and w >= 0 for w in values) or sum(values) <= 0:
+        raise ValueError(
+            f"A placement's weights must be finite, non-negative and not all zero: {values}."
+        )
+    ordered = sorted(zip((operator.index(i) for i in indices), values, strict=True))
+    return tuple(i for i, _ in ordered), tuple(float(w) for _, w in ordered)
 
 
 def query_guidance_of(value: object, what: str = "query_guidance") -> float:

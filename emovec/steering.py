@@ -29,12 +29,13 @@ A :class:`Schedule` varies the strength over the generated tokens.
 
 Dose: ``Σ_l ‖delta_l‖ / typical ‖h_l‖`` over the steered layers, what the residual stream
 receives in units of a hidden state. α = 1 in relative scale is a dose of 0.5; on SmolLM2
-repetition takes over by a dose of 1.0. Above ``MAX_DOSE`` steering warns (or clamps, or
-raises, as asked): never silently. Strengths, weights and doses that are NaN, infinite or
-overflow are refused (:class:`DoseError`). On its first forward pass a steering compares the
-model's hidden norms at the steered layers with the bank's and warns
-(:class:`HiddenNormWarning`) when they are more than 2x apart: a bank made for another model
-or dtype steers with a dose off by that factor.
+repetition takes over by a dose of 1.0 for a mean difference. Above ``MAX_DOSE`` (or 1.5
+times a calibrated placement's dose, if larger: a trained vector carries a larger dose
+fluently) steering warns (or clamps, or raises, as asked): never silently. Strengths,
+weights and doses that are NaN, infinite or overflow are refused (:class:`DoseError`). On
+its first forward pass a steering compares the model's hidden norms at the steered layers
+with the bank's and warns (:class:`HiddenNormWarning`) when they are more than 2x apart: a
+bank made for another model or dtype steers with a dose off by that factor.
 
 Scope: a steering acts only in the context (thread, asyncio task) that entered it; see
 :func:`steer`.
@@ -178,7 +179,7 @@ def steer(
     schedule: Schedule | None = None,
     rows: Sequence[Mix] | None = None,
     preset: str | None = None,
-    max_dose: float = MAX_DOSE,
+    max_dose: float | None = None,
     guard: DoseGuard = "warn",
     blocks: str | Sequence[nn.Module] | None = None,
     block_layers: str | Sequence[nn.Module] | None = None,
@@ -228,7 +229,9 @@ def steer(
         preset: Named defaults for ``layers``/``scale``/``positions``; ``"paper"`` is Dong
             et al.'s mode (all layers, raw, last position). Explicit arguments win.
         max_dose: Dose above which ``guard`` acts (see the module docstring); ``math.inf``
-            turns the guard off.
+            turns the guard off. Default: ``MAX_DOSE`` (1.5 times the default dose), or for
+            a row steered at calibrated placements 1.5 times the largest of their doses,
+            whichever is larger: α = 1 of a calibrated placement was measured fluent.
         guard: ``"warn"`` (default), ``"clamp"`` (scale the row down to ``max_dose`` and
             warn), or ``"raise"`` (:class:`DoseError`).
         blocks: The decoder blocks (a dotted attribute path or the modules), for models
@@ -270,7 +273,7 @@ def steer(
     scale = defaults["scale"] if scale is None else scale
     if scale not in ("relative", "raw"):
         raise ValueError(f"scale must be 'relative' or 'raw', not {scale!r}.")
-    max_dose = max_dose_of(max_dose)
+    max_dose = None if max_dose is None else max_dose_of(max_dose)
     bank, mixes = _mixes(vectors, strengths, alphas, rows)
 
     if positions is None:
@@ -284,7 +287,8 @@ def steer(
     per_layer = torch.stack([_placed(mix, scale, explicit) for mix in mixes])  # [rows, L, H]
     chosen = [i for i in range(bank.num_layers) if bool(per_layer[:, i].any())]
     doses = doses_of(per_layer[:, chosen], bank.hidden_norms[chosen])
-    factors = guard_factors(doses, max_dose, guard)
+    limits = torch.tensor([_limit(mix, max_dose, explicit is None) for mix in mixes])
+    factors = guard_factors(doses, limits, guard)
     if bool((factors != 1).any()):  # clamped rows: scale in float64, then back
         per_layer = (per_layer.double() * factors[:, None, None]).float()
     deltas = {
@@ -300,6 +304,20 @@ def steer(
         hidden_norms={layer: float(bank.hidden_norms[layer]) for layer in chosen},
         dose=(doses * factors).tolist(),
     )
+
+
+def _limit(mix: SteeringVector, max_dose: float | None, placed: bool) -> float:
+    """The dose above which the guard acts for ``mix``: ``max_dose`` if given, else
+    ``MAX_DOSE`` or, at calibrated placements, 1.5 times (``MAX_DOSE / RELATIVE_DOSE``) the
+    largest of their doses, whichever is larger."""
+    if max_dose is not None:
+        return max_dose
+    doses = [
+        placement.dose
+        for emotion in mix.coefficients
+        if placed and (placement := mix.bank.placements.get(emotion)) is not None
+    ]
+    return max([MAX_DOSE, *(MAX_DOSE / RELATIVE_DOSE * d for d in doses)])
 
 
 def _placed_option(mixes: Sequence[SteeringVector], name: str) -> Any:
@@ -336,7 +354,7 @@ def _placed(
         if explicit is not None:
             weights, dose = explicit, RELATIVE_DOSE
         elif placement is not None:
-            weights, dose = dict.fromkeys(placement.layers, 1.0), placement.dose
+            weights, dose = placement.layer_weights(), placement.dose
         else:
             weights, dose = dict.fromkeys(_band(bank), 1.0), RELATIVE_DOSE
         vector = bank.unit_vector(emotion) if scale == "relative" else bank.vector(emotion)

@@ -620,15 +620,39 @@ def test_raw_scale_uses_placement_layers_but_not_its_dose() -> None:
 
 
 def test_dose_guard_sees_the_placed_dose() -> None:
-    """The guard measures the placement's dose: alpha x dose, not alpha x RELATIVE_DOSE."""
+    """The guard measures the placement's dose (alpha x dose, not alpha x RELATIVE_DOSE) and,
+    unless max_dose is given, starts at 1.5 times a calibrated dose above MAX_DOSE."""
     model = build_model("llama", num_layers=6)
     bank = random_bank(6, 32, layers=[3]).with_placements({"joy": Placement([2, 3], 0.7)})
     assert steer(model, bank, joy=1.0, guard="raise").dose == [pytest.approx(0.7, rel=1e-5)]
-    with pytest.raises(DoseError):
-        steer(model, bank, joy=1.2, guard="raise")  # 0.84 > MAX_DOSE
+    assert steer(model, bank, joy=1.2, guard="raise").dose == [pytest.approx(0.84, rel=1e-5)]
+    with pytest.raises(DoseError, match=r"max_dose=1\.05"):
+        steer(model, bank, joy=1.6, guard="raise")  # 1.12 > 1.5 x 0.7
     clamped = steer(model, bank, joy=2.0, guard="clamp")
-    assert clamped.dose == [pytest.approx(MAX_DOSE, rel=1e-5)]
+    assert clamped.dose == [pytest.approx(1.05, rel=1e-5)]
+    with pytest.raises(DoseError, match=r"max_dose=0\.75"):  # a given max_dose is the limit
+        steer(model, bank, joy=1.2, guard="raise", max_dose=MAX_DOSE)
+    with pytest.raises(DoseError, match=r"max_dose=0\.75"):  # explicit layers: no placement
+        steer(model, bank, joy=2.0, layers=[2, 3], guard="raise")
+    # A small calibrated dose keeps MAX_DOSE; rows get their own limits.
+    small = bank.with_placements({"joy": Placement([2, 3], 0.2)})
+    with pytest.raises(DoseError, match=r"max_dose=0\.75"):
+        steer(model, small, joy=4.0, guard="raise")
+    rows = steer(model, bank, rows=[{"joy": 1.4}, {"joy": 1.4}], guard="raise")
+    assert rows.dose == [pytest.approx(0.98, rel=1e-5)] * 2
     assert _no_hooks_anywhere(model)
+
+
+def test_placement_weights_share_the_dose_between_layers() -> None:
+    """Layer l of a weighted placement gets weight_l x dose / n of a hidden norm (relative)."""
+    model = build_model("llama", num_layers=6)
+    bank = random_bank(6, 32, layers=[3])
+    weighted = bank.with_placements({"joy": Placement([2, 4], 0.6, weights=[1.0, 3.0])})
+    steering = steer(model, weighted, joy=1.0)
+    assert steering.layers == [2, 4] and steering.dose == [pytest.approx(0.6, rel=1e-5)]
+    for layer, delta, weight in zip(steering.layers, steering.deltas(), (0.5, 1.5), strict=True):
+        expected = weight * 0.6 / 2 * bank.unit_vector("joy")[layer]
+        torch.testing.assert_close(delta, expected, rtol=1e-5, atol=1e-6)
 
 
 TWO_PROMPTS = PROMPTS[:2]

@@ -227,6 +227,10 @@ _BAD_PLACEMENT = st.sampled_from(
         for v in (3, "", None)
     ]
     + [{"layers": [0], "dose": 0.5, "positions": "middle"}, [], "joy", 1]
+    + [
+        {"layers": [0, 1], "dose": 0.5, "weights": w}
+        for w in ([1.0], [1.0, -1.0], [0, 0], [1, "2"], [1, True], "1,1", None, [1, 2, 3])
+    ]
 )
 
 

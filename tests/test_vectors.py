@@ -528,3 +528,37 @@ def test_layers_is_the_deprecated_spelling_of_recommended_layers() -> None:
         EmotionVectors(
             bank_tensors("joy"), bank_norms(), model_name="m", layers=[1], recommended_layers=[1]
         )
+
+
+def test_placement_weights_share_the_dose_and_survive_the_file(tmp_path: Path) -> None:
+    placement = Placement([3, 1], 0.6, weights=[3.0, 1.0])  # sorted with their layers
+    assert placement.layers == (1, 3) and placement.weights == (1.0, 3.0)
+    assert placement.layer_weights() == {1: 0.5, 3: 1.5}  # averaging 1
+    assert Placement([1, 3], 0.6).layer_weights() == {1: 1.0, 3: 1.0}
+    bank = random_bank(BANK_LAYERS, BANK_HIDDEN, layers=[1]).with_placements({"joy": placement})
+    loaded = EmotionVectors.load(bank.save(tmp_path / "weighted.safetensors"))
+    assert loaded.placements["joy"] == placement
+    assert loaded.placements["joy"].to_dict()["weights"] == [1.0, 3.0]
+
+
+@pytest.mark.parametrize(
+    ("weights", "error"),
+    [
+        ([1.0], ValueError),  # one per layer
+        ([1.0, -0.5], ValueError),
+        ([0.0, 0.0], ValueError),
+        ([1.0, float("nan")], ValueError),
+        ([1.0, float("inf")], ValueError),
+        ([1.0, True], TypeError),
+        ([1.0, "2"], TypeError),
+        ("1,2", TypeError),
+    ],
+)
+def test_placement_weights_are_checked(weights: object, error: type[Exception]) -> None:
+    with pytest.raises(error, match="weights"):
+        Placement([1, 3], 0.6, weights=weights)  # type: ignore[arg-type]
+
+
+def test_placement_weights_need_distinct_layers() -> None:
+    with pytest.raises(ValueError, match="distinct layer"):
+        Placement([1, 1], 0.6, weights=[1.0, 2.0])
