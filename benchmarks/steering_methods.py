@@ -76,6 +76,11 @@ RECIPES: dict[str, tuple[float, Recipe]] = {  # name: (α, recipe)
     "vector-only-0.5": (0.5, Recipe(instruct=False)),
     "vector-only-0.75": (0.75, Recipe(instruct=False)),
     "vector-only-1.5": (1.5, Recipe(instruct=False)),
+    # Trained banks (round 7): plain steer, one pass per token, at other strengths.
+    "vector-only-1.25": (1.25, Recipe(instruct=False)),
+    "vector-only-2": (2.0, Recipe(instruct=False)),
+    "vector-only-2.5": (2.5, Recipe(instruct=False)),
+    "vector-only-3": (3.0, Recipe(instruct=False)),
     "hybrid-0.5": (0.5, Recipe(instruct=True)),
     "generated-1.5": (1.5, Recipe(instruct=False, positions="generated")),
     "generated-2": (2.0, Recipe(instruct=False, positions="generated")),
@@ -127,15 +132,16 @@ def _table(report: EvaluationReport, nade: EvaluationReport) -> list[str]:
     by_nade = {(r["recipe"], r["emotion"]): r for r in nade.summary()}
     lines = [
         "| recipe | emotion | success (prototypes) | success (nade) | retention | "
-        "perplexity (median) | degenerate | offensive |",
-        "|---|---|---|---|---|---|---|---|",
+        "perplexity (median) | degenerate | invented | offensive |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report.summary():
         other = by_nade[(row["recipe"], row["emotion"])]
         lines.append(
             f"| {row['recipe']} {row['alpha']:+g} | {row['emotion']} | {row['success']:.2f} | "
             f"{other['success']:.2f} | {row['retention']:.2f} | "
-            f"{row['median_perplexity']:.1f} | {row['degenerate']:.2f} | {row['offensive']:.2f} |"
+            f"{row['median_perplexity']:.1f} | {row['degenerate']:.2f} | "
+            f"{row['invented']:.2f} | {row['offensive']:.2f} |"
         )
     return lines
 

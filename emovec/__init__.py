@@ -13,6 +13,7 @@ from emovec.extraction import extract
 from emovec.layers import LayerDiscoveryError, find_layers
 from emovec.models import load_model
 from emovec.steering import Schedule, Steering, VectorModelMismatchError, steer
+from emovec.training import train
 from emovec.vectors import EmotionVectors, Placement, SteeringVector, VectorFileError
 
 __all__ = [
@@ -33,4 +34,5 @@ __all__ = [
     "load_model",
     "read_pairs",
     "steer",
+    "train",
 ]

@@ -1,5 +1,5 @@
-"""The ``emovec`` command line: demo, generate, eval, rescore, extract, calibrate, and the
-research tools' decode and stimuli."""
+"""The ``emovec`` command line: demo, generate, eval, rescore, extract, train, calibrate, and
+the research tools' decode and stimuli."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from emovec._cli_options import (
     _parse_query_guidance,
     _parse_strength,
 )
+from emovec._train_cli import add_train_parser
 from emovec.evaluation import evaluate
 from emovec.evaluation.calibration import (
     DEFAULT_BATCH_SIZE,
@@ -188,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the shared emotional-vs-neutral component (--center 0)",
     )
     ext.set_defaults(run=_extract)
+    add_train_parser(commands)
 
     again = commands.add_parser(
         "rescore", help="judge a saved evaluation's answers with another emotion scorer"

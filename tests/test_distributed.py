@@ -18,7 +18,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import build_model, build_tokenizer, make_text_pairs
 
-from emovec import EmotionVectors, extract
+from emovec import EmotionVectors, extract, train
 from emovec.extraction import extract_activations
 
 PAIRS = {
@@ -129,3 +129,41 @@ def test_cli_extract_under_accelerate_launch(tmp_path: Path) -> None:
     single = extract(model, tokenizer, {"pride": PAIRS["joy"]}, batch_size=4, progress=False)
     torch.testing.assert_close(launched.vector("pride"), single.vector("pride"), rtol=0, atol=1e-5)
     assert launched.settings["processes"] == 2
+
+
+# Learnable triples: answers of the emotion's words after a query of filler words.
+_JOY = ["happy", "glad", "joyful", "delighted", "thrilled", "smiled", "laughed", "proud"]
+TRIPLES = {
+    "joy": [
+        (" ".join(neutral.split()[:3]), " ".join(_JOY[i:] + _JOY[:i]), neutral)
+        for i, (_, neutral) in enumerate(make_text_pairs("joy", 8, words=6, seed=2))
+    ]
+}
+TRAINING = {"steps": 6, "batch_size": 4, "eval_every": 2, "learning_rate": 0.3, "precision": None}
+
+
+def _train_worker(rank: int, world: int, init_file: str, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        model = build_model("llama", initializer_range=0.2)
+        bank = train(model, build_tokenizer(), TRIPLES, progress=False, **TRAINING)
+        torch.save(
+            {"vectors": bank.vector("joy"), "settings": bank.settings}, f"{out}/train{rank}.pt"
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_train_the_single_process_vectors(tmp_path: Path) -> None:
+    mp.spawn(_train_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    model = build_model("llama", initializer_range=0.2)
+    single = train(model, build_tokenizer(), TRIPLES, progress=False, **TRAINING)
+    assert float(single.vector("joy").norm()) > 0
+    for rank in (0, 1):
+        result = torch.load(tmp_path / f"train{rank}.pt")
+        torch.testing.assert_close(result["vectors"], single.vector("joy"), rtol=1e-4, atol=1e-5)
+        shared = result["settings"]["training"]["joy"]
+        alone = single.settings["training"]["joy"]
+        assert shared["best_step"] == alone["best_step"]
+        assert result["settings"]["processes"] == 2
