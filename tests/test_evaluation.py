@@ -548,7 +548,18 @@ def test_plot_front_writes_a_png(report: EvaluationReport, tmp_path: Path) -> No
     points = report.front_points()
     assert set(points) == set(EMOTIONS)
     assert {p.label for p in points["joy"]} == {"plain", "α=-1", "α=+1", "prompt"}
+    assert {p.kind for p in points["joy"]} == {"plain", "vector", "prompt"}
     assert not [p.name for p in (tmp_path / "figures").iterdir() if p.name != "front.png"]
+
+
+def test_named_recipes_are_drawn_as_steered_points() -> None:
+    """A recipe named other than "vector" (a method comparison's) gets the steered marker,
+    not a kind the plot has no marker for."""
+    report = _hand_made()
+    records = [{**r, "recipe": "trained"} if r["recipe"] == "vector" else r for r in report.records]
+    renamed = EvaluationReport(records, settings=report.settings)
+    kinds = {(p.label, p.kind) for p in renamed.front_points()["joy"]}
+    assert ("trained", "vector") in kinds and ("plain", "plain") in kinds
 
 
 def test_plots_do_not_use_pyplot(tmp_path: Path) -> None:

@@ -311,8 +311,10 @@ class EvaluationReport:
         points: dict[str, list[FrontPoint]] = {}
         for r in self.summary():
             label = f"α={r['alpha']:+g}" if r["recipe"] == "vector" else r["recipe"]
+            # A named recipe is a steered point too (drawn as one, not left unmarked).
+            kind = r["recipe"] if r["recipe"] in ("plain", "prompt") else "vector"
             points.setdefault(r["emotion"], []).append(
-                FrontPoint(label, r["success"], r["retention"], r["recipe"])
+                FrontPoint(label, r["success"], r["retention"], kind)
             )
         return points
 
