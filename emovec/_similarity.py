@@ -10,11 +10,14 @@ from __future__ import annotations
 import html
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-from matplotlib.figure import Figure
 
 from emovec._placement import Placement, layer_indices
+
+if TYPE_CHECKING:  # matplotlib is optional (the [eval] extra): imported when plotting
+    from matplotlib.figure import Figure
 
 __all__ = ["Similarity", "bank_html", "similarity"]
 
@@ -50,7 +53,9 @@ class Similarity:
         return "\n".join(lines) + "\n"
 
     def plot(self) -> Figure:
-        """A heat-map of the matrix with each cell's value written in."""
+        """A heat-map of the matrix with each cell's value written in (needs matplotlib)."""
+        from matplotlib.figure import Figure
+
         n = len(self.emotions)
         figure = Figure(figsize=(1.0 * n + 2.0, 0.9 * n + 1.2), layout="tight")
         axes = figure.add_subplot()

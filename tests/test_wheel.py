@@ -187,3 +187,38 @@ def test_wheel_carries_every_data_file_and_the_licence(wheel: Path) -> None:
     assert sorted(shipped - names) == []
     assert "License-Expression: Apache-2.0" in headers
     assert f"Version: {__version__}\n" in headers
+
+
+_WITHOUT_EXTRAS = """
+import importlib.abc, sys
+
+class _Missing(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"matplotlib", "nade", "wordfreq", "nbclient", "pytest"}:
+            raise ModuleNotFoundError(f"No module named {name!r}")
+        return None
+
+sys.meta_path.insert(0, _Missing())
+import emovec, emovec.cli
+from emovec import EmotionVectors, steer, train
+bank = EmotionVectors.load(sys.argv[1])
+print(bank.similarity().to_markdown().count("|") > 0)
+try:
+    emovec.cli.main(["--help"])
+except SystemExit as done:
+    print("help", done.code)
+"""
+
+
+def test_the_core_and_the_cli_import_without_the_extras() -> None:
+    """The declared dependencies suffice for ``import emovec`` and ``emovec --help``: the
+    extras' packages (matplotlib, nade, wordfreq...) are imported only where used."""
+    bank = ROOT / "vectors" / "smollm2-135m-instruct.safetensors"
+    done = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_EXTRAS, str(bank)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines()[0] == "True" and "help 0" in done.stdout
