@@ -7,6 +7,7 @@ import dataclasses
 import inspect
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 from emovec._cli_options import _model, _parse_layers, _parse_strength
@@ -21,34 +22,26 @@ _DEFAULTS = {
 }
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _number(
+    convert: Callable[[str], float], accepts: Callable[[float], bool], expected: str
+) -> Callable[[str], Any]:
+    """An argparse type: ``convert(text)`` if ``accepts`` it, else a one-line error."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            value = math.nan
+        if not accepts(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a finite positive number, got {text!r}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"expected a share between 0 and 1, got {text!r}")
-    return value
+_positive_int = _number(int, lambda v: v >= 1, "a positive integer")
+_positive_float = _number(float, lambda v: math.isfinite(v) and v > 0, "a finite positive number")
+_fraction = _number(float, lambda v: 0 < v < 1, "a share between 0 and 1")
 
 
 def add_train_parser(commands: Any) -> None:
