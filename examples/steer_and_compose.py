@@ -1,9 +1,8 @@
 """Steer the embedded SmolLM2-135M-Instruct with the shipped emotion vectors.
 
-Answers two queries three ways, side by side: plain; with joy as the bank was calibrated
-(its vector at the calibrated layers and dose, plus the calibrated prompt and query
-guidance); and with the
-vector arithmetic ``0.7 * joy - 0.3 * fear`` (vectors alone, the prompt untouched).
+Answers two queries three ways, side by side: plain; with joy at α = 1 (the trained vectors
+at their calibrated layers, weights and strength: plain ``steer``, one forward pass per
+token); and with the vector arithmetic ``0.7 * joy - 0.3 * fear``.
 
 Run it from anywhere, offline: ``python examples/steer_and_compose.py``.
 """
@@ -11,7 +10,7 @@ Run it from anywhere, offline: ``python examples/steer_and_compose.py``.
 from __future__ import annotations
 
 from emovec import EmotionVectors, load_model, steer
-from emovec.generation import emotional_answers, generate_answers
+from emovec.generation import generate_answers
 from emovec.prebuilt import prebuilt_path
 
 QUERIES = ["Tell me about your morning.", "Describe the town where you live."]
@@ -42,21 +41,11 @@ def main() -> None:
 
     plain = answer(QUERIES)
 
-    # One emotion at α = 1: the vector at joy's calibrated placement while the block runs,
-    # and the prompt and guidance it was calibrated with (a persona; each next token pushed
-    # toward what the question contributes).
-    joy = {"joy": 1.0}
-    with steer(model, vectors, joy) as steering:
-        joyful = emotional_answers(
-            model,
-            tokenizer,
-            QUERIES,
-            vectors,
-            joy,
-            steering=steering,
-            max_new_tokens=NEW_TOKENS,
-            repetition_penalty=REPETITION_PENALTY,
-        )
+    # One emotion at α = 1: joy's trained vectors at its calibrated placement while the
+    # block runs. (A bank calibrated with a prompt or query guidance, such as Gemma's, also
+    # needs emovec.generation.emotional_answers to apply those.)
+    with steer(model, vectors, joy=1.0):
+        joyful = answer(QUERIES)
 
     # Vector arithmetic: emotions combine per emotion in the bank's units, so this is
     # steer(model, vectors, joy=0.7, fear=-0.3). Negative strengths suppress.

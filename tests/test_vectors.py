@@ -511,9 +511,11 @@ def _shipped_files() -> list[Path]:
 
 @pytest.mark.parametrize("path", _shipped_files(), ids=lambda p: p.name)
 def test_shipped_files_load_and_sit_well_inside_the_ratio_range(path: Path) -> None:
-    """The shipped banks measure 0.0049-0.080: the range leaves three decades each side."""
+    """Where a vector is not zero the shipped banks measure 0.0049-0.15 (trained vectors are
+    zero outside their band): the range leaves three decades each side."""
     bank = EmotionVectors.load(path)
     ratios = torch.stack([bank.vector(e).norm(dim=1) for e in bank]) / bank.hidden_norms
+    ratios = ratios[ratios > 0]
     low, high = DIRECTION_RATIO_RANGE
     assert float(ratios.min()) > 1000 * low and float(ratios.max()) < high / 1000
 
