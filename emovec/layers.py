@@ -23,6 +23,7 @@ __all__ = [
     "find_layers",
     "hidden_size_of",
     "num_layers_of",
+    "training_band",
 ]
 
 
@@ -46,6 +47,14 @@ def default_layer_band(num_layers: int) -> list[int]:
     """
     start = min(num_layers - 1, _half_up(0.4 * num_layers))
     return list(range(start, min(num_layers, start + band_width(num_layers))))
+
+
+def training_band(num_layers: int) -> list[int]:
+    """Layers trained when none are given (:func:`emovec.train`): from a third of the stack,
+    three tenths of it wide (SmolLM2's 30 layers: 10–18). Wider than the band a mean
+    difference is steered at: a trained vector learns how much each layer takes."""
+    start = min(num_layers - 1, _half_up(num_layers / 3))
+    return list(range(start, min(num_layers, start + max(1, _half_up(0.3 * num_layers)))))
 
 
 def context_length(model: nn.Module) -> int | None:

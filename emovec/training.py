@@ -50,7 +50,7 @@ from emovec._texts import _encode, _Item, _Text
 from emovec.datasets import ResponsePair, default_answer_pairs, validate_pairs
 from emovec.extraction import extract
 from emovec.hooks import Steering
-from emovec.layers import context_length, find_layers
+from emovec.layers import context_length, find_layers, training_band
 from emovec.models import forward_parameters, input_device
 from emovec.vectors import EmotionVectors, Placement
 
@@ -61,7 +61,6 @@ __all__ = [
     "Objective",
     "Parameterization",
     "train",
-    "training_band",
 ]
 
 Objective = Literal["lm", "preference", "lm+preference"]
@@ -71,14 +70,6 @@ PARAMETERIZATIONS: tuple[Parameterization, ...] = ("additive", "rank1")
 
 # Fewer triples than this cannot give both a training and a held-out share.
 MIN_TRIPLES = 5
-
-
-def training_band(num_layers: int) -> list[int]:
-    """The layers trained when none are given: from a third of the stack, three tenths of
-    it wide (SmolLM2's 30 layers: 10–18). Wider than the band a mean difference is steered
-    at: a trained vector learns how much each layer takes."""
-    start = min(num_layers - 1, round(num_layers / 3))
-    return list(range(start, min(num_layers, start + max(1, round(0.3 * num_layers)))))
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ from conftest import EMOTION_WORDS, FILLER_WORDS, NEUTRAL_WORDS, build_model, bu
 
 from emovec import EmotionVectors, steer, train
 from emovec.datasets import default_answer_pairs, default_calibration_queries, default_queries
-from emovec.training import MIN_TRIPLES, training_band
+from emovec.layers import training_band
+from emovec.training import MIN_TRIPLES
 
 # Small and quick: every test trains for a handful of steps on tiny models, in float32.
 FAST = {"steps": 12, "batch_size": 4, "eval_every": 3, "learning_rate": 0.3, "precision": None}
@@ -134,6 +135,7 @@ def test_the_default_band_is_a_third_of_the_way_up() -> None:
     assert training_band(30) == list(range(10, 19))
     assert training_band(18) == list(range(6, 11))
     assert training_band(4) == [1]
+    assert training_band(15) == list(range(5, 10))  # half up: 4.5 layers wide is 5
     assert training_band(1) == [0]
 
 
