@@ -31,7 +31,12 @@ def main() -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--objective", default="lm")
-    parser.add_argument("--probe-steps", type=int, default=6, help="steps of the dtype probe")
+    parser.add_argument(
+        "--probe-steps",
+        type=int,
+        default=20,
+        help="steps of the dtype probe (each run also reads the hidden norms once)",
+    )
     args = parser.parse_args()
     model, tokenizer = load_model(args.model)
     triples = default_answer_pairs()

@@ -17,10 +17,13 @@ echo '*' > .venv-oldest/.gitignore
 OWN="$(purelib .venv-oldest/bin/python)"
 # addsitedir (not a bare path) also runs .venv's own .pth files (the editable emovec).
 echo "import site; site.addsitedir('$(purelib .venv/bin/python)')" > "$OWN/_emovec_main_venv.pth"
-# .venv's newer releases stay there, shadowed by these. (The grep hides this machine's noisy
-# local-index warnings; pip's own exit status still counts.)
+# .venv's newer releases stay there, shadowed by these. The newest transformers brings
+# `kernels`, whose releases from 0.11 on need a huggingface_hub newer than the oldest
+# transformers admits, and which that transformers imports wherever it finds it: shadow it by
+# a release that works with the older hub. (The grep hides this machine's noisy local-index
+# warnings; pip's own exit status still counts.)
 .venv-oldest/bin/python -m pip --disable-pip-version-check -q install "transformers==$OLDEST" \
-    2>&1 | { grep -v '^WARNING: Location' || true; }
+    'kernels<0.11' 2>&1 | { grep -v '^WARNING: Location' || true; }
 .venv-oldest/bin/python - "$OLDEST" <<'EOF'
 import sys
 
