@@ -303,7 +303,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("emovec: interrupted", file=sys.stderr)
         return 130
+    finally:
+        _end_process_group()
     return 0
+
+
+def _end_process_group() -> None:
+    """Leave the process group ``accelerate launch`` / ``torchrun`` started, if any: a
+    process exiting with gloo's threads still up can abort ("terminate called without an
+    active exception")."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
