@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from emovec._doses import _layer_index
 from emovec._reading import _all_reduce, _distributed
 from emovec._texts import _encode, _Item, _Text
 from emovec.datasets import ResponsePair, default_answer_pairs, validate_pairs
@@ -139,17 +140,19 @@ def train(
         training and held-out loss.
 
     Raises:
-        ValueError: for bad options, or triples that are too few, empty, duplicated or not
-            three strings.
+        ValueError: for bad options (a layer out of range included), or triples that are
+            too few, empty, duplicated or not three strings.
+        TypeError: for layers that are not integers.
     """
-    _check_options(objective, parameterization, steps, batch_size, learning_rate, beta)
-    _check_fraction(held_out, eval_every)
+    _check_options(
+        objective, parameterization, steps, batch_size, eval_every, learning_rate, beta, held_out
+    )
     checked = _checked_triples(triples, emotions)
     found = find_layers(model, blocks)
     band = (
         training_band(len(found))
         if layers is None
-        else sorted({_layer(i, len(found)) for i in layers})
+        else sorted({_layer_index(i, len(found)) for i in layers})
     )
     # The hidden norms are read as extraction reads them (neutral answers, content tokens):
     # the yardstick of relative steering and of the learning rate.
@@ -233,8 +236,10 @@ def _check_options(
     parameterization: str,
     steps: int,
     batch_size: int,
+    eval_every: int,
     learning_rate: float,
     beta: float,
+    held_out: float,
 ) -> None:
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, not {objective!r}.")
@@ -242,7 +247,7 @@ def _check_options(
         raise ValueError(
             f"parameterization must be one of {PARAMETERIZATIONS}, not {parameterization!r}."
         )
-    for name, count in (("steps", steps), ("batch_size", batch_size)):
+    for name, count in (("steps", steps), ("batch_size", batch_size), ("eval_every", eval_every)):
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise ValueError(f"{name} must be a positive integer, not {count!r}.")
     for name, value in (("learning_rate", learning_rate), ("beta", beta)):
@@ -250,24 +255,10 @@ def _check_options(
             raise ValueError(f"{name} must be a number, not {value!r}.")
         if not (math.isfinite(value) and value > 0):
             raise ValueError(f"{name} must be finite and positive, not {value}.")
-
-
-def _check_fraction(held_out: float, eval_every: int) -> None:
     if isinstance(held_out, bool) or not isinstance(held_out, (int, float)):
         raise ValueError(f"held_out must be a number, not {held_out!r}.")
     if not 0 < held_out < 1:
         raise ValueError(f"held_out must lie strictly between 0 and 1, not {held_out}.")
-    if isinstance(eval_every, bool) or not isinstance(eval_every, int) or eval_every < 1:
-        raise ValueError(f"eval_every must be a positive integer, not {eval_every!r}.")
-
-
-def _layer(index: object, num_layers: int) -> int:
-    if isinstance(index, bool) or not isinstance(index, int):
-        raise ValueError(f"layers must be integers, not {index!r}.")
-    resolved = index + num_layers if index < 0 else index
-    if not 0 <= resolved < num_layers:
-        raise ValueError(f"Layer {index} is out of range for {num_layers} layers.")
-    return resolved
 
 
 def _checked_triples(

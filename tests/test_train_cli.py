@@ -121,7 +121,10 @@ def test_layers_the_model_lacks_are_refused_after_loading_it(
         "--layers", "7-9", "--out", out,
     )  # fmt: skip
     errors = [line for line in err.splitlines() if "error" in line]
-    assert code == 2 and errors == ["emovec: error: Layer 7 is out of range for 4 layers."]
+    assert code == 2 and errors == [
+        "emovec: error: Layer 7 is out of range for 4 layers (0..3; negative indices count "
+        "from the end)."
+    ]
     assert not out.exists()
 
 
