@@ -185,18 +185,31 @@ def _headline(report: EvaluationReport, alphas: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+def _own_bank(path: str | None, option: str, purpose: str) -> str:
+    """The user's vector file a command writes to: given, and not one shipped with emovec
+    (in a wheel install those lie inside site-packages; they are never overwritten)."""
+    from emovec.prebuilt import is_shipped
+
+    if path is None:
+        raise ValueError(f"No vector file to {purpose}; pass {option} FILE.")
+    if is_shipped(path):
+        raise ValueError(
+            f"{path} is a bank shipped with emovec and is never overwritten; pass {option} "
+            "with a file of your own (a copy of it, to start from it)."
+        )
+    return path
+
+
 def _evaluate(args: argparse.Namespace) -> None:
     from emovec.evaluation import recommend_alpha
-    from emovec.prebuilt import prebuilt_path
 
-    # Where the results go must be writable before the long work, not after it.
+    # Where the results go must be writable, and the queries readable, before the long work.
     out = _report_folder(args.out or f"out/eval-{args.model or DEFAULT_MODEL}".replace("/", "--"))
     target = None
     if args.store_recommendation:
-        target = args.vectors or prebuilt_path(args.model or DEFAULT_MODEL)
-        if target is None:
-            raise ValueError("No vector file to store the recommendation in; pass --vectors.")
+        target = _own_bank(args.vectors, "--vectors", "store the recommendation in")
         check_writable(target)
+    queries = _queries(args.queries)
     model, tokenizer, vectors = _load(args)
     report = evaluate(
         model,
@@ -204,7 +217,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         vectors,
         emotions=args.emotions,
         alphas=args.alphas,
-        queries=_queries(args.queries),
+        queries=queries,
         scorer=args.scorer,
         batch_size=args.batch_size,
         prompt_baseline=args.prompt_baseline,
@@ -236,11 +249,8 @@ def _calibrate(args: argparse.Namespace) -> None:
     from dataclasses import replace
 
     from emovec.evaluation.calibration import calibrate
-    from emovec.prebuilt import prebuilt_path
 
-    target = args.out or args.vectors or prebuilt_path(args.model or DEFAULT_MODEL)
-    if target is None:
-        raise ValueError("No vector file to write the placements to; pass --out.")
+    target = _own_bank(args.out or args.vectors, "--out", "write the placements to")
     check_writable(target)  # before the long search, not after it
     if args.report:
         check_writable(Path(args.report) / "calibration.md")

@@ -4,11 +4,13 @@ reports on disk."""
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
@@ -34,6 +36,28 @@ DEMO_PROMPTS = (
     "What do you think of the new shopping centre in town?",
     "Describe the weather today.",
 )
+
+
+def _number(
+    convert: Callable[[str], float], accepts: Callable[[float], bool], expected: str
+) -> Callable[[str], Any]:
+    """An argparse type: ``convert(text)`` if ``accepts`` it, else a one-line error."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            value = math.nan
+        if not accepts(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
+
+
+_positive_int = _number(int, lambda v: v >= 1, "a positive integer")
+_positive_float = _number(float, lambda v: math.isfinite(v) and v > 0, "a finite positive number")
+_fraction = _number(float, lambda v: 0 < v < 1, "a share between 0 and 1")
 
 
 def _parse_strength(text: str) -> tuple[str, float]:
@@ -105,7 +129,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scale", choices=["relative", "raw"], default="relative")
     parser.add_argument(
         "--max-new-tokens",
-        type=int,
+        type=_positive_int,
         default=_DECODING.max_new_tokens,
         help="default: %(default)s",
     )
@@ -162,6 +186,8 @@ def _queries(spec: str | None) -> list[str]:
     if spec is None:
         return default_queries()
     if spec.isdigit():
+        if int(spec) < 1:
+            raise ValueError(f"--queries {spec}: give a positive number of queries or a file.")
         return default_queries()[: int(spec)]
     return read_queries(spec)
 

@@ -13,7 +13,7 @@ import operator
 import statistics
 import warnings
 from collections.abc import Mapping, Sequence
-from numbers import Real
+from numbers import Integral, Real
 from typing import Any, Literal
 
 import torch
@@ -54,6 +54,15 @@ def number(value: object, what: str, hint: str = "") -> float:
     if not math.isfinite(result):
         raise DoseError(f"{what} must be finite, not {result}.")
     return result
+
+
+def count(value: object, what: str) -> int:
+    """``value`` as a positive integer (a batch size, a number of steps or queries); a
+    bool, float or anything below 1 is refused: ``range(0, n, 0)`` fails obscurely and a
+    negative size silently does nothing."""
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+        raise ValueError(f"{what} must be a positive integer, not {value!r}.")
+    return int(value)
 
 
 def checked_strengths(given: Mapping[Any, Any], what: str = "strength") -> dict[str, float]:

@@ -5,12 +5,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
-import math
 import time
-from collections.abc import Callable
 from typing import Any
 
-from emovec._cli_options import _model, _parse_layers, _parse_strength
+from emovec._cli_options import (
+    _fraction,
+    _model,
+    _parse_layers,
+    _parse_strength,
+    _positive_float,
+    _positive_int,
+)
 from emovec.datasets import BASIC_EMOTIONS, ResponsePair, read_pairs
 from emovec.models import DEFAULT_MODEL
 from emovec.training import OBJECTIVES, PARAMETERIZATIONS, train
@@ -20,28 +25,6 @@ _DEFAULTS = {
     for name, parameter in inspect.signature(train).parameters.items()
     if parameter.default is not inspect.Parameter.empty
 }
-
-
-def _number(
-    convert: Callable[[str], float], accepts: Callable[[float], bool], expected: str
-) -> Callable[[str], Any]:
-    """An argparse type: ``convert(text)`` if ``accepts`` it, else a one-line error."""
-
-    def parse(text: str) -> Any:
-        try:
-            value = convert(text)
-        except ValueError:
-            value = math.nan
-        if not accepts(value):
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
-        return value
-
-    return parse
-
-
-_positive_int = _number(int, lambda v: v >= 1, "a positive integer")
-_positive_float = _number(float, lambda v: math.isfinite(v) and v > 0, "a finite positive number")
-_fraction = _number(float, lambda v: 0 < v < 1, "a share between 0 and 1")
 
 
 def add_train_parser(commands: Any) -> None:

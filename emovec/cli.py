@@ -28,6 +28,7 @@ from emovec._cli_options import (
     _parse_layers,
     _parse_query_guidance,
     _parse_strength,
+    _positive_int,
 )
 from emovec._train_cli import add_train_parser
 from emovec.evaluation import evaluate
@@ -89,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument(
         "--batch-size",
-        type=int,
+        type=_positive_int,
         default=evaluating["batch_size"].default,
         help="rows per generate call (default: %(default)s)",
     )
@@ -169,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ext.add_argument(
         "--batch-size",
-        type=int,
+        type=_positive_int,
         default=extraction.DEFAULT_BATCH_SIZE,
         help="texts per forward pass (default: %(default)s)",
     )
@@ -204,7 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cal.add_argument("--model", help=f"model id or path (default: {DEFAULT_MODEL})")
     cal.add_argument("--vectors", help="vector file (default: the prebuilt one for the model)")
-    cal.add_argument("--out", help="where to write the calibrated file (default: --vectors)")
+    cal.add_argument(
+        "--out", help="where to write the calibrated file (default: --vectors, unless shipped)"
+    )
     cal.add_argument("--emotions", nargs="+")
     cal.add_argument(
         "--bands", type=_parse_layers, nargs="+", help="candidate bands, e.g. 8-12 12-16"
@@ -239,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cal.add_argument(
         "--queries",
-        type=int,
+        type=_positive_int,
         default=DEFAULT_NUM_QUERIES,
         help="calibration queries to answer (default: %(default)s)",
     )
@@ -254,7 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
         "wins (default: %(default)s)",
     )
     cal.add_argument("--success-margin", type=float, help=argparse.SUPPRESS)  # deprecated
-    cal.add_argument("--max-new-tokens", type=int, default=DEFAULT_DECODING.max_new_tokens)
+    cal.add_argument(
+        "--max-new-tokens", type=_positive_int, default=DEFAULT_DECODING.max_new_tokens
+    )
     cal.add_argument(
         "--repetition-penalty",
         type=float,
@@ -263,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cal.add_argument(
         "--batch-size",
-        type=int,
+        type=_positive_int,
         default=DEFAULT_BATCH_SIZE,
         help="rows per generate call (default: %(default)s)",
     )

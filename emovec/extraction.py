@@ -20,6 +20,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from emovec._doses import count
 from emovec._reading import Reading, Template, _pairs_to_read, _read
 from emovec.estimators import ESTIMATORS, estimate
 from emovec.layers import default_layer_band
@@ -92,8 +93,7 @@ def _check_options(
             "template='chat' needs a tokenizer with a chat template; this one has "
             "none, so use template='plain'."
         )
-    if batch_size < 1:
-        raise ValueError("batch_size must be at least 1.")
+    count(batch_size, "batch_size")
 
 
 def _blocks(blocks: _Blocks, layers: _Blocks, caller: str) -> _Blocks:

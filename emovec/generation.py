@@ -6,13 +6,13 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from numbers import Integral
 from typing import Any
 
 import torch
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from emovec._doses import count
 from emovec._prompts import persona_for, query_free_turn, query_guidance_for, with_instructions
 from emovec.guidance import PlainGuidance, QueryGuidance, repetition_penalty_of
 from emovec.hooks import Steering
@@ -56,11 +56,7 @@ class Decoding:
     repetition_penalty: float = 1.0
 
     def __post_init__(self) -> None:
-        count = self.max_new_tokens
-        if isinstance(count, bool) or not (isinstance(count, Integral) and count >= 1):
-            raise ValueError(
-                f"max_new_tokens must be a whole number >= 1, not {self.max_new_tokens}."
-            )
+        count(self.max_new_tokens, "max_new_tokens")
         repetition_penalty_of(self.repetition_penalty)
         if self.do_sample and not (math.isfinite(self.temperature) and self.temperature > 0):
             raise ValueError(f"temperature must be positive to sample, not {self.temperature}.")
@@ -282,6 +278,7 @@ def generate_answers(
     turn without the question (e.g. just the instruction that was appended to it; default:
     empty).
     """
+    count(batch_size, "batch_size")
     if guidance is not None and steering is None:
         raise ValueError("guidance needs the applied steering: pass steering=.")
     if guidance is not None and query_guidance is not None:

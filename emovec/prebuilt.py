@@ -25,6 +25,12 @@ def _shipped_dir() -> Path:
     return Path(str(resources.files("emovec") / "data" / "vectors"))
 
 
+def is_shipped(path: str | Path) -> bool:
+    """Whether ``path`` is (or links to) a file shipped with the package: never to be
+    overwritten (in a wheel install it lies inside site-packages)."""
+    return Path(path).resolve().is_relative_to(_shipped_dir().resolve())
+
+
 def _file_name(model_name: str) -> str:
     """A file name unique to the model: hub ids flattened, local paths keyed by location."""
     local = Path(model_name).expanduser()

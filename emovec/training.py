@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from emovec._doses import _layer_index
+from emovec._doses import _layer_index, count
 from emovec._reading import _all_reduce, _distributed
 from emovec._texts import _encode, _Item, _Text
 from emovec.datasets import ResponsePair, default_answer_pairs, validate_pairs
@@ -247,9 +247,8 @@ def _check_options(
         raise ValueError(
             f"parameterization must be one of {PARAMETERIZATIONS}, not {parameterization!r}."
         )
-    for name, count in (("steps", steps), ("batch_size", batch_size), ("eval_every", eval_every)):
-        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-            raise ValueError(f"{name} must be a positive integer, not {count!r}.")
+    for name, number in (("steps", steps), ("batch_size", batch_size), ("eval_every", eval_every)):
+        count(number, name)
     for name, value in (("learning_rate", learning_rate), ("beta", beta)):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"{name} must be a number, not {value!r}.")

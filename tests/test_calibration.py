@@ -621,6 +621,18 @@ def test_bad_target_success_is_rejected(setup: tuple, target: float) -> None:
         calibrate(model, tokenizer, bank, target_success=target, queries=QUERIES, progress=False)
 
 
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("batch_size", -1), ("batch_size", 0), ("batch_size", 2.0), ("num_queries", -1)],
+)
+def test_counts_below_one_are_refused(setup: tuple, option: str, value: object) -> None:
+    """A batch size of -1 generated nothing and chose nothing (the recipe was then deleted
+    from the file); -1 queries silently dropped the last one."""
+    model, tokenizer, bank = setup
+    with pytest.raises(ValueError, match=f"{option} must be a positive integer"):
+        calibrate(model, tokenizer, bank, progress=False, **{option: value})
+
+
 def test_success_margin_is_deprecated(setup: tuple) -> None:
     """The old margin warns (and is ignored) before anything is generated."""
     model, tokenizer, bank = setup

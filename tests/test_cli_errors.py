@@ -142,6 +142,67 @@ def test_unwritable_outputs_fail_before_the_long_work(
     assert str(unwritable) in _one_error_line(err)
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["calibrate", "--out", "{tmp}/v.safetensors", "--batch-size", "-1"],
+        ["calibrate", "--out", "{tmp}/v.safetensors", "--batch-size", "0"],
+        ["calibrate", "--out", "{tmp}/v.safetensors", "--queries", "-1"],
+        ["calibrate", "--out", "{tmp}/v.safetensors", "--max-new-tokens", "0"],
+        ["eval", "--out", "{tmp}/r", "--batch-size", "-1"],
+        ["eval", "--out", "{tmp}/r", "--queries", "0"],
+        ["generate", "hi", "--max-new-tokens", "-3"],
+        ["extract", "--out", "{tmp}/v.safetensors", "--batch-size", "0"],
+        ["train", "--out", "{tmp}/v.safetensors", "--steps", "0"],
+        ["decode", "--top", "0"],
+        ["stimuli", "--draws", "-2"],
+    ],
+)
+def test_counts_below_one_are_refused_before_the_model_loads(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, no_model: None, argv: list[str]
+) -> None:
+    """A batch size of -1 once generated nothing and deleted a calibrated recipe (exit 0);
+    every count of every command is a positive integer, refused by the parser (its usage,
+    then one error line, status 2) or, for a number of queries that may be a file, by
+    ``main`` (one line)."""
+    capsys.readouterr()
+    try:
+        code = main([a.format(tmp=tmp_path) for a in argv])
+    except SystemExit as exited:
+        code = exited.code
+    out, err = capsys.readouterr()
+    assert (code, out) == (2, "")
+    [line] = [line for line in err.splitlines() if "error:" in line]
+    assert "positive" in line and err.rstrip().endswith(line)
+    assert not (tmp_path / "v.safetensors").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "option"),
+    [
+        (["calibrate"], "--out"),
+        (["calibrate", "--vectors", str(SHIPPED_BANK)], "--out"),
+        (["eval", "--store-recommendation"], "--vectors"),
+        (["eval", "--store-recommendation", "--vectors", str(SHIPPED_BANK)], "--vectors"),
+    ],
+)
+def test_the_shipped_bank_is_never_written(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    no_model: None,
+    argv: list[str],
+    option: str,
+) -> None:
+    """Without --out, calibrate once rewrote the package's own bank (in a wheel install:
+    inside site-packages), and so did eval --store-recommendation without --vectors; both
+    now need a file of the user's to write to."""
+    before = SHIPPED_BANK.read_bytes()
+    code, out, err = run(capsys, *argv, *(["--out", tmp_path / "r"] if "eval" in argv else []))
+    assert (code, out) == (2, "")
+    assert option in _one_error_line(err)
+    assert SHIPPED_BANK.read_bytes() == before
+
+
 # --- inputs a decoder-only model refuses ----------------------------------------------------
 
 

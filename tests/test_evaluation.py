@@ -159,6 +159,16 @@ def test_outputs_json_markdown_and_plot(report: EvaluationReport, tmp_path: Path
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
 
 
+@pytest.mark.parametrize("batch_size", [-1, 0, True])
+def test_a_batch_size_below_one_is_refused(setup: tuple, batch_size: object) -> None:
+    """-1 once gave a report of no answers that recommended α 0; 0 an obscure range()."""
+    model, tokenizer, bank = setup
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        evaluate(model, tokenizer, bank, queries=QUERIES, batch_size=batch_size, progress=False)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        generate_answers(model, tokenizer, QUERIES, batch_size=batch_size)
+
+
 def test_unknown_emotion_and_empty_queries_are_rejected(
     setup: tuple, scorer: NadeScorer, embedder: SentenceEmbedder
 ) -> None:

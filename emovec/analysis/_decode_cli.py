@@ -38,6 +38,8 @@ def _layer_list(text: str) -> list[int]:
 def add_decode_parser(commands: Any) -> argparse.ArgumentParser:
     """Add ``decode`` to ``commands`` (what ``parser.add_subparsers()`` returns); the
     parser's ``run`` default is :func:`main_decode`."""
+    from emovec._cli_options import _positive_int  # the command line's, built on top
+
     parser: argparse.ArgumentParser = commands.add_parser(
         "decode",
         help="top tokens of each emotion vector per layer (logit lens)",
@@ -52,7 +54,9 @@ def add_decode_parser(commands: Any) -> argparse.ArgumentParser:
         help="a text file, one stimulus per line: decode their mean representation instead",
     )
     parser.add_argument("--layers", type=_layer_list, help="e.g. 8,14,20 or 10-19 (default: all)")
-    parser.add_argument("-k", "--top", type=int, default=10, help="tokens per layer (%(default)s)")
+    parser.add_argument(
+        "-k", "--top", type=_positive_int, default=10, help="tokens per layer (%(default)s)"
+    )
     parser.add_argument(
         "--no-norm", action="store_true", help="read through the LM head alone, without the norm"
     )

@@ -203,11 +203,15 @@ def add_stimuli_parser(
     subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
 ) -> argparse.ArgumentParser:
     """Add the ``stimuli`` command (runs :func:`main_stimuli`) to a CLI's subcommands."""
+    from emovec._cli_options import _positive_int  # the command line's, built on top
+
     parser = subparsers.add_parser(
         "stimuli", help="score the task set with emotional stimuli, prompted and steered"
     )
     parser.add_argument("--model", help="model id or path (default: the embedded model)")
-    parser.add_argument("--per-task", type=int, default=20, help="items per task (default 20)")
+    parser.add_argument(
+        "--per-task", type=_positive_int, default=20, help="items per task (default 20)"
+    )
     parser.add_argument(
         "--stimuli",
         nargs="*",
@@ -218,15 +222,17 @@ def add_stimuli_parser(
         "--steer", nargs="*", default=["EP02"], help="stimuli steered as vectors (default EP02)"
     )
     parser.add_argument("--temperatures", nargs="*", type=float, default=[0.7, 1.0])
-    parser.add_argument("--draws", type=int, default=5, help="samples per item and temperature")
+    parser.add_argument(
+        "--draws", type=_positive_int, default=5, help="samples per item and temperature"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--strength", type=float, default=1.0, help="α of the steered vectors")
     parser.add_argument(
         "--vector-prompts",
-        type=int,
+        type=_positive_int,
         help="how many shipped extraction queries the vectors average over (default all)",
     )
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=_positive_int, default=8)
     parser.add_argument("--out", default="stimuli-report", help="report folder")
     parser.set_defaults(run=main_stimuli)
     return parser

@@ -34,6 +34,7 @@ from typing import get_args
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from emovec._doses import count
 from emovec._placement import check_guided_steering, query_guidance_of
 from emovec.datasets import default_calibration_queries
 from emovec.evaluation.choice import DEFAULT_TARGET_SUCCESS
@@ -187,6 +188,8 @@ def calibrate(
     """
     _deprecated_margin(success_margin)
     _check_target(target_success)
+    count(batch_size, "batch_size")
+    count(num_queries, "num_queries")
     if not doses or any(not (math.isfinite(d) and d > 0) for d in doses):
         raise ValueError(f"doses must be finite and positive, not {list(doses)}.")
     tried = _switches(instructions, "instructions")

@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from emovec._doses import count
 from emovec.datasets import default_queries
 from emovec.evaluation.metrics import distinct_n, is_degenerate, lexicon_intensity, perplexity
 from emovec.evaluation.recipes import (
@@ -206,6 +207,7 @@ def evaluate(
         The report: every answer with its scores; ``summary()``, ``to_markdown()``,
         ``to_json()``, ``plot()``, ``plot_front()``.
     """
+    count(batch_size, "batch_size")
     scorer = load_scorer(scorer)
     wanted = (
         list(emotions)
