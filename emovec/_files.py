@@ -1,16 +1,53 @@
-"""Writing files so that they appear whole or not at all, and checking beforehand that they
-can be written."""
+"""Writing files so that they appear whole or not at all, checking beforehand that they can
+be written, and reading the user's text files within a bound."""
 
 from __future__ import annotations
 
 import errno
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["NotWritableError", "atomic_path", "check_writable", "write_text"]
+__all__ = [
+    "MAX_TEXT_BYTES",
+    "NotWritableError",
+    "atomic_path",
+    "check_writable",
+    "read_text",
+    "write_text",
+]
+
+# The largest text file (queries, pairs, triples, stimuli, reports) read: far above any real
+# one (a sweep's report of 120 queries × 20 conditions is ~3 MB), far below the memory.
+MAX_TEXT_BYTES = 256 * 2**20
+
+
+def read_text(path: str | Path, what: str, limit: int = MAX_TEXT_BYTES) -> str:
+    """The UTF-8 text of ``path``, a regular file of at most ``limit`` bytes.
+
+    A FIFO, a device such as ``/dev/zero`` or a huge file is refused before a byte is read:
+    reading them whole blocked forever or filled the memory, deaf to Ctrl-C.
+
+    Raises:
+        ValueError: If ``path`` is not a regular file, is larger than ``limit`` or is not
+            UTF-8 (``UnicodeDecodeError`` is a ``ValueError``).
+        OSError: If it cannot be read (``FileNotFoundError`` where it does not exist).
+    """
+    path = Path(path)
+    mode = path.stat().st_mode  # stat, not open: opening a FIFO blocks until a writer comes
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"{path} is not a regular file; give {what} as a file.")
+    with path.open("rb") as handle:
+        data = handle.read(limit + 1)  # a file growing while read is still bounded
+    if len(data) > limit:
+        raise ValueError(
+            f"{path} is larger than {limit // 2**20} MiB, more than {what} can be; "
+            "give a smaller file."
+        )
+    return data.decode("utf-8")
 
 
 @contextmanager

@@ -20,6 +20,8 @@ from importlib import resources
 from pathlib import Path
 from typing import NamedTuple
 
+from emovec._files import read_text
+
 __all__ = [
     "BASIC_EMOTIONS",
     "Pairs",
@@ -138,7 +140,7 @@ def read_pairs(path: str | Path) -> list[Pair]:
     Records with a ``query`` field (or column) become :class:`ResponsePair` items.
     """
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, "pairs")
     if path.suffix == ".csv":
         records: list[object] = list(csv.DictReader(io.StringIO(text, newline="")))
     elif path.suffix == ".json":
@@ -233,7 +235,7 @@ def read_queries(path: str | Path) -> list[str]:
         ValueError: when the file holds no queries.
     """
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, "queries")
     if path.suffix == ".json":
         queries = [str(q) for q in json.loads(text)]
     elif path.suffix == ".jsonl":

@@ -4,6 +4,7 @@ work), and its decoding options default to the library's, as the vectors were ca
 from __future__ import annotations
 
 import json
+import os
 from inspect import signature
 from pathlib import Path
 from typing import Any
@@ -175,6 +176,33 @@ def test_counts_below_one_are_refused_before_the_model_loads(
     [line] = [line for line in err.splitlines() if "error:" in line]
     assert "positive" in line and err.rstrip().endswith(line)
     assert not (tmp_path / "v.safetensors").exists()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["rescore", "{source}", "--out", "{tmp}/r"],
+        ["eval", "--queries", "{source}", "--out", "{tmp}/r"],
+        ["extract", "--pairs", "joy={source}", "--out", "{tmp}/v.safetensors"],
+        ["train", "--triples", "joy={source}", "--out", "{tmp}/v.safetensors"],
+    ],
+)
+@pytest.mark.parametrize("source", ["/dev/zero", "fifo"])
+def test_a_device_or_a_fifo_as_input_is_one_line(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    no_model: None,
+    argv: list[str],
+    source: str,
+) -> None:
+    """Read whole, /dev/zero filled the memory (2.4 GB in 5 s, Ctrl-C ignored) and a FIFO
+    blocked forever: both are refused before a byte is read (and before the model)."""
+    if source == "fifo":
+        source = str(tmp_path / "pipe")
+        os.mkfifo(source)
+    code, out, err = run(capsys, *[a.format(source=source, tmp=tmp_path) for a in argv])
+    assert (code, out) == (2, "")
+    assert "not a regular file" in _one_error_line(err)
 
 
 @pytest.mark.parametrize(

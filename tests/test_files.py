@@ -1,5 +1,5 @@
-"""Tests for emovec._files: files appear whole or not at all, and an unwritable destination
-is found before the work that would fill it."""
+"""Tests for emovec._files: files appear whole or not at all, an unwritable destination is
+found before the work that would fill it, and a text file is read within a bound."""
 
 from __future__ import annotations
 
@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from emovec._files import NotWritableError, atomic_path, check_writable, write_text
+from emovec._files import (
+    NotWritableError,
+    atomic_path,
+    check_writable,
+    read_text,
+    write_text,
+)
 
 
 def test_write_text_creates_the_folder_and_replaces_the_file(tmp_path: Path) -> None:
@@ -104,3 +110,34 @@ def test_not_writable_error_survives_pickling(tmp_path: Path) -> None:
         caught.value.filename,
         caught.value.errno,
     )
+
+
+def test_read_text_reads_a_regular_utf8_file(tmp_path: Path) -> None:
+    path = tmp_path / "queries.txt"
+    path.write_text("Wie geht's?\n", encoding="utf-8")
+    assert read_text(path, "queries") == "Wie geht's?\n"
+    assert read_text(path, "queries", limit=len(b"Wie geht's?\n")) == "Wie geht's?\n"
+
+
+def test_read_text_refuses_a_device_and_a_fifo_at_once(tmp_path: Path) -> None:
+    """/dev/zero filled 2.4 GB in 5 s and a FIFO blocked forever, deaf to Ctrl-C."""
+    with pytest.raises(ValueError, match="not a regular file; give queries as a file"):
+        read_text("/dev/zero", "queries")
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)  # no writer ever comes: opening it would block
+    with pytest.raises(ValueError, match="not a regular file"):
+        read_text(fifo, "pairs")
+
+
+def test_read_text_refuses_a_file_over_the_limit_and_bytes_that_are_not_utf8(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "big.jsonl"
+    path.write_bytes(b"x" * 2049)
+    with pytest.raises(ValueError, match="larger than"):
+        read_text(path, "pairs", limit=2048)
+    path.write_bytes(b"caf\xe9 \xff\xfe")
+    with pytest.raises(UnicodeDecodeError):
+        read_text(path, "pairs")
+    with pytest.raises(FileNotFoundError):
+        read_text(tmp_path / "missing.txt", "queries")

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from emovec._files import check_writable, write_text
+from emovec._files import check_writable, read_text, write_text
 
 if TYPE_CHECKING:  # the command's modules load when it runs, not when the parser is built
     from emovec.analysis.decode import Decoding
@@ -68,7 +68,7 @@ def add_decode_parser(commands: Any) -> argparse.ArgumentParser:
 
 
 def _stimuli(path: str) -> list[str]:
-    texts = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()]
+    texts = [line.strip() for line in read_text(path, "stimuli").splitlines()]
     texts = [t for t in texts if t]
     if not texts:
         raise ValueError(f"{path} holds no stimuli (one text per line).")

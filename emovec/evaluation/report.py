@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from emovec._files import write_text
+from emovec._files import read_text, write_text
 from emovec.evaluation.plots import FrontPoint
 from emovec.evaluation.records import (
     _METRICS,
@@ -238,7 +238,7 @@ class EvaluationReport:
             ValueError: If the file is not such a report.
         """
         try:
-            payload = json.loads(Path(path).read_text(encoding="utf-8"))
+            payload = json.loads(read_text(path, "an evaluation report"))
             records = _with_retention(list(payload["records"]))
             return cls(records, settings=dict(payload.get("settings", {})))
         except (ValueError, KeyError, TypeError, AttributeError) as err:
