@@ -65,6 +65,10 @@ _REQUIRED = (
 _OPTIONAL = ("placements", _HASH)
 _PLACEMENT_TEXT = ("instruction", "persona", "positions")
 _COUNT = re.compile(r"[1-9][0-9]*")
+# Far above any model's (the largest open ones: 126 layers, hidden 16,384), far below what a
+# forged header can declare: a file declaring hidden size 500,000,000 (8 KB on disk, sparse)
+# was read into 6 GB before this bound.
+_MAX_COUNT = {"num_layers": 2**12, "hidden_size": 2**17}
 _HEX = re.compile(r"[0-9a-f]{64}")
 _AGAIN = "Save or download the file again (or extract the vectors again)."
 # Anything the safetensors reader or torch raises on a malformed file.
@@ -204,6 +208,12 @@ def _count(path: Path, metadata: Mapping[str, str], key: str) -> int:
     text = metadata[key]
     if not _COUNT.fullmatch(text):
         raise VectorFileError(path, f"its {key!r} is {text[:80]!r}, not a positive integer.")
+    if len(text) > 12 or int(text) > _MAX_COUNT[key]:
+        raise VectorFileError(
+            path,
+            f"its {key!r} is {text[:80]}, more than any model has (at most {_MAX_COUNT[key]:,}).",
+            "It was forged or damaged: " + _AGAIN[0].lower() + _AGAIN[1:],
+        )
     return int(text)
 
 

@@ -149,6 +149,33 @@ def test_loading_a_foreign_safetensors_file(tmp_path: Path) -> None:
         EmotionVectors.load(foreign)
 
 
+@pytest.mark.parametrize(("key", "value"), [("hidden_size", 500_000_000), ("num_layers", 10**6)])
+def test_a_header_declaring_a_huge_tensor_is_refused_before_reading_it(
+    tmp_path: Path, key: str, value: int
+) -> None:
+    """A forged header (hidden size 500,000,000, a sparse file of 8 KB on disk) once loaded
+    as a bank in 15 s at 6 GB; the declared sizes are now bounded before any tensor is read."""
+    path = _full_bank().save(tmp_path / "bank.safetensors")
+    data = path.read_bytes()
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    header["__metadata__"][key] = str(value)
+    shape = [value, H] if key == "num_layers" else [L, value]
+    end = 0
+    for name in sorted(n for n in header if n != "__metadata__"):
+        dims = [L] if name == "hidden_norms" else shape
+        count = dims[0] * (dims[1] if len(dims) > 1 else 1)
+        header[name] = {"dtype": "F32", "shape": dims, "data_offsets": [end, end + 4 * count]}
+        end += 4 * count
+    forged = json.dumps(header).encode()
+    forged += b" " * (-len(forged) % 8)
+    with path.open("wb") as handle:
+        handle.write(len(forged).to_bytes(8, "little") + forged)
+        handle.truncate(8 + len(forged) + end)  # sparse: nothing is written
+    with pytest.raises(VectorFileError, match=f"its '{key}' is {value}, more than any model"):
+        EmotionVectors.load(path)
+
+
 def test_loading_an_incomplete_emovec_file(tmp_path: Path) -> None:
     path = tmp_path / "incomplete.safetensors"
     metadata = {
