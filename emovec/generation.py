@@ -16,6 +16,7 @@ from emovec._doses import count
 from emovec._prompts import persona_for, query_free_turn, query_guidance_for, with_instructions
 from emovec.guidance import PlainGuidance, QueryGuidance, repetition_penalty_of
 from emovec.hooks import Steering
+from emovec.layers import context_length
 from emovec.models import input_device
 from emovec.offensive import clean_generation_kwargs
 from emovec.vectors import EmotionVectors
@@ -116,6 +117,20 @@ def _bos_prefix(tokenizer: PreTrainedTokenizerBase) -> str:
     return str(bos) if ids[:1] == [bos_id] else ""
 
 
+def _query_list(queries: Sequence[str]) -> list[str]:
+    """``queries`` as a list of texts; one string is refused (it would be answered character
+    by character)."""
+    if isinstance(queries, str):
+        raise TypeError(
+            f"queries must be a list of texts, not one string: pass [{queries[:40]!r}]."
+        )
+    queries = list(queries)
+    wrong = [q for q in queries if not isinstance(q, str)]
+    if wrong:
+        raise TypeError(f"queries must be texts, not {wrong[0]!r} ({type(wrong[0]).__name__}).")
+    return queries
+
+
 def format_prompts(
     tokenizer: PreTrainedTokenizerBase,
     queries: Sequence[str],
@@ -129,6 +144,7 @@ def format_prompts(
     without it: "A\nA\nA…"). ``systems`` gives a system turn per query (``None``: the
     template's default); without a chat template it leads the prompt as a line of its own.
     """
+    queries = _query_list(queries)
     systems = list(systems) if systems is not None else [None] * len(queries)
     if len(systems) != len(queries):
         raise ValueError(f"Give one system turn per query: {len(systems)} for {len(queries)}.")
@@ -235,6 +251,7 @@ def emotional_answers(
     steering the caller applied: their instruction added to each query, their persona as the
     system turn and their query guidance (against the instruction alone). ``options`` go to
     :func:`generate_answers` (pass ``steering=`` so that query guidance can check it)."""
+    queries = _query_list(queries)
     return generate_answers(
         model,
         tokenizer,
@@ -279,6 +296,7 @@ def generate_answers(
     empty).
     """
     count(batch_size, "batch_size")
+    queries = _query_list(queries)
     if guidance is not None and steering is None:
         raise ValueError("guidance needs the applied steering: pass steering=.")
     if guidance is not None and query_guidance is not None:
@@ -293,6 +311,7 @@ def generate_answers(
     device = input_device(model)
     prompts = format_prompts(tokenizer, queries, systems)
     unasked = format_prompts(tokenizer, query_free, systems) if query_guidance is not None else []
+    _check_context(model, tokenizer, prompts, decoding.max_new_tokens)
     options = decoding.generate_kwargs()
     if not decoding.do_sample:
         options.update(_UNUSED_WHEN_GREEDY)
@@ -333,6 +352,27 @@ def generate_answers(
             t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         )
     return answers
+
+
+def _check_context(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    max_new_tokens: int,
+) -> None:
+    """Every prompt and its new tokens within the model's context, checked before the first
+    ``generate``: beyond it a model answers garbage (or runs for minutes first)."""
+    limit = context_length(model)
+    if limit is None or not prompts:
+        return
+    longest = max(
+        len(ids) for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    )
+    if longest + max_new_tokens > limit:
+        raise ValueError(
+            f"A prompt of {longest} tokens and max_new_tokens={max_new_tokens} exceed the "
+            f"model's context of {limit} tokens; shorten the prompt or ask for fewer tokens."
+        )
 
 
 def _tokenized(

@@ -275,3 +275,38 @@ def test_sampled_answers_are_reproducible_per_seed(llama: torch.nn.Module) -> No
         out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True
     )
     assert first == [text.strip() for text in expected]
+
+
+# --- what generation refuses before it starts ----------------------------------------------
+
+
+def test_one_string_is_not_a_list_of_queries() -> None:
+    """A string was answered character by character."""
+    from emovec.generation import emotional_answers, generate_answers
+
+    model, tokenizer = build_model("llama"), build_tokenizer()
+    bank = EmotionVectors(
+        {"joy": torch.zeros(model.config.num_hidden_layers, model.config.hidden_size)},
+        torch.ones(model.config.num_hidden_layers),
+        model_name="tiny",
+    )
+    with pytest.raises(TypeError, match=r"not one string: pass \['Hi'\]"):
+        generate_answers(model, tokenizer, "Hi")
+    with pytest.raises(TypeError, match="not one string"):
+        emotional_answers(model, tokenizer, "Hi", bank, {"joy": 1.0})
+    with pytest.raises(TypeError, match="must be texts, not 3"):
+        format_prompts(tokenizer, ["a", 3])  # type: ignore[list-item]
+
+
+def test_prompt_and_new_tokens_must_fit_the_context() -> None:
+    """Beyond its context (128 tokens here) a model answers garbage, or runs for minutes
+    first: refused before the first generate, naming both numbers."""
+    from emovec.generation import generate_answers
+
+    model, tokenizer = build_model("llama"), build_tokenizer()
+    assert model.config.max_position_embeddings == 128
+    with pytest.raises(ValueError, match="max_new_tokens=200 exceed the model's context of 128"):
+        generate_answers(model, tokenizer, ["hi"], max_new_tokens=200)
+    with pytest.raises(ValueError, match="A prompt of .* tokens"):
+        generate_answers(model, tokenizer, ["short", "word " * 200], max_new_tokens=2)
+    assert len(generate_answers(model, tokenizer, ["hi"], max_new_tokens=2)) == 1
