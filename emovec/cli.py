@@ -298,10 +298,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; a failure is one line on stderr and exit status 2."""
     from safetensors import SafetensorError
 
-    args = build_parser().parse_args(argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    broken = next((a for a in given if not _is_utf8(a)), None)
+    if broken is not None:  # undecodable bytes reach Python as lone surrogates
+        print(
+            f"emovec: error: the argument {ascii(broken)[:80]} is not UTF-8 text; "
+            "give it as UTF-8 (or read the text from a UTF-8 file).",
+            file=sys.stderr,
+        )
+        return 2
+    args = build_parser().parse_args(given)
     try:
         args.run(args)
-    except (KeyError, ValueError, OSError, ImportError, SafetensorError) as err:
+    except (KeyError, ValueError, TypeError, OSError, ImportError, SafetensorError) as err:
         # OSError covers missing files, permissions, full disks and an unreachable hub.
         print(f"emovec: error: {_one_line(err)}", file=sys.stderr)
         return 2
@@ -311,6 +320,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         _end_process_group()
     return 0
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _end_process_group() -> None:

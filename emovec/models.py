@@ -289,4 +289,20 @@ def load_model(
         model.to(torch.device(device))  # type: ignore[arg-type]
     model.eval()
     model.config.name_or_path = name
+    _check_vocabulary(model, tokenizer, name)
     return model, _prepare_tokenizer(tokenizer)
+
+
+def _check_vocabulary(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str
+) -> None:
+    """The tokenizer's ids all have an embedding: a larger tokenizer (another model's) makes
+    the first text with a high id fail deep in the forward pass (an IndexError)."""
+    embeddings = model.get_input_embeddings()
+    rows = getattr(embeddings, "num_embeddings", None)
+    if isinstance(rows, int) and len(tokenizer) > rows:
+        raise ValueError(
+            f"{name}: the tokenizer has {len(tokenizer)} tokens but the model embeds only "
+            f"{rows}; they do not belong together. Save the model's own tokenizer beside it "
+            "(or resize its embeddings with model.resize_token_embeddings)."
+        )

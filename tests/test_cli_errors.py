@@ -231,6 +231,28 @@ def test_the_shipped_bank_is_never_written(
     assert SHIPPED_BANK.read_bytes() == before
 
 
+def test_an_argument_that_is_not_utf8_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """``emovec generate $'caf\\xe9 \\xff\\xfe'``: the bytes reach Python as lone surrogates,
+    and the tokenizer raised a TypeError (a traceback, exit 1)."""
+    undecodable = b"caf\xe9 \xff\xfe".decode("utf-8", "surrogateescape")
+    code, out, err = run(capsys, "generate", undecodable, "--emotion", "joy=1")
+    assert (code, out) == (2, "")
+    assert "is not UTF-8 text" in _one_error_line(err)
+
+
+def test_a_tokenizer_larger_than_the_model_is_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A model embedding fewer tokens than its tokenizer has (another model's) failed with
+    an IndexError deep in the first forward pass; load_model now names both sizes."""
+    folder = tmp_path / "small-vocab"
+    build_model("llama", vocab_size=20).save_pretrained(folder)
+    build_tokenizer().save_pretrained(folder)
+    code, out, err = run(capsys, "generate", "hi", "--model", folder, "--emotion", "joy=1")
+    assert (code, out) == (2, "")
+    assert "the model embeds only 20" in _one_error_line(err)
+
+
 # --- inputs a decoder-only model refuses ----------------------------------------------------
 
 
