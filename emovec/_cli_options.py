@@ -58,6 +58,10 @@ def _number(
 _positive_int = _number(int, lambda v: v >= 1, "a positive integer")
 _positive_float = _number(float, lambda v: math.isfinite(v) and v > 0, "a finite positive number")
 _fraction = _number(float, lambda v: 0 < v < 1, "a share between 0 and 1")
+_finite = _number(float, math.isfinite, "a finite number")
+_share = _number(float, lambda v: 0 <= v <= 1, "a number from 0 to 1")
+_probability = _number(float, lambda v: 0 < v <= 1, "a number above 0, at most 1")
+_seed = _number(int, lambda v: 0 <= v < 2**32, "a seed from 0 to 4294967295")
 
 
 def _parse_strength(text: str) -> tuple[str, float]:
@@ -109,16 +113,15 @@ def _load(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, EmotionVectors]:
     from emovec.prebuilt import vectors_for
 
+    # A bad vector file is found before the model's load (seconds to minutes), not after.
+    given = EmotionVectors.load(args.vectors) if args.vectors else None
     started = time.perf_counter()
     model, tokenizer = _model(args.model)
     print(
         f"loaded {args.model or DEFAULT_MODEL} in {time.perf_counter() - started:.1f} s",
         file=sys.stderr,
     )
-    if args.vectors:
-        vectors = EmotionVectors.load(args.vectors)
-    else:
-        vectors = vectors_for(model, tokenizer, args.model or DEFAULT_MODEL)
+    vectors = given or vectors_for(model, tokenizer, args.model or DEFAULT_MODEL)
     return model, tokenizer, vectors
 
 
@@ -135,7 +138,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--repetition-penalty",
-        type=float,
+        type=_positive_float,
         help="1 = off; also for plain answers (default: the one the vectors were calibrated "
         f"with, else {_DECODING.repetition_penalty:g})",
     )
@@ -151,16 +154,16 @@ def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--temperature",
-        type=float,
+        type=_positive_float,
         help=f"when sampling (default: as calibrated, else {_DECODING.temperature:g})",
     )
     parser.add_argument(
         "--top-p",
-        type=float,
+        type=_probability,
         help=f"when sampling (default: as calibrated, else {_DECODING.top_p:g})",
     )
     parser.add_argument(
-        "--seed", type=int, default=_DECODING.seed, help="when sampling (default: %(default)s)"
+        "--seed", type=_seed, default=_DECODING.seed, help="when sampling (default: %(default)s)"
     )
 
 
@@ -197,33 +200,33 @@ def _add_tolerance_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("tolerance (how far a setting may drift from plain)")
     group.add_argument(
         "--min-topic-ratio",
-        type=float,
+        type=_finite,
         default=_TOLERANCE.min_topic_ratio,
         help="least topic retention: answer-query similarity as a share of the plain "
         "answers' (default: %(default)s)",
     )
     group.add_argument(
         "--max-offensive-increase",
-        type=float,
+        type=_finite,
         default=_TOLERANCE.max_offensive_increase,
         help="most share of offensive answers above plain's (default: %(default)s)",
     )
     group.add_argument(
         "--max-degenerate-increase",
-        type=float,
+        type=_finite,
         default=_TOLERANCE.max_degenerate_increase,
         help="most share of degenerate answers above plain's (default: %(default)s)",
     )
     group.add_argument(
         "--max-invented-increase",
-        type=float,
+        type=_finite,
         default=_TOLERANCE.max_invented_increase,
         help="most share of answers with invented words (two or more no English word list "
         "knows) above plain's (default: %(default)s)",
     )
     group.add_argument(
         "--max-perplexity-ratio",
-        type=float,
+        type=_finite,
         default=_TOLERANCE.max_perplexity_ratio,
         help="most median perplexity, as a multiple of plain's (default: %(default)s)",
     )

@@ -15,6 +15,7 @@ from emovec._cli_options import (
     _parse_strength,
     _positive_float,
     _positive_int,
+    _seed,
 )
 from emovec.datasets import BASIC_EMOTIONS, ResponsePair, read_pairs
 from emovec.models import DEFAULT_MODEL
@@ -56,7 +57,7 @@ def add_train_parser(commands: Any) -> None:
     parser.add_argument("--beta", type=_positive_float, default=_DEFAULTS["beta"])
     parser.add_argument("--held-out", type=_fraction, default=_DEFAULTS["held_out"])
     parser.add_argument("--eval-every", type=_positive_int, default=_DEFAULTS["eval_every"])
-    parser.add_argument("--seed", type=int, default=_DEFAULTS["seed"])
+    parser.add_argument("--seed", type=_seed, default=_DEFAULTS["seed"])
     parser.add_argument(
         "--precision",
         choices=["bfloat16", "float32"],

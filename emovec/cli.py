@@ -25,10 +25,14 @@ from emovec._cli_options import (
     _add_model_options,
     _add_sampling_options,
     _add_tolerance_options,
+    _finite,
     _parse_layers,
     _parse_query_guidance,
     _parse_strength,
+    _positive_float,
     _positive_int,
+    _probability,
+    _share,
 )
 from emovec._train_cli import add_train_parser
 from emovec.evaluation import evaluate
@@ -50,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="answer prompts plain and under each emotion")
     _add_model_options(demo)
-    demo.add_argument("--alpha", type=float, default=1.0)
+    demo.add_argument("--alpha", type=_finite, default=1.0)
     demo.add_argument("--emotions", nargs="+")
     demo.add_argument("--prompt", action="append", help="a prompt (repeatable)")
     _add_clean_option(demo)
@@ -75,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(ev)
     ev.add_argument(
         "--alphas",
-        type=float,
+        type=_finite,
         nargs="+",
         default=list(evaluating["alphas"].default),
         help="default: %(default)s",
@@ -176,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ext.add_argument(
         "--center",
-        type=float,
+        type=_share,
         default=inspect.signature(EmotionVectors.center).parameters["strength"].default,
         metavar="STRENGTH",
         help="share of the emotions' mean to subtract, 0-1 (default: %(default)s; 1 is fully "
@@ -212,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument(
         "--bands", type=_parse_layers, nargs="+", help="candidate bands, e.g. 8-12 12-16"
     )
-    cal.add_argument("--doses", type=float, nargs="+", default=list(DEFAULT_DOSES))
+    cal.add_argument("--doses", type=_positive_float, nargs="+", default=list(DEFAULT_DOSES))
     cal.add_argument(
         "--instructions",
         action="store_true",
@@ -251,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_clean_option(cal)
     cal.add_argument(
         "--target-success",
-        type=float,
+        type=_probability,
         default=DEFAULT_TARGET_SUCCESS,
         help="the success bar: the setting nearest both bars (this and --min-topic-ratio) "
         "wins (default: %(default)s)",
@@ -262,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cal.add_argument(
         "--repetition-penalty",
-        type=float,
+        type=_positive_float,
         default=DEFAULT_DECODING.repetition_penalty,
         help="1 = off; also for plain answers (default: %(default)s)",
     )

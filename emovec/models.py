@@ -276,6 +276,13 @@ def load_model(
             with spec.gguf(source.parent) as gguf:
                 _convert_gguf(spec, gguf, source)
     else:
+        local = Path(name).expanduser()
+        if local.is_dir() and not (local / "config.json").is_file():
+            raise ValueError(
+                f"{name} is a folder without a model (no config.json); give a folder written "
+                "by save_pretrained, a hub id, or one of the embedded models "
+                f"{sorted(EMBEDDED_MODELS)}."
+            )
         from_pretrained_kwargs = {
             **from_pretrained_kwargs,
             **hub_options(name, from_pretrained_kwargs),

@@ -157,15 +157,25 @@ def test_unwritable_outputs_fail_before_the_long_work(
         ["train", "--out", "{tmp}/v.safetensors", "--steps", "0"],
         ["decode", "--top", "0"],
         ["stimuli", "--draws", "-2"],
+        ["generate", "hi", "--repetition-penalty", "0"],
+        ["generate", "hi", "--sample", "--temperature", "-1"],
+        ["generate", "hi", "--sample", "--top-p", "1.5"],
+        ["generate", "hi", "--seed", str(2**70)],
+        ["eval", "--out", "{tmp}/r", "--alphas", "0", "nan"],
+        ["extract", "--out", "{tmp}/v.safetensors", "--center", "5"],
+        ["calibrate", "--out", "{tmp}/v.safetensors", "--doses", "0.5", "-1"],
+        ["calibrate", "--out", "{tmp}/v.safetensors", "--min-topic-ratio", "inf"],
+        ["train", "--out", "{tmp}/v.safetensors", "--seed", "-1"],
     ],
 )
-def test_counts_below_one_are_refused_before_the_model_loads(
+def test_numbers_out_of_range_are_refused_before_the_model_loads(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, no_model: None, argv: list[str]
 ) -> None:
-    """A batch size of -1 once generated nothing and deleted a calibrated recipe (exit 0);
-    every count of every command is a positive integer, refused by the parser (its usage,
-    then one error line, status 2) or, for a number of queries that may be a file, by
-    ``main`` (one line)."""
+    """A batch size of -1 once generated nothing and deleted a calibrated recipe (exit 0),
+    and a bad penalty, temperature or seed was refused only after a ~20 s model load (a seed
+    of 2**70: "Overflow when unpacking long long"). Every count is a positive integer and
+    every number in its range, refused by the parser (its usage, then one error line,
+    status 2) or, for a number of queries that may be a file, by ``main`` (one line)."""
     capsys.readouterr()
     try:
         code = main([a.format(tmp=tmp_path) for a in argv])
@@ -174,7 +184,8 @@ def test_counts_below_one_are_refused_before_the_model_loads(
     out, err = capsys.readouterr()
     assert (code, out) == (2, "")
     [line] = [line for line in err.splitlines() if "error:" in line]
-    assert "positive" in line and err.rstrip().endswith(line)
+    assert "expected" in line or "positive" in line, line
+    assert err.rstrip().endswith(line)
     assert not (tmp_path / "v.safetensors").exists()
 
 
@@ -229,6 +240,29 @@ def test_the_shipped_bank_is_never_written(
     assert (code, out) == (2, "")
     assert option in _one_error_line(err)
     assert SHIPPED_BANK.read_bytes() == before
+
+
+def test_a_bad_vector_file_is_refused_before_the_model_loads(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, no_model: None
+) -> None:
+    damaged = tmp_path / "damaged.safetensors"
+    damaged.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{not json")
+    for argv in (["generate", "hi"], ["eval", "--out", tmp_path / "r"], ["demo"]):
+        code, out, err = run(capsys, *argv, "--vectors", damaged)
+        assert (code, out) == (2, "")
+        assert str(damaged) in _one_error_line(err)
+
+
+@pytest.mark.parametrize("folder", ["empty", "/etc"])
+def test_a_folder_without_a_model_is_named_as_such(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, folder: str
+) -> None:
+    """An empty folder or /etc as --model said "need sentencepiece or tiktoken installed"."""
+    path = tmp_path / folder if folder == "empty" else Path(folder)
+    path.mkdir(exist_ok=True)
+    code, out, err = run(capsys, "generate", "hi", "--model", path)
+    assert (code, out) == (2, "")
+    assert "is a folder without a model (no config.json)" in _one_error_line(err)
 
 
 def test_an_argument_that_is_not_utf8_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:

@@ -203,7 +203,8 @@ def add_stimuli_parser(
     subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
 ) -> argparse.ArgumentParser:
     """Add the ``stimuli`` command (runs :func:`main_stimuli`) to a CLI's subcommands."""
-    from emovec._cli_options import _positive_int  # the command line's, built on top
+    # The command line's types (it is built on top of the library).
+    from emovec._cli_options import _finite, _positive_float, _positive_int, _seed
 
     parser = subparsers.add_parser(
         "stimuli", help="score the task set with emotional stimuli, prompted and steered"
@@ -221,12 +222,12 @@ def add_stimuli_parser(
     parser.add_argument(
         "--steer", nargs="*", default=["EP02"], help="stimuli steered as vectors (default EP02)"
     )
-    parser.add_argument("--temperatures", nargs="*", type=float, default=[0.7, 1.0])
+    parser.add_argument("--temperatures", nargs="*", type=_positive_float, default=[0.7, 1.0])
     parser.add_argument(
         "--draws", type=_positive_int, default=5, help="samples per item and temperature"
     )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--strength", type=float, default=1.0, help="α of the steered vectors")
+    parser.add_argument("--seed", type=_seed, default=0)
+    parser.add_argument("--strength", type=_finite, default=1.0, help="α of the steered vectors")
     parser.add_argument(
         "--vector-prompts",
         type=_positive_int,
