@@ -33,6 +33,7 @@ from emovec._cli_options import (
     _model,
     _queries,
     _report_folder,
+    _strengths,
     _tolerance,
     _write_report,
 )
@@ -70,8 +71,16 @@ def _demo(args: argparse.Namespace) -> None:
 
 def _generate(args: argparse.Namespace) -> None:
     model, tokenizer, vectors = _load(args)
-    strengths = dict(args.emotion or [])
-    with steer(model, vectors, layers=args.layers, scale=args.scale, **strengths) as steering:
+    strengths = _strengths(args.emotion, "--emotion")
+    with steer(
+        model,
+        vectors,
+        strengths,
+        layers=args.layers,
+        scale=args.scale,
+        max_dose=args.max_dose,
+        guard="raise",  # a command answers at the dose asked for, or says why it will not
+    ) as steering:
         answers = emotional_answers(
             model,
             tokenizer,

@@ -69,11 +69,28 @@ def _parse_strength(text: str) -> tuple[str, float]:
     try:
         if not sep or not emotion:
             raise ValueError
-        return emotion.strip(), float(value)
+        alpha = float(value)
+        if not math.isfinite(alpha):
+            raise ValueError
+        return emotion.strip(), alpha
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected EMOTION=ALPHA such as joy=1 or fear=-0.5, got {text!r}"
         ) from None
+
+
+def _strengths(given: list[tuple[str, float]] | None, option: str) -> dict[str, float]:
+    """``EMOTION=ALPHA`` options as a mapping; an emotion given twice is refused (the last
+    one silently won)."""
+    strengths: dict[str, float] = {}
+    for emotion, alpha in given or []:
+        if emotion in strengths:
+            raise ValueError(
+                f"{option} {emotion} given twice ({emotion}={strengths[emotion]:g} and "
+                f"{emotion}={alpha:g}); give each emotion once."
+            )
+        strengths[emotion] = alpha
+    return strengths
 
 
 def _parse_layers(text: str) -> list[int]:

@@ -16,6 +16,7 @@ from emovec._cli_options import (
     _positive_float,
     _positive_int,
     _seed,
+    _strengths,
 )
 from emovec.datasets import BASIC_EMOTIONS, ResponsePair, read_pairs
 from emovec.models import DEFAULT_MODEL
@@ -99,7 +100,7 @@ def _train(args: argparse.Namespace) -> None:
             if not all(isinstance(p, ResponsePair) for p in pairs):
                 raise ValueError(f"{path}: every record needs query, emotional and neutral.")
             triples[emotion] = [p for p in pairs if isinstance(p, ResponsePair)]
-    alphas = dict(args.alpha or [])
+    alphas = _strengths(args.alpha, "--alpha")
     for emotion, alpha in alphas.items():
         if not (alpha > 0 and alpha < float("inf")):
             raise ValueError(f"--alpha {emotion}={alpha}: alpha must be finite and positive.")

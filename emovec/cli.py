@@ -70,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="EMOTION=ALPHA",
         help="e.g. joy=1 or fear=-0.5 (repeatable)",
     )
+    gen.add_argument(
+        "--max-dose",
+        type=_positive_float,
+        help="answer even above the bank's dose limit, up to this dose (default: the "
+        "limit; a larger dose is refused)",
+    )
     _add_sampling_options(gen)
     _add_clean_option(gen)
     gen.set_defaults(run=_generate)

@@ -283,10 +283,12 @@ def test_generate_passes_layers_scale_and_several_emotions(
     capsys: pytest.CaptureFixture[str], model_dir: Path, vectors_file: Path
 ) -> None:
     extra = ["--emotion", "joy=0.5", "--emotion", "fear=-0.25", "--layers", "0-1"]
-    code, out, _ = _generate(capsys, model_dir, vectors_file, *extra, "--scale", "raw")
-    assert code == 0
+    # Raw random vectors are far above the dose limit, which a command refuses unless raised.
+    extra += ["--scale", "raw", "--max-dose", "1e9"]
+    code, out, err = _generate(capsys, model_dir, vectors_file, *extra)
+    assert code == 0, err
     expected = _library_answer(
-        model_dir, vectors_file, joy=0.5, fear=-0.25, layers=[0, 1], scale="raw"
+        model_dir, vectors_file, joy=0.5, fear=-0.25, layers=[0, 1], scale="raw", max_dose=1e9
     )
     assert out == expected + "\n"
 

@@ -265,6 +265,26 @@ def test_a_folder_without_a_model_is_named_as_such(
     assert "is a folder without a model (no config.json)" in _one_error_line(err)
 
 
+def test_strengths_given_twice_or_beyond_the_dose_limit_are_refused(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, tiny_folder: Path
+) -> None:
+    """``--emotion joy=1 --emotion joy=-2`` kept the last silently; joy=1e30 only warned
+    and answered empty text; a command now answers at the dose asked for or says why not."""
+    bank = tmp_path / "bank.safetensors"
+    random_bank(3, 32, ("joy",)).save(bank)
+    argv = ["generate", "hi", "--model", tiny_folder, "--vectors", bank, "--max-new-tokens", 2]
+    code, out, err = run(capsys, *argv, "--emotion", "joy=1", "--emotion", "joy=-2")
+    assert (code, out) == (2, "")
+    assert "--emotion joy given twice (joy=1 and joy=-2)" in _one_error_line(err)
+    code, out, err = run(capsys, *argv, "--emotion", "joy=1e30")
+    assert (code, out) == (2, "")
+    assert "exceeds max_dose" in _one_error_line(err)
+    code, out, err = run(capsys, *argv, "--emotion", "joy=1e30", "--max-dose", "1e40")
+    assert code == 0, err  # the limit raised on purpose: answered at the dose asked for
+    with pytest.raises(SystemExit):
+        main([str(a) for a in argv] + ["--emotion", "joy=nan"])
+
+
 def test_an_argument_that_is_not_utf8_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     """``emovec generate $'caf\\xe9 \\xff\\xfe'``: the bytes reach Python as lone surrogates,
     and the tokenizer raised a TypeError (a traceback, exit 1)."""
