@@ -98,6 +98,7 @@ class _SecondPass(LogitsProcessor):
         self._prompt_mask = prompt_mask.detach().clone()
         self._cache: DynamicCache | None = None
         self._seen = 0
+        self._calls = 0  # steps served: generate adds one token to input_ids per step
         self._cache_argument = cache_argument(model)
 
     def _second_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -108,6 +109,16 @@ class _SecondPass(LogitsProcessor):
                 f"{name} got {batch} rows but was made for {self._rows}; beam search and "
                 "several sequences per prompt are not supported (use one sequence per row)."
             )
+        expected = self._prompt_length + self._calls
+        if input_ids.shape[1] != expected:
+            raise ValueError(
+                f"{name} was made for a prompt of {self._prompt_length} tokens"
+                + (f" and has served {self._calls} steps" if self._calls else "")
+                + f", but generate gave {input_ids.shape[1]} tokens: another prompt, another "
+                "padding or a second generate call. Make a new one for each generate call, "
+                "from the attention mask that call gets."
+            )
+        self._calls += 1
         if self._context is None:
             ids = input_ids
         else:

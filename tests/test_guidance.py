@@ -152,6 +152,35 @@ def test_refuses_bad_weight_and_beams(llama: nn.Module, tokenizer: PreTrainedTok
         llama.generate(**batch, **GREEDY, logits_processor=[guide])
 
 
+def test_a_processor_serves_the_one_generate_call_it_was_made_for(
+    llama: nn.Module, tokenizer: PreTrainedTokenizerFast
+) -> None:
+    """Reused for a second generate with a longer prompt, or made from the mask of the same
+    prompt padded further, guidance once changed the answer silently ("...so much energy"
+    vs "...so much joy"); both are refused now, as is any reuse."""
+    bank, batch = _bank(llama), _batch(tokenizer)
+    padded = {
+        key: torch.cat(
+            [value.new_full((len(value), 7), PAD_ID if key == "input_ids" else 0), value], 1
+        )
+        for key, value in batch.items()
+    }
+    with steer(llama, bank, joy=1.0) as steering:
+        free = (batch["input_ids"], batch["attention_mask"])
+        for make in (
+            lambda mask: PlainGuidance(llama, steering, mask, weight=0.5),
+            lambda mask: QueryGuidance(llama, mask, (free[0], free[1]), 1.5, steering=steering),
+        ):
+            guide = make(batch["attention_mask"])
+            llama.generate(**batch, **GREEDY, logits_processor=[guide])
+            for again in (batch, padded):  # the same prompt again, then a longer one
+                with pytest.raises(ValueError, match="second generate call"):
+                    llama.generate(**again, **GREEDY, logits_processor=[guide])
+            stale = make(batch["attention_mask"])  # built for a mask 7 shorter than generate's
+            with pytest.raises(ValueError, match="made for a prompt of"):
+                llama.generate(**padded, **GREEDY, logits_processor=[stale])
+
+
 # --- query guidance (context-aware decoding) --------------------------------------------
 
 QUERIES = ["i was happy today", "the dog ran home and then ate bread with my sister"]
