@@ -45,7 +45,9 @@ def _demo(args: argparse.Namespace) -> None:
     emotions = args.emotions or [e for e in BASIC_EMOTIONS if e in vectors]
     decoding = _decoding(args, vectors)
     columns = {
-        "plain": generate_answers(model, tokenizer, prompts, decoding=decoding, clean=args.clean)
+        "plain": generate_answers(
+            model, tokenizer, prompts, decoding=decoding, clean=args.clean, parse_special=False
+        )
     }
     for emotion in emotions:
         strength = {emotion: args.alpha}
@@ -59,6 +61,7 @@ def _demo(args: argparse.Namespace) -> None:
                 decoding=decoding,
                 clean=args.clean,
                 steering=steering,
+                parse_special=False,  # prompts from the command line are text
             )
     for i, prompt in enumerate(prompts):
         print(f"\n=== {prompt}")
@@ -90,6 +93,7 @@ def _generate(args: argparse.Namespace) -> None:
             decoding=_decoding(args, vectors),
             clean=args.clean,
             steering=steering,
+            parse_special=False,  # the prompt from the command line is text
         )
     print(answers[0])
 

@@ -12,11 +12,18 @@ import torch
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from emovec._chat import (
+    _query_list,
+    check_context,
+    encode_prompts,
+    format_prompts,
+    padded,
+    tokenized,
+)
 from emovec._doses import count
 from emovec._prompts import persona_for, query_free_turn, query_guidance_for, with_instructions
 from emovec.guidance import PlainGuidance, QueryGuidance, repetition_penalty_of
 from emovec.hooks import Steering
-from emovec.layers import context_length
 from emovec.models import input_device
 from emovec.offensive import clean_generation_kwargs
 from emovec.vectors import EmotionVectors
@@ -108,65 +115,6 @@ def _seeded(model: PreTrainedModel, seed: int | None) -> Iterator[None]:
         yield
 
 
-def _bos_prefix(tokenizer: PreTrainedTokenizerBase) -> str:
-    """The BOS token's text if the tokenizer adds one on its own, else ``""``."""
-    bos, bos_id = tokenizer.bos_token, tokenizer.bos_token_id
-    if not bos or bos_id is None:
-        return ""
-    ids = tokenizer("", add_special_tokens=True)["input_ids"]
-    return str(bos) if ids[:1] == [bos_id] else ""
-
-
-def _query_list(queries: Sequence[str]) -> list[str]:
-    """``queries`` as a list of texts; one string is refused (it would be answered character
-    by character)."""
-    if isinstance(queries, str):
-        raise TypeError(
-            f"queries must be a list of texts, not one string: pass [{queries[:40]!r}]."
-        )
-    queries = list(queries)
-    wrong = [q for q in queries if not isinstance(q, str)]
-    if wrong:
-        raise TypeError(f"queries must be texts, not {wrong[0]!r} ({type(wrong[0]).__name__}).")
-    return queries
-
-
-def format_prompts(
-    tokenizer: PreTrainedTokenizerBase,
-    queries: Sequence[str],
-    systems: Sequence[str | None] | None = None,
-) -> list[str]:
-    """Wrap queries as a user turn in the chat template, or as ``Q: … A:`` without one.
-
-    The prompts carry their own special tokens and are tokenised with
-    ``add_special_tokens=False``: a chat template writes them itself; without one, the BOS
-    token leads when the tokenizer would add it (base models such as Gemma 3 degenerate
-    without it: "A\nA\nA…"). ``systems`` gives a system turn per query (``None``: the
-    template's default); without a chat template it leads the prompt as a line of its own.
-    """
-    queries = _query_list(queries)
-    systems = list(systems) if systems is not None else [None] * len(queries)
-    if len(systems) != len(queries):
-        raise ValueError(f"Give one system turn per query: {len(systems)} for {len(queries)}.")
-    if getattr(tokenizer, "chat_template", None):
-        return [
-            str(
-                tokenizer.apply_chat_template(
-                    [
-                        *([{"role": "system", "content": system}] if system else []),
-                        {"role": "user", "content": q},
-                    ],
-                    tokenize=False,
-                    add_generation_prompt=True,
-                )
-            )
-            for q, system in zip(queries, systems, strict=True)
-        ]
-    bos = _bos_prefix(tokenizer)
-    lead = [f"{system}\n" if system else "" for system in systems]
-    return [f"{bos}{first}Q: {q}\nA:" for q, first in zip(queries, lead, strict=True)]
-
-
 def emotional_prompt(
     tokenizer: PreTrainedTokenizerBase,
     query: str,
@@ -228,7 +176,7 @@ def _query_guidance(
     steering: Steering | None,
 ) -> QueryGuidance:
     """Query guidance for one batch: its formatted query-free prompts tokenised beside it."""
-    free = _tokenized(tokenizer, query_free_prompts, attention_mask.device)
+    free = tokenized(tokenizer, query_free_prompts, attention_mask.device)
     return QueryGuidance(
         model,
         attention_mask,
@@ -276,6 +224,7 @@ def generate_answers(
     systems: Sequence[str | None] | None = None,
     query_guidance: float | None = None,
     query_free: Sequence[str] | None = None,
+    parse_special: bool = True,
     **changes: Any,
 ) -> list[str]:
     """Answer each query (batched, left-padded) and return only the new text.
@@ -293,7 +242,9 @@ def generate_answers(
     contributes to each next token against the same prompt without it
     (:class:`emovec.guidance.QueryGuidance`); ``query_free`` gives each row's user
     turn without the question (e.g. just the instruction that was appended to it; default:
-    empty).
+    empty). ``parse_special=False`` keeps special tokens written in the queries as text
+    (for text from strangers: a user writing ``<|im_start|>system`` opens no system turn).
+    Every prompt and its ``max_new_tokens`` must fit the model's context.
     """
     count(batch_size, "batch_size")
     queries = _query_list(queries)
@@ -309,15 +260,15 @@ def generate_answers(
     decoding = replace(decoding, **changes) if changes else decoding
     answers: list[str] = []
     device = input_device(model)
-    prompts = format_prompts(tokenizer, queries, systems)
+    prompts = encode_prompts(tokenizer, queries, systems, parse_special=parse_special)
     unasked = format_prompts(tokenizer, query_free, systems) if query_guidance is not None else []
-    _check_context(model, tokenizer, prompts, decoding.max_new_tokens)
+    check_context(model, prompts, decoding.max_new_tokens)
     options = decoding.generate_kwargs()
     if not decoding.do_sample:
         options.update(_UNUSED_WHEN_GREEDY)
     blocker = clean_generation_kwargs(tokenizer) if clean else {}
     for start in range(0, len(prompts), batch_size):
-        inputs = _tokenized(tokenizer, prompts[start : start + batch_size], device)
+        inputs = padded(tokenizer, prompts[start : start + batch_size], device)
         processors = list(blocker.get("logits_processor", []))
         if guidance is not None and steering is not None:
             plain = PlainGuidance(
@@ -352,39 +303,3 @@ def generate_answers(
             t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         )
     return answers
-
-
-def _check_context(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    prompts: Sequence[str],
-    max_new_tokens: int,
-) -> None:
-    """Every prompt and its new tokens within the model's context, checked before the first
-    ``generate``: beyond it a model answers garbage (or runs for minutes first)."""
-    limit = context_length(model)
-    if limit is None or not prompts:
-        return
-    longest = max(
-        len(ids) for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
-    )
-    if longest + max_new_tokens > limit:
-        raise ValueError(
-            f"A prompt of {longest} tokens and max_new_tokens={max_new_tokens} exceed the "
-            f"model's context of {limit} tokens; shorten the prompt or ask for fewer tokens."
-        )
-
-
-def _tokenized(
-    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], device: torch.device
-) -> dict[str, torch.Tensor]:
-    """Formatted prompts as padded input ids and attention mask on ``device`` (the
-    tokenizer pads on its side: left, as load_model sets it, for generation)."""
-    batch = tokenizer(
-        list(prompts),
-        return_tensors="pt",
-        padding=True,
-        add_special_tokens=False,
-        return_attention_mask=True,
-    )
-    return {key: batch[key].to(device) for key in ("input_ids", "attention_mask")}
