@@ -81,6 +81,10 @@ RECIPES: dict[str, tuple[float, Recipe]] = {  # name: (α, recipe)
     "vector-only-2": (2.0, Recipe(instruct=False)),
     "vector-only-2.5": (2.5, Recipe(instruct=False)),
     "vector-only-3": (3.0, Recipe(instruct=False)),
+    # Round 8: a finer grid for the retrained anger and sadness.
+    "vector-only-1.1": (1.1, Recipe(instruct=False)),
+    "vector-only-1.4": (1.4, Recipe(instruct=False)),
+    "vector-only-1.75": (1.75, Recipe(instruct=False)),
     "hybrid-0.5": (0.5, Recipe(instruct=True)),
     "generated-1.5": (1.5, Recipe(instruct=False, positions="generated")),
     "generated-2": (2.0, Recipe(instruct=False, positions="generated")),

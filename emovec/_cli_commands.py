@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from emovec._files import check_writable, write_text
+from emovec._files import check_writable, file_set, write_text
 from emovec.datasets import BASIC_EMOTIONS, Pair, default_answer_pairs, read_pairs
 from emovec.evaluation import evaluate
 from emovec.evaluation.calibration import (
@@ -239,12 +239,14 @@ def _evaluate(args: argparse.Namespace) -> None:
         clean=args.clean,
         decoding=_decoding(args, vectors),
     )
-    _write_report(report, out)
     recommended = recommend_alpha(report, _tolerance(args))
+    with file_set() as stage:  # the report and the recommendation stored from it, together
+        _write_report(report, out, stage)
+        if target is not None:
+            vectors.with_settings(recommended_alpha=recommended).save(stage(target))
     print(f"recommended α: {recommended}")
     print(_headline(report, recommended))
     if target is not None:
-        vectors.with_settings(recommended_alpha=recommended).save(target)
         print(f"stored recommended α in {target}")
 
 
@@ -294,15 +296,18 @@ def _calibrate(args: argparse.Namespace) -> None:
     )
     table = calibration.to_markdown()
     print(table)
-    if args.report:
-        report = Path(args.report)
-        write_text(report / "calibration.md", table)
-        write_text(report / "calibration.json", json.dumps(calibration.to_dict(), indent=1))
-        calibration.plot_front(report / "front.png")
-        if calibration.report is not None:  # every setting's answers, methods named "12-16@0.35"
-            calibration.report.to_json(report / "answers.json")
+    with file_set() as stage:  # the bank and the reports on it appear together or not at all
+        if args.report:
+            report = Path(args.report)
+            write_text(stage(report / "calibration.md"), table)
+            write_text(
+                stage(report / "calibration.json"), json.dumps(calibration.to_dict(), indent=1)
+            )
+            calibration.plot_front(stage(report / "front.png"))
+            if calibration.report is not None:  # every setting's answers ("12-16@0.35")
+                calibration.report.to_json(stage(report / "answers.json"))
+        calibration.apply(vectors).save(stage(target))
     uncalibrated = sorted(set(calibration.emotions) - set(calibration.placements))
-    calibration.apply(vectors).save(target)
     print(
         f"wrote placements for {sorted(calibration.placements)} to {target}"
         + (f"; no acceptable setting for {uncalibrated}" if uncalibrated else "")

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from emovec._files import check_writable, write_text
+from emovec._files import check_writable, file_set, write_text
 from emovec._placement import query_guidance_of
 from emovec.evaluation import Tolerance
 from emovec.generation import Decoding
@@ -265,11 +265,18 @@ def _report_folder(folder: str | Path) -> Path:
     return Path(folder)
 
 
-def _write_report(report: EvaluationReport, out: Path) -> None:
-    report.to_json(out / "report.json")
-    write_text(out / "report.md", report.to_markdown())
-    report.plot(out / "report.png")
-    report.plot_front(out / "front.png")
+def _write_report(
+    report: EvaluationReport, out: Path, stage: Callable[[str | Path], Path] | None = None
+) -> None:
+    """The report's four files, all or none (``stage``: of a larger :func:`file_set`)."""
+    if stage is None:
+        with file_set() as own:
+            _write_report(report, out, own)
+        return
+    report.to_json(stage(out / "report.json"))
+    write_text(stage(out / "report.md"), report.to_markdown())
+    report.plot(stage(out / "report.png"))
+    report.plot_front(stage(out / "front.png"))
     print(report.to_markdown())
     print(f"wrote {out}/report.json, report.md, report.png, front.png")
 

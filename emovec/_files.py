@@ -7,7 +7,7 @@ import errno
 import os
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -16,6 +16,7 @@ __all__ = [
     "NotWritableError",
     "atomic_path",
     "check_writable",
+    "file_set",
     "read_text",
     "write_text",
 ]
@@ -91,7 +92,8 @@ def check_writable(path: str | Path) -> Path:
     """Prove that a file can be written at ``path``, before the work that produces it.
 
     Creates the parent folder if needed, then creates and removes a file beside ``path`` (the
-    way :func:`atomic_path` writes it); an existing ``path`` must be a file.
+    way :func:`atomic_path` writes it) and the folders it created; an existing ``path`` must
+    be a file.
 
     Args:
         path: The file to be written later.
@@ -103,6 +105,7 @@ def check_writable(path: str | Path) -> Path:
         NotWritableError: naming the path and the reason, when the file could not be written.
     """
     path = Path(path)
+    created = _missing_folders(path.parent)
     try:
         if path.is_dir():
             raise IsADirectoryError(errno.EISDIR, "a folder, not a file", str(path))
@@ -110,6 +113,7 @@ def check_writable(path: str | Path) -> Path:
         handle, probe = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".probe", dir=path.parent)
         os.close(handle)
         os.unlink(probe)
+        _remove_empty(created)  # made again when the file is written: none left if never
     except OSError as err:
         message = (
             f"cannot write {path} ({err}). Choose a location you can write to, or create the "
@@ -117,3 +121,60 @@ def check_writable(path: str | Path) -> Path:
         )
         raise NotWritableError(err.errno, message, str(path)) from err
     return path
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` where they are empty, the deepest first."""
+    for folder in sorted(set(folders), key=lambda f: len(f.parts), reverse=True):
+        try:
+            folder.rmdir()
+        except OSError:
+            continue
+
+
+@contextmanager
+def file_set() -> Iterator[Callable[[str | Path], Path]]:
+    """Files that appear together or not at all (a bank and the reports that describe it).
+
+    The block gets ``stage(path)``: a staging file beside ``path`` to write instead (its
+    folder created). When the block ends without an error every staging file replaces its
+    path; otherwise they are removed, with any folder made for them that is left empty.
+    """
+    staged: list[tuple[Path, Path]] = []
+    created: list[Path] = []
+
+    def stage(path: str | Path) -> Path:
+        path = Path(path)
+        created.extend(_missing_folders(path.parent))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, staging = tempfile.mkstemp(
+            prefix=f".{path.name}-", suffix=path.suffix, dir=path.parent
+        )
+        os.close(handle)
+        staged.append((Path(staging), path))
+        return Path(staging)
+
+    done = False
+    try:
+        yield stage
+        umask = os.umask(0)
+        os.umask(umask)
+        for staging, path in staged:
+            os.chmod(staging, 0o666 & ~umask)
+            os.replace(staging, path)
+        done = True
+    finally:
+        for staging, _ in staged:
+            if staging.exists():
+                staging.unlink()
+        if not done:
+            _remove_empty(created)

@@ -13,6 +13,7 @@ from emovec._files import (
     NotWritableError,
     atomic_path,
     check_writable,
+    file_set,
     read_text,
     write_text,
 )
@@ -39,11 +40,15 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_staging_file(tmp_path: 
 # --- check_writable: an unwritable destination is found before the work -------------------
 
 
-def test_check_writable_creates_the_folder_and_leaves_nothing_behind(tmp_path: Path) -> None:
+def test_check_writable_leaves_nothing_behind(tmp_path: Path) -> None:
+    """Not even the folders it made to prove the path writable: an interrupted command left
+    an empty output folder behind."""
     target = tmp_path / "new" / "deeper" / "v.safetensors"
     assert check_writable(str(target)) == target
-    assert target.parent.is_dir()
-    assert list(target.parent.iterdir()) == []  # the probe file is gone, no target made
+    assert list(tmp_path.iterdir()) == []  # the probe and its folders are gone
+    target.parent.mkdir(parents=True)
+    assert check_writable(target) == target
+    assert list(target.parent.iterdir()) == []
     target.write_text("old")
     assert check_writable(target) == target
     assert target.read_text() == "old" and [p.name for p in target.parent.iterdir()] == [
@@ -141,3 +146,32 @@ def test_read_text_refuses_a_file_over_the_limit_and_bytes_that_are_not_utf8(
         read_text(path, "pairs")
     with pytest.raises(FileNotFoundError):
         read_text(tmp_path / "missing.txt", "queries")
+
+
+# --- file_set: a bank and its reports appear together or not at all ---------------------
+
+
+def test_a_file_set_appears_whole(tmp_path: Path) -> None:
+    bank, report = tmp_path / "bank.safetensors", tmp_path / "out" / "deep" / "report.md"
+    bank.write_text("old bank")
+    with file_set() as stage:
+        staged = stage(bank)
+        assert staged.parent == bank.parent and staged.suffix == ".safetensors"
+        staged.write_text("new bank")
+        stage(report).write_text("report")
+        assert bank.read_text() == "old bank" and not report.exists()  # nothing yet
+    assert (bank.read_text(), report.read_text()) == ("new bank", "report")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bank.safetensors", "out"]
+
+
+def test_an_interrupted_file_set_leaves_the_old_files_and_no_new_folder(tmp_path: Path) -> None:
+    """calibrate interrupted while writing left calibration.md and .json without the bank
+    they describe, and an empty output folder."""
+    bank = tmp_path / "bank.safetensors"
+    bank.write_text("old bank")
+    with pytest.raises(KeyboardInterrupt), file_set() as stage:
+        stage(tmp_path / "report" / "calibration.md").write_text("table")
+        stage(bank).write_text("half")
+        raise KeyboardInterrupt
+    assert [p.name for p in tmp_path.iterdir()] == ["bank.safetensors"]
+    assert bank.read_text() == "old bank"
