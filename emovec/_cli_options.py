@@ -38,8 +38,8 @@ DEMO_PROMPTS = (
 )
 
 
-def _number(
-    convert: Callable[[str], float], accepts: Callable[[float], bool], expected: str
+def _checked(
+    convert: Callable[[str], Any], accepts: Callable[[Any], bool], expected: str
 ) -> Callable[[str], Any]:
     """An argparse type: ``convert(text)`` if ``accepts`` it, else a one-line error."""
 
@@ -55,13 +55,14 @@ def _number(
     return parse
 
 
-_positive_int = _number(int, lambda v: v >= 1, "a positive integer")
-_positive_float = _number(float, lambda v: math.isfinite(v) and v > 0, "a finite positive number")
-_fraction = _number(float, lambda v: 0 < v < 1, "a share between 0 and 1")
-_finite = _number(float, math.isfinite, "a finite number")
-_share = _number(float, lambda v: 0 <= v <= 1, "a number from 0 to 1")
-_probability = _number(float, lambda v: 0 < v <= 1, "a number above 0, at most 1")
-_seed = _number(int, lambda v: 0 <= v < 2**32, "a seed from 0 to 4294967295")
+_positive_int = _checked(int, lambda v: v >= 1, "a positive integer")
+_positive_float = _checked(float, lambda v: math.isfinite(v) and v > 0, "a finite positive number")
+_fraction = _checked(float, lambda v: 0 < v < 1, "a share between 0 and 1")
+_finite = _checked(float, math.isfinite, "a finite number")
+_share = _checked(float, lambda v: 0 <= v <= 1, "a number from 0 to 1")
+_probability = _checked(float, lambda v: 0 < v <= 1, "a number above 0, at most 1")
+_path = _checked(str, bool, "a path, not an empty one")  # "" would fall back to a default
+_seed = _checked(int, lambda v: 0 <= v < 2**32, "a seed from 0 to 4294967295")
 
 
 def _parse_strength(text: str) -> tuple[str, float]:
@@ -143,8 +144,10 @@ def _load(
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", help=f"model id or path (default: {DEFAULT_MODEL})")
-    parser.add_argument("--vectors", help="vector file (default: the prebuilt one for the model)")
+    parser.add_argument("--model", type=_path, help=f"model id or path (default: {DEFAULT_MODEL})")
+    parser.add_argument(
+        "--vectors", type=_path, help="vector file (default: the prebuilt one for the model)"
+    )
     parser.add_argument("--layers", type=_parse_layers, help="layers to steer, e.g. 10-19")
     parser.add_argument("--scale", choices=["relative", "raw"], default="relative")
     parser.add_argument(

@@ -13,6 +13,7 @@ from emovec._cli_options import (
     _model,
     _parse_layers,
     _parse_strength,
+    _path,
     _positive_float,
     _positive_int,
     _seed,
@@ -38,8 +39,8 @@ def add_train_parser(commands: Any) -> None:
         "model answers the triples' questions the emotional way (the model stays frozen). "
         "The bank steers exactly the trained vectors at alpha 1.",
     )
-    parser.add_argument("--model", help=f"model id or path (default: {DEFAULT_MODEL})")
-    parser.add_argument("--out", required=True, help="output .safetensors file")
+    parser.add_argument("--model", type=_path, help=f"model id or path (default: {DEFAULT_MODEL})")
+    parser.add_argument("--out", type=_path, required=True, help="output .safetensors file")
     parser.add_argument("--emotions", nargs="+", help="shipped emotions to train")
     parser.add_argument(
         "--triples",

@@ -29,6 +29,7 @@ from emovec._cli_options import (
     _parse_layers,
     _parse_query_guidance,
     _parse_strength,
+    _path,
     _positive_float,
     _positive_int,
     _probability,
@@ -110,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="positions to steer (default: each emotion's calibrated ones, else all)",
     )
     _add_sampling_options(ev)
-    ev.add_argument("--out", help="output folder (default out/eval-MODEL)")
+    ev.add_argument("--out", type=_path, help="output folder (default out/eval-MODEL)")
     _add_clean_option(ev)  # --no-clean: the offensive rate without the blocker
     _add_tolerance_options(ev)
     ev.add_argument(
@@ -126,8 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     from emovec.estimators import ESTIMATORS
 
     ext = commands.add_parser("extract", help="extract emotion vectors to a file")
-    ext.add_argument("--model", help=f"model id or path (default: {DEFAULT_MODEL})")
-    ext.add_argument("--out", required=True, help="output .safetensors file")
+    ext.add_argument("--model", type=_path, help=f"model id or path (default: {DEFAULT_MODEL})")
+    ext.add_argument("--out", type=_path, required=True, help="output .safetensors file")
     ext.add_argument("--emotions", nargs="+", help="shipped emotions to use")
     ext.add_argument(
         "--pairs",
@@ -207,16 +208,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     again.add_argument("report", help="report.json written by 'emovec eval'")
     again.add_argument("--scorer", help=_SCORER_HELP)
-    again.add_argument("--out", help="output folder (default: beside the report)")
+    again.add_argument("--out", type=_path, help="output folder (default: beside the report)")
     again.set_defaults(run=_rescore)
 
     cal = commands.add_parser(
         "calibrate", help="find each emotion's band and strength, store them in the vector file"
     )
-    cal.add_argument("--model", help=f"model id or path (default: {DEFAULT_MODEL})")
-    cal.add_argument("--vectors", help="vector file (default: the prebuilt one for the model)")
+    cal.add_argument("--model", type=_path, help=f"model id or path (default: {DEFAULT_MODEL})")
     cal.add_argument(
-        "--out", help="where to write the calibrated file (default: --vectors, unless shipped)"
+        "--vectors", type=_path, help="vector file (default: the prebuilt one for the model)"
+    )
+    cal.add_argument(
+        "--out",
+        type=_path,
+        help="where to write the calibrated file (default: --vectors, unless shipped)",
     )
     cal.add_argument("--emotions", nargs="+")
     cal.add_argument(
@@ -284,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cal.add_argument(
         "--report",
+        type=_path,
         metavar="DIR",
         help="write every trial (markdown, JSON, the Pareto front front.png) and every "
         "answer (answers.json) here",

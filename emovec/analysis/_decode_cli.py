@@ -38,7 +38,7 @@ def _layer_list(text: str) -> list[int]:
 def add_decode_parser(commands: Any) -> argparse.ArgumentParser:
     """Add ``decode`` to ``commands`` (what ``parser.add_subparsers()`` returns); the
     parser's ``run`` default is :func:`main_decode`."""
-    from emovec._cli_options import _positive_int  # the command line's, built on top
+    from emovec._cli_options import _path, _positive_int  # the command line's, on top
 
     parser: argparse.ArgumentParser = commands.add_parser(
         "decode",
@@ -46,8 +46,12 @@ def add_decode_parser(commands: Any) -> argparse.ArgumentParser:
         description="Decode emotion vectors, or the mean representation of stimuli, through "
         "the model's final norm and LM head, layer by layer.",
     )
-    parser.add_argument("--model", help="model id or path (default: the embedded SmolLM2)")
-    parser.add_argument("--vectors", help="vector file (default: the prebuilt one for the model)")
+    parser.add_argument(
+        "--model", type=_path, help="model id or path (default: the embedded SmolLM2)"
+    )
+    parser.add_argument(
+        "--vectors", type=_path, help="vector file (default: the prebuilt one for the model)"
+    )
     parser.add_argument("--emotions", nargs="+", help="emotions to decode (default: all)")
     parser.add_argument(
         "--stimuli",
@@ -61,8 +65,10 @@ def add_decode_parser(commands: Any) -> argparse.ArgumentParser:
         "--no-norm", action="store_true", help="read through the LM head alone, without the norm"
     )
     parser.add_argument("--logits", action="store_true", help="print each token's logit")
-    parser.add_argument("--json", help="also write the decodings to this JSON file")
-    parser.add_argument("--plots", help="also write one PNG per decoding into this folder")
+    parser.add_argument("--json", type=_path, help="also write the decodings to this JSON file")
+    parser.add_argument(
+        "--plots", type=_path, help="also write one PNG per decoding into this folder"
+    )
     parser.set_defaults(run=main_decode)
     return parser
 

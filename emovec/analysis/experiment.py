@@ -204,12 +204,14 @@ def add_stimuli_parser(
 ) -> argparse.ArgumentParser:
     """Add the ``stimuli`` command (runs :func:`main_stimuli`) to a CLI's subcommands."""
     # The command line's types (it is built on top of the library).
-    from emovec._cli_options import _finite, _positive_float, _positive_int, _seed
+    from emovec._cli_options import _finite, _path, _positive_float, _positive_int, _seed
 
     parser = subparsers.add_parser(
         "stimuli", help="score the task set with emotional stimuli, prompted and steered"
     )
-    parser.add_argument("--model", help="model id or path (default: the embedded model)")
+    parser.add_argument(
+        "--model", type=_path, help="model id or path (default: the embedded model)"
+    )
     parser.add_argument(
         "--per-task", type=_positive_int, default=20, help="items per task (default 20)"
     )
@@ -234,7 +236,7 @@ def add_stimuli_parser(
         help="how many shipped extraction queries the vectors average over (default all)",
     )
     parser.add_argument("--batch-size", type=_positive_int, default=8)
-    parser.add_argument("--out", default="stimuli-report", help="report folder")
+    parser.add_argument("--out", type=_path, default="stimuli-report", help="report folder")
     parser.set_defaults(run=main_stimuli)
     return parser
 

@@ -29,6 +29,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from emovec._hub import hub_options
 from emovec.datasets import BASIC_EMOTIONS
 from emovec.evaluation.topic import SentenceEmbedder
 from emovec.models import input_device
@@ -143,8 +144,10 @@ class ClassifierScorer:
         device: str | torch.device | None = None,
     ) -> None:
         if isinstance(model_or_path, (str, Path)):
-            tokenizer = tokenizer or AutoTokenizer.from_pretrained(model_or_path)
-            model = AutoModelForSequenceClassification.from_pretrained(model_or_path)
+            # An unreachable hub fails in seconds, as load_model does (not after a minute).
+            located = hub_options(str(model_or_path), {})
+            tokenizer = tokenizer or AutoTokenizer.from_pretrained(model_or_path, **located)
+            model = AutoModelForSequenceClassification.from_pretrained(model_or_path, **located)
             if device is not None:
                 model.to(torch.device(device))
         else:
