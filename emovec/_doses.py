@@ -178,12 +178,21 @@ def guard_factors(doses: torch.Tensor, limits: torch.Tensor, guard: str) -> torc
 def cast_delta(
     delta: torch.Tensor, device: torch.device, dtype: torch.dtype, layer: int
 ) -> torch.Tensor:
-    """``delta`` on ``device`` in ``dtype``; refused if that dtype cannot hold it."""
+    """``delta`` on ``device`` in ``dtype``; refused if that dtype cannot hold it, or if
+    its square summed over the hidden size would overflow float32 (the precision models
+    normalise in): the next norm then makes every logit NaN and the answer empty."""
     cast = delta.to(device=device, dtype=dtype)
     if not bool(torch.isfinite(cast).all()):
         raise DoseError(
             f"The steering vector for layer {layer} is not finite in {dtype} (largest value "
             f"{float(delta.abs().max()):.3g}): lower the strengths, or steer in float32."
+        )
+    limit = math.sqrt(torch.finfo(torch.float32).max / max(delta.shape[-1], 1))
+    if float(delta.abs().max()) > limit:
+        raise DoseError(
+            f"The steering vector for layer {layer} reaches {float(delta.abs().max()):.3g}, "
+            f"beyond {limit:.3g}, where the model's normalisation overflows and every logit "
+            "is NaN: lower the strengths."
         )
     return cast
 

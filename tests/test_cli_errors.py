@@ -280,6 +280,9 @@ def test_strengths_given_twice_or_beyond_the_dose_limit_are_refused(
     assert (code, out) == (2, "")
     assert "exceeds max_dose" in _one_error_line(err)
     code, out, err = run(capsys, *argv, "--emotion", "joy=1e30", "--max-dose", "1e40")
+    assert (code, out) == (2, "")  # above any limit: the next norm would make NaN logits
+    assert "every logit is NaN" in _one_error_line(err)
+    code, out, err = run(capsys, *argv, "--emotion", "joy=1e3", "--max-dose", "1e40")
     assert code == 0, err  # the limit raised on purpose: answered at the dose asked for
     with pytest.raises(SystemExit):
         main([str(a) for a in argv] + ["--emotion", "joy=nan"])

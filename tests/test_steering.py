@@ -1498,6 +1498,8 @@ def test_offloaded_model_is_steered_like_the_original(
         ({"rows": [{"joy": 1.0}, {"joy": math.nan}]}, DoseError),
         ({"rows": [{"joy": "1"}]}, TypeError),
         ({"joy": 1e39, "max_dose": math.inf}, DoseError),  # overflows float32
+        # Finite, but its squares overflow the next norm: NaN logits, an empty answer.
+        ({"joy": 1e30, "max_dose": math.inf}, DoseError),
         ({"joy": 1.0, "layers": {1: 1e39}, "guard": "clamp"}, DoseError),
     ],
 )
