@@ -139,7 +139,9 @@ def _load(
         f"loaded {args.model or DEFAULT_MODEL} in {time.perf_counter() - started:.1f} s",
         file=sys.stderr,
     )
-    vectors = given or vectors_for(model, tokenizer, args.model or DEFAULT_MODEL)
+    vectors = (
+        given if given is not None else vectors_for(model, tokenizer, args.model or DEFAULT_MODEL)
+    )
     return model, tokenizer, vectors
 
 
