@@ -297,6 +297,7 @@ def test_any_arguments_exit_0_or_2_in_one_line_and_touch_nothing_else(
     command, options = drawn
     monkeypatch.setenv("EMOVEC_CACHE", str(world["root"] / "cache"))
     out = tmp_path_factory.mktemp("out")
+    monkeypatch.chdir(out)  # a relative path among the values lands here, not in the checkout
     fill = {"fifo": str(fifo), "readonly": str(world["readonly"] / "blocker"), "tmp": str(out)}
     argv = _base(command, world, out)
     for option, value in options:
