@@ -188,9 +188,10 @@ def cast_delta(
             f"{float(delta.abs().max()):.3g}): lower the strengths, or steer in float32."
         )
     limit = math.sqrt(torch.finfo(torch.float32).max / max(delta.shape[-1], 1))
-    if float(delta.abs().max()) > limit:
+    largest = float(delta.detach().abs().max())
+    if largest > limit:
         raise DoseError(
-            f"The steering vector for layer {layer} reaches {float(delta.abs().max()):.3g}, "
+            f"The steering vector for layer {layer} reaches {largest:.3g}, "
             f"beyond {limit:.3g}, where the model's normalisation overflows and every logit "
             "is NaN: lower the strengths."
         )

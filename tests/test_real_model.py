@@ -152,7 +152,7 @@ def test_steering_raises_the_target_emotion_score(
     before, after = scorer(plain_answers)[:, column], scorer(steered)[:, column]
     raised = float(np.mean(after > before))
     # "Most prompts": a strict majority, and a rise of the mean score (a real one but for
-    # the trained anger, which nade barely sees: 0.028 -> 0.041; docs/training.md).
+    # anger, which nade barely hears in answers that carry content: docs/judging.md).
     assert raised > 0.5, (emotion, before.round(2), after.round(2), steered)
     rise = 0.01 if emotion == "anger" else 0.03
     assert after.mean() > before.mean() + rise, (emotion, before.mean(), after.mean())
@@ -214,10 +214,11 @@ def plain_long_answers(model_and_tokenizer: tuple, vectors: EmotionVectors) -> l
 
 
 EMOTIONS = ["joy", "anger", "disgust", "fear", "sadness"]
-# The share of answers the target must win at α = 1 on these 16 queries (measured: joy 1.0,
-# anger 0.125, disgust 0.69, fear 0.75, sadness 0.94). On all 120 held-out evaluation
-# queries the trained bank wins 0.78 / 0.17 / 0.77 / 0.78 / 0.68 (docs/training.md).
-SUCCESS_FLOOR = {"joy": 0.8, "anger": 0.1, "disgust": 0.6, "fear": 0.6, "sadness": 0.8}
+# The share of answers the target must win at α = 1 on these 16 queries (measured, round 8:
+# joy 1.0, anger 0.69, disgust 0.88, fear 0.81, sadness 0.94; disgust read 0.69 with the
+# round-7 vectors, equal but for bfloat16 rounding). On all 120 held-out evaluation queries
+# the shipped bank wins 0.77 / 0.54 / 0.76 / 0.78 / 0.84 (docs/training.md).
+SUCCESS_FLOOR = {"joy": 0.8, "anger": 0.5, "disgust": 0.6, "fear": 0.6, "sadness": 0.8}
 
 
 @pytest.fixture(scope="module")
@@ -244,24 +245,19 @@ def test_at_alpha_one_the_target_wins_most_answers_and_minus_one_suppresses(
 ) -> None:
     """On held-out queries, through plain ``steer``: at α = 1 the target is the judge's top
     emotion far more often than plain (for joy and sadness on at least 0.8 of the answers,
-    the bar), at most one answer degenerate; at α = −1 its score falls below plain."""
+    the bar), at most one answer degenerate; at α = −1 joy's score falls below plain."""
     column = judge.emotions.index(emotion)
     steered = at_alpha_one(emotion)
     scores = judge(steered)
     wins = float(np.mean(np.argmax(scores, axis=1) == column))
     plain_wins = float(np.mean(np.argmax(judge(plain_long_answers), axis=1) == column))
     assert wins >= SUCCESS_FLOOR[emotion], (emotion, wins, plain_wins, steered)
-    if emotion == "anger":
-        # The trained anger shows little anger (held out: 0.17 of the answers, plain 0.04;
-        # here 2 of 16, plain 1): it must still gain, not yet clearly (docs/training.md).
-        assert wins > plain_wins, (emotion, wins, plain_wins, steered)
-    else:
-        assert wins >= plain_wins + 0.25, (emotion, wins, plain_wins, steered)
+    assert wins >= plain_wins + 0.25, (emotion, wins, plain_wins, steered)
     assert sum(is_degenerate(answer) for answer in steered) <= 1, steered
     if emotion != "joy":
         # Not asserted: the vectors are trained for +v only (the LM objective), and −v is no
-        # anti-emotion for every emotion: the trained anger at α = −1 even raises the judge's
-        # anger score here (0.078 → 0.137). The bidirectional "preference" objective trains
+        # anti-emotion but for joy: at α = −1 the judge's score rises here for anger (0.078 →
+        # 0.183), disgust, fear and sadness. The bidirectional "preference" objective trains
         # −v too (docs/training.md).
         return
     suppressed = judge(_answers(model_and_tokenizer, vectors, **{emotion: -1.0}))[:, column]
@@ -272,9 +268,9 @@ def test_at_alpha_one_the_target_wins_most_answers_and_minus_one_suppresses(
 
 # Topic retention at α = 1 on these held-out queries (mean MiniLM similarity of the answers
 # to their queries over the plain answers'): the bar, 0.7, for every emotion (measured here:
-# 1.06 / 0.85 / 0.85 / 0.76 / 0.91). On all 120 harder evaluation queries the trained bank
-# keeps 0.89 / 0.90 / 0.78 / 0.73 / 0.82 (joy / anger / disgust / fear / sadness;
-# docs/training.md), the recipes before it 0.74 / 0.80 / 0.67 / 0.69 / 0.69.
+# 1.07 / 0.82 / 0.84 / 0.75 / 0.79). On all 120 harder evaluation queries the shipped bank
+# keeps 0.89 / 0.83 / 0.79 / 0.73 / 0.67 (joy / anger / disgust / fear / sadness;
+# docs/training.md), the recipes before round 7 0.74 / 0.80 / 0.67 / 0.69 / 0.69.
 RETENTION_FLOOR = dict.fromkeys(EMOTIONS, 0.7)
 
 
