@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from emovec._files import check_writable, read_text, write_text
+from emovec._files import check_writable, file_set, read_text, write_text
 
 if TYPE_CHECKING:  # the command's modules load when it runs, not when the parser is built
     from emovec.analysis.decode import Decoding
@@ -122,13 +122,16 @@ def main_decode(args: argparse.Namespace) -> None:
         raise ValueError(str(err)) from err
     for decoding in decodings:
         print(decoding.to_markdown(logits=args.logits))
+    with file_set() as stage:  # the JSON and the plots appear together or not at all
+        if args.json:
+            payload = [d.to_dict() for d in decodings]
+            write_text(stage(args.json), json.dumps(payload, indent=2) + "\n")
+        if args.plots:
+            for decoding in decodings:
+                name = re.sub(r"[^A-Za-z0-9_.-]+", "_", decoding.label) or "direction"
+                path = stage(Path(args.plots) / f"decode-{name}.png")
+                decoding.plot().savefig(path, dpi=120, format="png")
     if args.json:
-        payload = [d.to_dict() for d in decodings]
-        write_text(args.json, json.dumps(payload, indent=2) + "\n")
         print(f"wrote {args.json}", file=sys.stderr)
     if args.plots:
-        folder = Path(args.plots)
-        for decoding in decodings:
-            name = re.sub(r"[^A-Za-z0-9_.-]+", "_", decoding.label) or "direction"
-            decoding.plot().savefig(folder / f"decode-{name}.png", dpi=120)
-        print(f"wrote {len(decodings)} plots to {folder}", file=sys.stderr)
+        print(f"wrote {len(decodings)} plots to {args.plots}", file=sys.stderr)
