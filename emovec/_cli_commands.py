@@ -73,8 +73,8 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _generate(args: argparse.Namespace) -> None:
+    strengths = _strengths(args.emotion, "--emotion")  # refused before the model loads
     model, tokenizer, vectors = _load(args)
-    strengths = _strengths(args.emotion, "--emotion")
     with steer(
         model,
         vectors,
