@@ -6,12 +6,9 @@ keeps only those emotions, e.g. where two banks share the others), the plain ans
 from the first report. The plot in the README (round 8)::
 
     python benchmarks/front_plot.py docs/front-smollm2.png \
-        "out/r7-shipped-heldout/report.json=recipes before" \
+        "out/r7-shipped-heldout/report.json=recipes (persona, guidance)" \
         "out/r7-chosen-lm-heldout/report.json=trained, round 7:anger,sadness" \
-        "out/r8/p1-heldout-115/report.json=trained, shipped"
-
-Retention is each answer's similarity over the first report's plain answers': give reports
-decoded alike (here all at penalty 1.15).
+        "out/r8/v3-heldout/report.json=trained, shipped"
 """
 
 from __future__ import annotations

@@ -85,13 +85,13 @@ def test_the_readme_snippet_runs_and_steers(monkeypatch: pytest.MonkeyPatch) -> 
     exec(compile(snippet, "README.md", "exec"), namespace)  # our own README
     assert len(printed) == 1 and len(printed[0].split()) >= 10, printed
     vecs, model, tok = namespace["vecs"], namespace["model"], namespace["tok"]
-    assert vecs.generation_kwargs() == {"repetition_penalty": 1.0}  # type: ignore[attr-defined]
+    assert vecs.generation_kwargs() == {"repetition_penalty": 1.15}  # type: ignore[attr-defined]
     # Plain model.generate under steer is the library's own steered answer, not the plain one.
     from emovec import steer
     from emovec.generation import generate_answers
 
     query = namespace["chat"][0]["content"]  # type: ignore[index]
-    options = {"max_new_tokens": 48, "repetition_penalty": 1.0, "clean": False}
+    options = {"max_new_tokens": 48, "repetition_penalty": 1.15, "clean": False}
     with steer(model, vecs, joy=1.0):  # type: ignore[arg-type]
         steered = generate_answers(model, tok, [query], **options)  # type: ignore[arg-type]
     plain = generate_answers(model, tok, [query], **options)  # type: ignore[arg-type]

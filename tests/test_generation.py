@@ -167,11 +167,11 @@ def test_the_shipped_bank_decodes_as_it_was_calibrated() -> None:
     from emovec.generation import Decoding
 
     vectors = EmotionVectors.load(SHIPPED_BANK)
-    assert vectors.generation_kwargs() == {"repetition_penalty": 1.0}
-    assert Decoding.calibrated(vectors) == Decoding(repetition_penalty=1.0)
-    assert calibrated_repetition_penalty(vectors) == 1.0
-    assert Decoding.calibrated(vectors, max_new_tokens=7, repetition_penalty=1.15) == Decoding(
-        max_new_tokens=7, repetition_penalty=1.15
+    assert vectors.generation_kwargs() == {"repetition_penalty": 1.15}
+    assert Decoding.calibrated(vectors) == Decoding(repetition_penalty=1.15)
+    assert calibrated_repetition_penalty(vectors) == 1.15
+    assert Decoding.calibrated(vectors, max_new_tokens=7, repetition_penalty=1.0) == Decoding(
+        max_new_tokens=7
     )
 
 
