@@ -51,21 +51,33 @@ def read_text(path: str | Path, what: str, limit: int = MAX_TEXT_BYTES) -> str:
     return data.decode("utf-8")
 
 
+def _staging_file(path: Path, suffix: str) -> Path:
+    """An empty file beside ``path`` (in its folder, so that a rename replaces it)."""
+    handle, staging = tempfile.mkstemp(prefix=f".{path.name}-", suffix=suffix, dir=path.parent)
+    os.close(handle)
+    return Path(staging)
+
+
+def _publish(staging: Path, path: Path) -> None:
+    """``staging`` renamed onto ``path``, with the permissions of a normally created file
+    (mkstemp's 0600 would make shared files private)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o666 & ~umask)
+    os.replace(staging, path)
+
+
 @contextmanager
 def atomic_path(path: Path, *, suffix: str = "") -> Iterator[Path]:
     """A staging file beside ``path`` to write into; it replaces ``path`` when the block
     ends without an error and is removed otherwise."""
-    handle, staging = tempfile.mkstemp(prefix=f".{path.name}-", suffix=suffix, dir=path.parent)
-    os.close(handle)
+    staging = _staging_file(path, suffix)
     try:
-        yield Path(staging)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(staging, 0o666 & ~umask)  # mkstemp's 0600 would make shared files private
-        os.replace(staging, path)
+        yield staging
+        _publish(staging, path)
     finally:
-        if os.path.exists(staging):
-            os.unlink(staging)
+        if staging.exists():
+            staging.unlink()
 
 
 def write_text(path: str | Path, text: str) -> Path:
@@ -156,21 +168,14 @@ def file_set() -> Iterator[Callable[[str | Path], Path]]:
         path = Path(path)
         created.extend(_missing_folders(path.parent))
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, staging = tempfile.mkstemp(
-            prefix=f".{path.name}-", suffix=path.suffix, dir=path.parent
-        )
-        os.close(handle)
-        staged.append((Path(staging), path))
-        return Path(staging)
+        staged.append((_staging_file(path, path.suffix), path))
+        return staged[-1][0]
 
     done = False
     try:
         yield stage
-        umask = os.umask(0)
-        os.umask(umask)
         for staging, path in staged:
-            os.chmod(staging, 0o666 & ~umask)
-            os.replace(staging, path)
+            _publish(staging, path)
         done = True
     finally:
         for staging, _ in staged:
