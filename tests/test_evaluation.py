@@ -22,6 +22,7 @@ from emovec.cli import main
 from emovec.evaluation import EvaluationReport, Tolerance, evaluate, recommend_alpha
 from emovec.evaluation import sweep as evaluation
 from emovec.evaluation.fluency import is_invented
+from emovec.evaluation.metrics import is_degenerate
 from emovec.evaluation.plots import pareto_front
 from emovec.evaluation.scoring import NadeScorer
 from emovec.evaluation.topic import MIN_PLAIN_SIMILARITY, SentenceEmbedder
@@ -500,6 +501,25 @@ def test_rescoring_keeps_the_invented_flags_it_has(report: EvaluationReport) -> 
     )
     rescored = marked.rescored(_Constant(joy=0.5, anger=0.5))
     assert [r["invented"] for r in rescored.records] == [1.0] * len(report.records)
+
+
+def test_rescoring_judges_degeneration_again_by_todays_rule(report: EvaluationReport) -> None:
+    """Degeneration is a rule over the text: a report judged by an older rule (distinct-2
+    alone) is judged again, and a loop of phrases it missed is counted."""
+    loop = (
+        "I'm annoyed by the lack of plans on the old town walk. I'm annoyed by the lack of "
+        "plans, so I'm annoyed by the lack of plans again"
+    )
+    older = EvaluationReport(
+        [{**r, "answer": loop, "degenerate": 0.0} for r in report.records[:1]]
+        + [{**r, "degenerate": 1.0} for r in report.records[1:]],
+        settings=report.settings,
+    )
+    rescored = older.rescored(_Constant(joy=0.5, anger=0.5))
+    assert rescored.records[0]["degenerate"] == 1.0
+    assert [r["degenerate"] for r in rescored.records[1:]] == [
+        float(not r["answer"].strip() or is_degenerate(r["answer"])) for r in report.records[1:]
+    ]
 
 
 def test_cli_rescore_judges_the_invented_words_of_an_old_report(

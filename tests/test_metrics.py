@@ -31,6 +31,7 @@ from emovec.evaluation.metrics import (
     is_degenerate,
     lexicon_intensity,
     perplexity,
+    repeated_share,
 )
 from emovec.evaluation.topic import (
     MIN_PLAIN_SIMILARITY,
@@ -60,7 +61,29 @@ def test_repeated_phrases_are_degenerate() -> None:
     assert is_degenerate(stutter)
     loop = "the cat the cat the cat the cat"  # 2 distinct bigrams of 7
     assert is_degenerate(loop)
-    assert not is_degenerate(loop, threshold=2 / 7)  # not below the threshold itself
+    # Not below the threshold itself (and its trigram loops allowed).
+    assert not is_degenerate(loop, threshold=2 / 7, max_repeated=1.0)
+
+
+def test_a_loop_of_phrases_in_varied_text_is_degenerate() -> None:
+    # An answer of SmolLM2 steered to anger without the repetition penalty: distinct-2 0.85
+    # sees nothing, but 4 of its 39 word trigrams repeat an earlier one.
+    loop = (
+        "I want to visit the old town in the countryside, with a walk to the old church and a "
+        "view of the sea, and I'm annoyed by the lack of plans. I'm annoyed by the lack of "
+        "plans, so I take the"
+    )
+    assert distinct_n(loop) > 0.8
+    assert repeated_share(loop) == pytest.approx(5 / 40)
+    assert is_degenerate(loop)
+    assert not is_degenerate(loop, max_repeated=0.2)
+
+
+def test_the_shipped_answers_are_never_degenerate() -> None:
+    texts = [t for pairs in default_answer_pairs().values() for p in pairs for t in p[1:]]
+    assert len(texts) == 1000
+    assert max(repeated_share(t) for t in texts) < 0.05
+    assert not any(is_degenerate(t) for t in texts)
 
 
 def test_normal_and_short_texts_are_not_degenerate() -> None:

@@ -28,6 +28,7 @@ __all__ = [
     "is_degenerate",
     "lexicon_intensity",
     "perplexity",
+    "repeated_share",
 ]
 
 # The affect categories of the NRC lexicon: Plutchik's eight emotions and two sentiments.
@@ -65,24 +66,48 @@ def distinct_n(text: str, n: int = 2) -> float:
     return len(set(grams)) / len(grams) if grams else 1.0
 
 
-def is_degenerate(text: str, threshold: float = 0.5, min_words: int = 8) -> bool:
-    """Whether a text has collapsed into repetition (distinct-2 below ``threshold``).
+def repeated_share(text: str, n: int = 3) -> float:
+    """Share of a text's word n-grams that repeat an earlier one (words lower-cased,
+    punctuation ignored): ``1 - distinct-n`` over its words.
+
+    Args:
+        text: The text.
+        n: The n-gram length.
+
+    Returns:
+        A share in [0, 1); 0.0 when the text has fewer than ``n`` words.
+    """
+    words = _WORD.findall(text.lower())
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+def is_degenerate(
+    text: str, threshold: float = 0.5, min_words: int = 8, max_repeated: float = 0.1
+) -> bool:
+    """Whether a text has collapsed into repetition: its distinct-2 is below ``threshold``
+    (a stutter: "the the the"), or more than ``max_repeated`` of its word trigrams repeat
+    an earlier one (a loop of phrases: "I'm furious now, and I'm furious now"), which
+    distinct-2 barely sees in a text otherwise varied.
 
     Texts shorter than ``min_words`` words are never judged degenerate: with a handful of
     bigrams one repeated pair already moves distinct-2 a lot, so short answers would be
-    flagged for ordinary phrasing rather than for looping.
+    flagged for ordinary phrasing rather than for looping. The shipped hand-written answers
+    and the plain answers of SmolLM2 at repetition penalty 1.15 are never degenerate; at
+    penalty 1.0 3 % of its plain answers loop (docs/evaluation.md).
 
     Args:
         text: The text; words are split on whitespace.
         threshold: The smallest share of unique word bigrams a healthy text has.
         min_words: The fewest words a text needs before it is judged.
+        max_repeated: The largest share of repeated word trigrams a healthy text has.
 
     Returns:
-        ``True`` when the text is long enough and its distinct-2 is under ``threshold``.
+        ``True`` when the text is long enough and stutters or loops.
     """
     if len(text.split()) < min_words:
         return False
-    return distinct_n(text, 2) < threshold
+    return distinct_n(text, 2) < threshold or repeated_share(text, 3) > max_repeated
 
 
 # --- lexicon --------------------------------------------------------------------------

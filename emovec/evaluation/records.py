@@ -10,6 +10,7 @@ from typing import Any, Protocol, TypedDict, cast
 import numpy as np
 
 from emovec.evaluation.fluency import is_invented
+from emovec.evaluation.metrics import is_degenerate
 from emovec.evaluation.topic import topic_retention
 
 __all__ = ["OffensiveJudgeLike", "Record", "SummaryRow", "load_offensive_judge"]
@@ -54,6 +55,12 @@ def _offensive(texts: Sequence[str], judge: OffensiveJudgeLike) -> dict[str, flo
     if flags.shape != (len(unique),):
         raise ValueError(f"The offensive judge gave {flags.shape} flags for {len(unique)} texts.")
     return {t: float(bool(t.strip()) and bool(f)) for t, f in zip(unique, flags, strict=True)}
+
+
+def _degenerate(text: str) -> float:
+    """1.0 if an answer is empty or has collapsed into repetition
+    (:func:`emovec.evaluation.metrics.is_degenerate`), else 0.0."""
+    return float(not text.strip() or is_degenerate(text))
 
 
 def _invented(texts: Sequence[str]) -> dict[str, float]:

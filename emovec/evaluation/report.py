@@ -18,6 +18,7 @@ from emovec.evaluation.records import (
     OffensiveJudgeLike,
     Record,
     SummaryRow,
+    _degenerate,
     _fmt,
     _invented,
     _judgement,
@@ -115,8 +116,10 @@ class EvaluationReport:
         embedder: SentenceEmbedder | None = None,
     ) -> EvaluationReport:
         """The same answers judged by another emotion scorer: EPS, success and scores are
-        recomputed, everything else (topic, fluency, offensive) is kept. Generating is the
-        slow part of an evaluation, so a second judge costs seconds.
+        recomputed, and the degeneration judged again from the text (the rule of
+        :func:`~emovec.evaluation.metrics.is_degenerate` today); everything else (topic,
+        perplexity, offensive) is kept. Generating is the slow part of an evaluation, so a
+        second judge costs seconds.
 
         Reports from before the offensive rate was measured get it here, from
         ``offensive_judge`` (default: :class:`emovec.offensive.OffensiveJudge`), those from
@@ -147,6 +150,8 @@ class EvaluationReport:
         records: list[Record] = [
             {
                 **record,
+                # Judged from the text alone, so an older report follows today's rule.
+                "degenerate": _degenerate(record["answer"]),
                 **_judgement(
                     record["answer"],
                     record["target"],

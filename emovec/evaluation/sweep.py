@@ -15,7 +15,8 @@
 - **offensive**: whether an offensive-language judge (:class:`emovec.offensive.OffensiveJudge`
   by default) flags the answer; the summary gives the share flagged;
 - **fluency**: perplexity of the answer under the unsteered model, distinct-1/2, whether
-  the answer is degenerate (unique-bigram share < 0.5), and whether it is **invented**: uses
+  the answer is degenerate (it stutters or loops:
+  :func:`emovec.evaluation.metrics.is_degenerate`), and whether it is **invented**: uses
   two or more words no English word list knows (:func:`emovec.evaluation.fluency.is_invented`).
 
 Generation is batched across conditions with per-row mixes (``steer(..., rows=...)``), so one
@@ -44,7 +45,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from emovec._doses import count
 from emovec.datasets import default_queries
-from emovec.evaluation.metrics import distinct_n, is_degenerate, lexicon_intensity, perplexity
+from emovec.evaluation.metrics import distinct_n, lexicon_intensity, perplexity
 from emovec.evaluation.recipes import (
     _AS_CALIBRATED,
     Recipe,
@@ -58,6 +59,7 @@ from emovec.evaluation.recipes import (
 from emovec.evaluation.records import (
     OffensiveJudgeLike,
     Record,
+    _degenerate,
     _invented,
     _judgement,
     _offensive,
@@ -280,7 +282,7 @@ def evaluate(
                     "perplexity": float(ppl[i]),
                     "distinct_1": distinct_n(answer, 1),
                     "distinct_2": distinct_n(answer, 2),
-                    "degenerate": float(not answer.strip() or is_degenerate(answer)),
+                    "degenerate": _degenerate(answer),
                     "invented": invented[answer],
                 }
             )
