@@ -19,9 +19,9 @@ from emovec._cli_options import (
     _seed,
     _strengths,
 )
-from emovec.datasets import BASIC_EMOTIONS, ResponsePair, read_pairs
+from emovec.datasets import BASIC_EMOTIONS, ResponsePair, default_instructions, read_pairs
 from emovec.models import DEFAULT_MODEL
-from emovec.training import OBJECTIVES, PARAMETERIZATIONS, train
+from emovec.training import OBJECTIVES, PARAMETERIZATIONS, _instructions, train
 
 _DEFAULTS = {
     name: parameter.default
@@ -57,6 +57,19 @@ def add_train_parser(commands: Any) -> None:
     parser.add_argument("--batch-size", type=_positive_int, default=_DEFAULTS["batch_size"])
     parser.add_argument("--learning-rate", type=_positive_float, default=_DEFAULTS["learning_rate"])
     parser.add_argument("--beta", type=_positive_float, default=_DEFAULTS["beta"])
+    parser.add_argument(
+        "--kl-weight",
+        type=_positive_float,
+        default=_DEFAULTS["kl_weight"],
+        help="weight of the KL term of lm+kl and lm+distill (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--instruction",
+        action="append",
+        metavar="EMOTION=TEXT",
+        help="lm+distill's teacher instruction for an emotion (default: the shipped one), "
+        "repeatable",
+    )
     parser.add_argument("--held-out", type=_fraction, default=_DEFAULTS["held_out"])
     parser.add_argument("--eval-every", type=_positive_int, default=_DEFAULTS["eval_every"])
     parser.add_argument("--seed", type=_seed, default=_DEFAULTS["seed"])
@@ -101,6 +114,16 @@ def _train(args: argparse.Namespace) -> None:
             if not all(isinstance(p, ResponsePair) for p in pairs):
                 raise ValueError(f"{path}: every record needs query, emotional and neutral.")
             triples[emotion] = [p for p in pairs if isinstance(p, ResponsePair)]
+    instructions = None
+    if args.instruction:
+        if args.objective != "lm+distill":
+            raise ValueError("--instruction is the teacher of --objective lm+distill only.")
+        instructions = dict(default_instructions())
+        for spec in args.instruction:
+            emotion, _, text = spec.partition("=")
+            if not emotion or not text.strip():
+                raise ValueError(f"--instruction expects EMOTION=TEXT, got {spec!r}")
+            instructions[emotion] = text
     alphas = _strengths(args.alpha, "--alpha")
     for emotion, alpha in alphas.items():
         if not (alpha > 0 and alpha < float("inf")):
@@ -109,6 +132,8 @@ def _train(args: argparse.Namespace) -> None:
     unknown = sorted(set(alphas) - set(trained))
     if unknown:
         raise ValueError(f"--alpha names {unknown}, which are not trained (only {trained}).")
+    if args.objective == "lm+distill":  # every teacher known before the model loads
+        instructions = _instructions(instructions, dict.fromkeys(trained))
     rank, world, device = _process_state()  # under accelerate launch: one share each
     model, tokenizer = _model(args.model, device=device)
     started = time.perf_counter()
@@ -124,6 +149,8 @@ def _train(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
         beta=args.beta,
+        kl_weight=args.kl_weight,
+        instructions=instructions,
         held_out=args.held_out,
         eval_every=args.eval_every,
         seed=args.seed,

@@ -31,6 +31,7 @@ __all__ = [
     "default_answer_pairs",
     "default_calibration_queries",
     "default_extraction_queries",
+    "default_instructions",
     "default_pairs",
     "default_queries",
     "read_pairs",
@@ -200,6 +201,13 @@ def validate_pairs(pairs: Mapping[str, Iterable[object]]) -> dict[str, list[Pair
                 )
         checked[emotion] = normalised
     return checked
+
+
+def default_instructions() -> dict[str, str]:
+    """The shipped instruction per emotion ("Answer as someone ..."), and the neutral one
+    under the key ``"neutral"``."""
+    text = (resources.files("emovec") / "data" / "instructions.json").read_text(encoding="utf-8")
+    return dict(json.loads(text))
 
 
 def _query_lines(name: str) -> list[str]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from importlib import resources
 from pathlib import Path
 from typing import cast
 
@@ -23,19 +22,18 @@ from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from emovec._files import write_text
-from emovec.datasets import BASIC_EMOTIONS, ResponsePair, default_extraction_queries
+from emovec.datasets import (
+    BASIC_EMOTIONS,
+    ResponsePair,
+    default_extraction_queries,
+    default_instructions,
+)
 from emovec.generation import generate_answers
 from emovec.models import cache_dir
 
 __all__ = ["NEUTRAL", "default_instructions", "response_pairs"]
 
 NEUTRAL = "neutral"
-
-
-def default_instructions() -> dict[str, str]:
-    """The shipped instruction per emotion, and the neutral one under the key ``"neutral"``."""
-    text = (resources.files("emovec") / "data" / "instructions.json").read_text(encoding="utf-8")
-    return dict(json.loads(text))
 
 
 def _model_fingerprint(model: PreTrainedModel) -> str:

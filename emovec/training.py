@@ -10,14 +10,23 @@ band), the model answers the triples' questions the emotional way:
 - ``"preference"``: a bidirectional preference (RePS / BiPO style): under ``+v`` the
   emotional answer gains log-likelihood over the neutral one, relative to the unsteered
   model; under ``−v`` the neutral one gains over the emotional one;
-- ``"lm+preference"``: both.
+- ``"lm+preference"``: both;
+- ``"lm+kl"``: the language-modelling loss plus a fluency term: the KL divergence from the
+  unsteered model's next-token distributions to the steered model's over the *neutral*
+  answers, so that ``+v`` changes what the emotion needs and leaves plain text alone;
+- ``"lm+distill"``: the language-modelling loss plus prompt distillation: over the emotional
+  answer, the KL divergence from the distributions the unsteered model gives when the query
+  carries the emotion's instruction ("Answer as someone furious…") to those ``+v`` gives
+  without it, so the vector learns what the prompt does.
 
-On SmolLM2 the language-modelling loss alone (the default) moved success and retention as far
-as both together, at a quarter of the cost per step (docs/training.md).
+The KL terms are weighted by ``kl_weight``; every term is a per-token mean. On SmolLM2 the
+language-modelling loss alone (the default) moved success and retention as far as the others
+(docs/training.md).
 
-Log-likelihoods are per-token means over the answer's tokens; the unsteered model's are
-computed once. The weights never change (their ``requires_grad`` is switched off for the
-duration and restored; only the vectors reach the optimiser), and training stops early:
+Log-likelihoods are per-token means over the answer's tokens; the unsteered model's (and the
+distributions the KL terms compare with) are computed once. The weights never change (their
+``requires_grad`` is switched off for the duration and restored; only the vectors reach the
+optimiser), and training stops early:
 every ``eval_every`` steps the loss on held-out triples is measured and the best vectors are
 kept. The result is an ordinary bank: each emotion's vectors with a
 :class:`~emovec.vectors.Placement` whose per-layer ``weights`` and ``dose`` make α = 1 add
@@ -35,7 +44,7 @@ import math
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import torch
@@ -48,7 +57,12 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from emovec._doses import _layer_index, count
 from emovec._reading import _all_reduce, _distributed
 from emovec._texts import _encode, _Item, _Text
-from emovec.datasets import ResponsePair, default_answer_pairs, validate_pairs
+from emovec.datasets import (
+    ResponsePair,
+    default_answer_pairs,
+    default_instructions,
+    validate_pairs,
+)
 from emovec.extraction import extract
 from emovec.hooks import Steering
 from emovec.layers import context_length, find_layers, training_band
@@ -64,9 +78,9 @@ __all__ = [
     "train",
 ]
 
-Objective = Literal["lm", "preference", "lm+preference"]
+Objective = Literal["lm", "preference", "lm+preference", "lm+kl", "lm+distill"]
 Parameterization = Literal["additive", "rank1"]
-OBJECTIVES: tuple[Objective, ...] = ("lm", "preference", "lm+preference")
+OBJECTIVES: tuple[Objective, ...] = ("lm", "preference", "lm+preference", "lm+kl", "lm+distill")
 PARAMETERIZATIONS: tuple[Parameterization, ...] = ("additive", "rank1")
 
 # Fewer triples than this cannot give both a training and a held-out share.
@@ -75,12 +89,14 @@ MIN_TRIPLES = 5
 
 @dataclass(frozen=True)
 class _Triple:
-    """One triple's two answers after its prompt, tokenised, with the unsteered model's
-    mean log-likelihood of each (filled in once)."""
+    """One triple's two answers after its prompt, tokenised, with what the objective compares
+    with, computed once: the unsteered model's mean log-likelihood of each answer
+    (preferences) or its log-probabilities at the answer's tokens (KL terms)."""
 
     emotional: _Text
     neutral: _Text
     reference: tuple[float, float] = (math.nan, math.nan)
+    target: torch.Tensor | None = None  # [answer tokens, vocabulary], bfloat16 log-probs
 
 
 def train(
@@ -96,6 +112,8 @@ def train(
     batch_size: int = 8,
     learning_rate: float = 0.02,
     beta: float = 4.0,
+    kl_weight: float = 1.0,
+    instructions: Mapping[str, str] | None = None,
     held_out: float = 0.2,
     eval_every: int = 10,
     seed: int = 0,
@@ -115,7 +133,7 @@ def train(
             shipped hand-written answers (100 per emotion).
         emotions: Which shipped emotions to train when ``triples`` is not given.
         layers: The band trained (and steered); default :func:`training_band`.
-        objective: ``"lm"``, ``"preference"`` or ``"lm+preference"`` (module docstring).
+        objective: One of :data:`OBJECTIVES` (module docstring).
         parameterization: ``"additive"``: a free vector per layer; ``"rank1"``: one
             direction shared by the band, with a learned size per layer.
         steps: Optimiser steps per emotion (Adam).
@@ -123,6 +141,10 @@ def train(
         learning_rate: Adam's step size, in units of each layer's typical hidden norm
             divided by ``sqrt(hidden_size)``: the same number suits any model.
         beta: The preference's inverse temperature on per-token log-likelihood margins.
+        kl_weight: The weight of the KL term of ``"lm+kl"`` and ``"lm+distill"``.
+        instructions: ``"lm+distill"``'s teacher: per emotion, the instruction appended to
+            each query; default: the shipped ones (:func:`~emovec.datasets.default_instructions`),
+            which a custom emotion must be given.
         held_out: Share of each emotion's triples (the last ones) kept out of training to
             choose the step (early stopping); at least one triple.
         eval_every: Steps between two measurements of the held-out loss.
@@ -145,9 +167,18 @@ def train(
         TypeError: for layers that are not integers.
     """
     _check_options(
-        objective, parameterization, steps, batch_size, eval_every, learning_rate, beta, held_out
+        objective,
+        parameterization,
+        steps,
+        batch_size,
+        eval_every,
+        learning_rate,
+        beta,
+        kl_weight,
+        held_out,
     )
     checked = _checked_triples(triples, emotions)
+    teachers = _instructions(instructions, checked) if objective == "lm+distill" else {}
     found = find_layers(model, blocks)
     band = (
         training_band(len(found))
@@ -172,6 +203,7 @@ def train(
     with _frozen(model):
         for emotion, pairs in checked.items():
             encoded = _encoded(model, tokenizer, pairs)
+            prompted = _encoded(model, tokenizer, pairs, teachers[emotion]) if teachers else None
             cut = len(encoded) - max(1, round(held_out * len(encoded)))
             started = time.perf_counter()
             result = _Run(
@@ -182,12 +214,14 @@ def train(
                 objective,
                 parameterization,
                 beta,
+                kl_weight,
                 pad=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
                 hidden_size=reading.hidden_size,
                 precision=precision,
             ).fit(
                 encoded[:cut],
                 encoded[cut:],
+                prompted,
                 steps=steps,
                 batch_size=batch_size,
                 learning_rate=learning_rate,
@@ -214,6 +248,8 @@ def train(
         "batch_size": batch_size,
         "learning_rate": learning_rate,
         "beta": beta,
+        **({"kl_weight": kl_weight} if objective in ("lm+kl", "lm+distill") else {}),
+        **({"instructions": teachers} if teachers else {}),
         "seed": seed,
         "precision": None if precision is None else str(precision).removeprefix("torch."),
         "layers": band,
@@ -239,6 +275,7 @@ def _check_options(
     eval_every: int,
     learning_rate: float,
     beta: float,
+    kl_weight: float,
     held_out: float,
 ) -> None:
     if objective not in OBJECTIVES:
@@ -249,7 +286,7 @@ def _check_options(
         )
     for name, number in (("steps", steps), ("batch_size", batch_size), ("eval_every", eval_every)):
         count(number, name)
-    for name, value in (("learning_rate", learning_rate), ("beta", beta)):
+    for name, value in (("learning_rate", learning_rate), ("beta", beta), ("kl_weight", kl_weight)):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"{name} must be a number, not {value!r}.")
         if not (math.isfinite(value) and value > 0):
@@ -309,6 +346,18 @@ def _record(item: object, emotion: str, index: int) -> object:
     return ResponsePair(*texts)
 
 
+def _instructions(given: Mapping[str, str] | None, triples: Mapping[str, object]) -> dict[str, str]:
+    """The teacher's instruction for each trained emotion: ``given``, else the shipped one."""
+    known = default_instructions() if given is None else dict(given)
+    missing = [e for e in triples if not isinstance(known.get(e), str) or not known[e].strip()]
+    if missing:
+        raise ValueError(
+            f"Prompt distillation needs an instruction for {missing} (the teacher's prompt); "
+            "pass instructions={emotion: 'Answer as someone ...'}."
+        )
+    return {e: known[e].strip() for e in triples}
+
+
 def _data_hash(triples: Mapping[str, Sequence[ResponsePair]]) -> str:
     data = {e: [list(p) for p in pairs] for e, pairs in triples.items()}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
@@ -331,12 +380,17 @@ def _frozen(model: nn.Module) -> Iterator[None]:
 
 
 def _encoded(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pairs: Sequence[ResponsePair]
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: Sequence[ResponsePair],
+    instruction: str | None = None,
 ) -> list[_Triple]:
-    """Each triple's answers after its chat-formatted query, as extraction renders them
-    (the answer's own tokens marked as content)."""
+    """Each triple's answers after its chat-formatted query (with ``instruction`` appended,
+    where given), as extraction renders them (the answer's own tokens marked as content)."""
     items = [
-        _Item(0, 2 * i + k, 1.0 - 2 * k, p.query, text)
+        _Item(
+            0, 2 * i + k, 1.0 - 2 * k, f"{p.query} {instruction}" if instruction else p.query, text
+        )
         for i, p in enumerate(pairs)
         for k, text in enumerate((p.emotional, p.neutral))
     ]
@@ -363,6 +417,7 @@ class _Run:
     objective: Objective
     parameterization: Parameterization
     beta: float
+    kl_weight: float
     pad: int
     hidden_size: int
     precision: torch.dtype | None
@@ -375,6 +430,7 @@ class _Run:
         self,
         train: list[_Triple],
         held: list[_Triple],
+        prompted: list[_Triple] | None = None,
         *,
         steps: int,
         batch_size: int,
@@ -384,9 +440,21 @@ class _Run:
         description: str | None,
     ) -> _Result:
         rank, world = _distributed()
-        if self.objective != "lm":
+        if self.objective in ("preference", "lm+preference"):
             train = self._with_reference(train, batch_size)
             held = self._with_reference(held, batch_size)
+        elif self.objective in ("lm+kl", "lm+distill"):
+            if self.objective == "lm+kl":  # plain text: the neutral answer, unsteered
+                teacher = [t.neutral for t in train + held]
+            elif prompted is None:
+                raise ValueError("Prompt distillation needs the prompted answers.")
+            else:  # the emotional answer after the instructed query
+                teacher = [t.emotional for t in prompted]
+            targets = self._targets(teacher, batch_size)
+            both = [
+                replace(t, target=target) for t, target in zip(train + held, targets, strict=True)
+            ]
+            train, held = both[: len(train)], both[len(train) :]
         hidden_size = self.hidden_size
         units = (self.norms[self.band] / math.sqrt(hidden_size)).to(self.device)[:, None]
         generator = torch.Generator().manual_seed(seed)
@@ -460,6 +528,19 @@ class _Run:
                 ]
         return out
 
+    def _targets(self, texts: list[_Text], batch_size: int) -> list[torch.Tensor]:
+        """The unsteered model's log-probabilities at each text's answer tokens, computed
+        once and kept in bfloat16 (``[answer tokens, vocabulary]`` per text)."""
+        out: list[torch.Tensor] = []
+        with torch.no_grad():
+            for start in range(0, len(texts), batch_size):
+                logits, _, scored = self._forward(texts[start : start + batch_size], None)
+                out += [
+                    row[keep].log_softmax(-1).to(torch.bfloat16).cpu()
+                    for row, keep in zip(logits, scored, strict=True)
+                ]
+        return out
+
     def _loss(self, triples: list[_Triple], vectors: torch.Tensor, batch_size: int) -> float:
         """The mean loss over ``triples`` (all processes' shares summed), no gradient."""
         rank, world = _distributed()
@@ -476,6 +557,17 @@ class _Run:
         if self.objective == "lm":
             return -self._log_likelihoods(emotional, vectors, [1.0] * len(triples)).sum()
         neutral = [t.neutral for t in triples]
+        if self.objective in ("lm+kl", "lm+distill"):
+            # lm+kl compares the neutral answers, lm+distill the emotional ones themselves.
+            texts = emotional + neutral if self.objective == "lm+kl" else emotional
+            logits, targets, scored = self._forward(texts, vectors, [1.0] * len(texts))
+            n = len(triples)
+            likelihood = _mean_log_likelihood(logits[:n], targets[:n], scored[:n])
+            compared = logits[-n:], scored[-n:]
+            divergence = torch.stack(
+                [_kl(t.target, row[keep]) for t, row, keep in zip(triples, *compared, strict=True)]
+            )
+            return (self.kl_weight * divergence - likelihood).sum()
         texts = emotional + neutral + emotional + neutral
         signs = [1.0] * (2 * len(triples)) + [-1.0] * (2 * len(triples))
         scores = self._log_likelihoods(texts, vectors, signs).view(4, len(triples))
@@ -502,6 +594,17 @@ class _Run:
     ) -> torch.Tensor:
         """Each text's mean log-likelihood of its content tokens, ``[len(texts)]``, under
         the model steered by ``sign × vectors`` per row (``None``: unsteered)."""
+        return _mean_log_likelihood(*self._forward(texts, vectors, signs))
+
+    def _forward(
+        self,
+        texts: Sequence[_Text],
+        vectors: torch.Tensor | None,
+        signs: Sequence[float] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The logits of the last positions (float32, ``[len(texts), keep, vocabulary]``),
+        the token each predicts and whether that token is the answer's, under the model
+        steered by ``sign × vectors`` per row (``None``: unsteered)."""
         width = max(len(t.input_ids) for t in texts)
         # Left-padded, so every answer ends at the last position and the LM head runs only
         # over the last ``keep`` positions.
@@ -539,10 +642,28 @@ class _Run:
                 with Steering(self.model, self.blocks, deltas):
                     logits = self.model(**inputs, use_cache=False).logits
         logits = logits[:, -keep:].float()
-        targets, scored = targets.to(logits.device), scored.to(logits.device)
-        picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        log_probs = (picked - logits.logsumexp(-1)) * scored
-        return log_probs.sum(-1) / scored.sum(-1).clamp_min(1)
+        return logits, targets.to(logits.device), scored.to(logits.device)
+
+
+def _mean_log_likelihood(
+    logits: torch.Tensor, targets: torch.Tensor, scored: torch.Tensor
+) -> torch.Tensor:
+    """Each row's mean log-probability of its scored target tokens, ``[rows]``."""
+    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    log_probs = (picked - logits.logsumexp(-1)) * scored
+    return log_probs.sum(-1) / scored.sum(-1).clamp_min(1)
+
+
+def _kl(target: torch.Tensor | None, logits: torch.Tensor) -> torch.Tensor:
+    """The mean over tokens of KL(target ‖ softmax(logits)); ``target`` holds log-probs."""
+    if target is None or target.shape != logits.shape:
+        raise ValueError(
+            "The KL term's reference and the steered answer differ in tokens; the answer "
+            "must tokenise the same after both prompts."
+        )
+    reference = target.to(logits.device, torch.float32)
+    steered = logits.log_softmax(-1)
+    return (reference.exp() * (reference - steered)).sum(-1).mean()
 
 
 def _summed(value: float) -> float:

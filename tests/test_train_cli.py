@@ -73,6 +73,23 @@ def test_train_writes_the_library_bank_with_its_alpha(
     assert written.settings["data_sha256"] == library.settings["data_sha256"]
 
 
+def test_distillation_takes_the_teacher_instruction_from_the_command_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, files: dict[str, Path]
+) -> None:
+    out = tmp_path / "pride.safetensors"
+    argv = ["train", "--model", files["model"], "--triples", f"pride={files['joy']}", *OPTIONS]
+    code, _, err = run(
+        capsys,
+        *argv,
+        *("--objective", "lm+distill", "--kl-weight", "0.5"),
+        *("--instruction", "pride=Answer as someone proud.", "--out", out),
+    )
+    assert code == 0, err
+    settings = EmotionVectors.load(out).settings
+    assert settings["objective"] == "lm+distill" and settings["kl_weight"] == 0.5
+    assert settings["instructions"] == {"pride": "Answer as someone proud."}
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
@@ -81,6 +98,9 @@ def test_train_writes_the_library_bank_with_its_alpha(
         (["--triples", "joy=JOY", "--alpha", "anger=1"], "not trained"),
         (["--triples", "joy=JOY", "--alpha", "joy=-1"], "finite and positive"),
         (["--triples", "joy=JOY", "--emotions", "joy"], "drop it"),
+        (["--triples", "joy=JOY", "--instruction", "joy=Be glad."], "lm+distill only"),
+        (["--triples", "joy=JOY", "--objective", "lm+distill", "--instruction", "joy"], "=TEXT"),
+        (["--triples", "pride=JOY", "--objective", "lm+distill"], "instruction for ['pride']"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(
@@ -136,6 +156,7 @@ def test_layers_the_model_lacks_are_refused_after_loading_it(
         ("--batch-size", "-3", "positive integer"),
         ("--learning-rate", "nan", "finite positive"),
         ("--beta", "-1", "finite positive"),
+        ("--kl-weight", "nan", "finite positive"),
         ("--held-out", "1", "between 0 and 1"),
     ],
 )

@@ -13,7 +13,7 @@ from conftest import EMOTION_WORDS, FILLER_WORDS, NEUTRAL_WORDS, build_model, bu
 from emovec import EmotionVectors, steer, train
 from emovec.datasets import default_answer_pairs, default_calibration_queries, default_queries
 from emovec.layers import training_band
-from emovec.training import MIN_TRIPLES
+from emovec.training import MIN_TRIPLES, OBJECTIVES
 
 # Small and quick: every test trains for a handful of steps on tiny models, in float32.
 FAST = {"steps": 12, "batch_size": 4, "eval_every": 3, "learning_rate": 0.3, "precision": None}
@@ -61,13 +61,61 @@ def test_only_the_vectors_learn(arch: str) -> None:
         assert record["held_out_loss"] < record["held_out_history"][0]
 
 
-@pytest.mark.parametrize("objective", ["lm", "preference", "lm+preference"])
+@pytest.mark.parametrize("objective", OBJECTIVES)
 def test_each_objective_lowers_its_held_out_loss(objective: str) -> None:
     bank = train(_model(), build_tokenizer(), TRIPLES, objective=objective, progress=False, **FAST)
     assert bank.settings["objective"] == objective
     for emotion in TRIPLES:
         record = bank.settings["training"][emotion]
         assert record["held_out_loss"] < record["held_out_history"][0]
+
+
+def _plain_text_shift(model: torch.nn.Module, bank: EmotionVectors, texts: list[str]) -> float:
+    """Mean KL from the unsteered model's next-token distributions to joy's at α = 1."""
+    tokenizer = build_tokenizer()
+    ids = tokenizer(texts, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        plain = model(**ids).logits.log_softmax(-1)
+        with steer(model, bank, joy=1.0):
+            steered = model(**ids).logits.log_softmax(-1)
+    kl = (plain.exp() * (plain - steered)).sum(-1)
+    return float((kl * ids["attention_mask"]).sum() / ids["attention_mask"].sum())
+
+
+def test_the_kl_term_keeps_plain_text_closer_to_the_unsteered_model() -> None:
+    model = _model()
+    triples = {"joy": TRIPLES["joy"]}
+    neutral = [n for _, _, n in make_triples("joy", 8, seed=1)]
+    free = train(model, build_tokenizer(), triples, objective="lm", progress=False, **FAST)
+    kept = train(
+        model,
+        build_tokenizer(),
+        triples,
+        objective="lm+kl",
+        kl_weight=2.0,
+        progress=False,
+        **FAST,
+    )
+    assert kept.settings["kl_weight"] == 2.0
+    assert _plain_text_shift(model, kept, neutral) < 0.5 * _plain_text_shift(model, free, neutral)
+
+
+def test_distillation_learns_from_the_instruction_it_is_given() -> None:
+    triples = {"pride": make_triples("joy", 8)}
+    with pytest.raises(ValueError, match="instruction for \\['pride'\\]"):
+        train(_model(), build_tokenizer(), triples, objective="lm+distill", **FAST)
+    bank = train(
+        _model(),
+        build_tokenizer(),
+        triples,
+        objective="lm+distill",
+        instructions={"pride": "Answer as someone proud."},
+        progress=False,
+        **FAST,
+    )
+    assert bank.settings["instructions"] == {"pride": "Answer as someone proud."}
+    record = bank.settings["training"]["pride"]
+    assert record["held_out_loss"] < record["held_out_history"][0]
 
 
 def test_at_alpha_one_steer_adds_exactly_the_trained_vectors(tmp_path: Path) -> None:
@@ -166,6 +214,7 @@ def test_bad_triples_are_refused(triples: dict, message: str) -> None:
         ({"batch_size": -1}, "batch_size"),
         ({"learning_rate": float("nan")}, "learning_rate"),
         ({"beta": 0}, "beta"),
+        ({"kl_weight": float("inf")}, "kl_weight"),
         ({"held_out": 1.0}, "held_out"),
         ({"eval_every": 0}, "eval_every"),
         ({"layers": [9]}, "out of range"),
