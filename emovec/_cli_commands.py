@@ -152,6 +152,11 @@ def _extract(args: argparse.Namespace) -> None:
         "progress": rank == 0,
     }
     started = time.perf_counter()
+    if pairs is None and reading == "response":  # the model's own answers, cached
+        from emovec.responses import response_pairs
+
+        pairs = dict(response_pairs(model, tokenizer, args.emotions, progress=rank == 0))
+        options["emotions"] = None
     if folder is None:
         vectors, report = extract(model, tokenizer, pairs, **options), None
     else:

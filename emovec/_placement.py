@@ -1,4 +1,5 @@
-"""Per-emotion placements (where and how strongly an emotion is steered by default)."""
+"""Per-emotion placements (where and how strongly an emotion is steered by default) and the
+:class:`Schedule` of the strength over generated tokens a placement may carry."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from emovec.hooks import Schedule
+import torch
 
-__all__ = ["Placement", "layer_indices"]
+__all__ = ["Placement", "Schedule", "layer_indices"]
 
 
 def layer_indices(layers: object, what: str) -> tuple[int, ...]:
@@ -23,6 +24,52 @@ def layer_indices(layers: object, what: str) -> tuple[int, ...]:
             raise TypeError(f"{what} must be integers, not {i!r} (in {layers!r}).")
         indices.append(operator.index(i))
     return tuple(sorted(set(indices)))
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Strength over the generated tokens, as a factor on α.
+
+    ``begin`` for the first ``hold`` generated tokens, then linearly to ``end`` over ``ramp``
+    tokens, then ``end``. Prompt positions (when steered) get factor 1.
+
+    Examples:
+        ``Schedule(begin=1.5, hold=8, end=0.5, ramp=16)``: strong while the answer sets its
+        tone, then lighter. ``Schedule(begin=0.0, hold=4, end=1.0, ramp=8)``: ramp in once
+        the answer has begun.
+    """
+
+    begin: float = 1.0
+    hold: int = 0
+    end: float = 1.0
+    ramp: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("begin", "end"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"Schedule.{name} must be a number, not {value!r}.")
+            if not math.isfinite(value):
+                raise ValueError(f"Schedule.{name} must be finite, not {value}.")
+        for name in ("hold", "ramp"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"Schedule.{name} must be an integer, not {value!r}.")
+        if self.hold < 0 or self.ramp < 1:
+            raise ValueError(f"Schedule needs hold >= 0 and ramp >= 1, not {self}.")
+
+    def factors(self, generated_index: torch.Tensor) -> torch.Tensor:
+        """Factor for each generated token index (0 = the first generated token)."""
+        progress = ((generated_index - self.hold).to(torch.float32) / self.ramp).clamp(0, 1)
+        return self.begin + (self.end - self.begin) * progress
+
+    @property
+    def label(self) -> str:
+        """``"×0 for 6 tokens, then ×1 over 8"``."""
+        return f"×{self.begin:g} for {self.hold} tokens, then ×{self.end:g} over {self.ramp}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"begin": self.begin, "hold": self.hold, "end": self.end, "ramp": self.ramp}
 
 
 @dataclass(frozen=True)

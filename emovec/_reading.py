@@ -26,7 +26,7 @@ from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from emovec._texts import Reading, Template, _batches, _collate, _encode, _items
-from emovec.datasets import Pair, ResponsePair, default_pairs, validate_pairs
+from emovec.datasets import Pair, ResponsePair, default_answer_pairs, default_pairs, validate_pairs
 from emovec.layers import context_length, find_layers, hidden_size_of, layer_output
 from emovec.models import input_device
 
@@ -170,8 +170,10 @@ def _pairs_to_read(
     reading: Reading,
     progress: bool,
 ) -> dict[str, list[Pair]]:
-    """The pairs to read: ``pairs`` validated, else the shipped ones, or for
-    ``reading="response"`` the model's own answers (generated and cached)."""
+    """The pairs to read: ``pairs`` validated, else the shipped ones: the stories, or for
+    ``reading="response"`` the hand-written answers (the model's own answers are
+    :func:`emovec.responses.response_pairs`'s, passed as ``pairs``: extraction generates
+    nothing)."""
     if pairs is not None:
         checked = validate_pairs(pairs)
         if reading == "response" and not all(
@@ -183,9 +185,7 @@ def _pairs_to_read(
             )
         return checked
     if reading == "response":
-        from emovec.responses import response_pairs
-
-        return validate_pairs(response_pairs(model, tokenizer, emotions, progress=progress))
+        return validate_pairs(default_answer_pairs(emotions))
     return default_pairs(emotions)
 
 

@@ -13,8 +13,8 @@ from typing import Literal
 import torch
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from emovec._chat import format_prompts
 from emovec.datasets import Pair, ResponsePair
-from emovec.generation import format_prompts
 
 Template = Literal["plain", "chat"]
 Reading = Literal["mean", "last", "response"]

@@ -177,12 +177,13 @@ def extract(
         model: A Hugging Face causal LM.
         tokenizer: Its tokenizer (a fast tokenizer: offsets locate the story's tokens).
         pairs: ``{emotion: [(emotional, neutral), ...]}`` (tuples, :class:`PromptPair`,
-            :class:`ResponsePair` or dicts). Default: the shipped pairs, or with
-            ``reading="response"`` the model's own answers to the shipped extraction queries.
+            :class:`ResponsePair` or dicts). Default: the shipped stories, or with
+            ``reading="response"`` the shipped hand-written answers
+            (:func:`~emovec.datasets.default_answer_pairs`).
         emotions: Which shipped emotions to use when ``pairs`` is not given.
         reading: ``"mean"`` averages each text's tokens; ``"last"`` reads its last token;
-            ``"response"`` averages the answer tokens of response pairs (generated and
-            cached by :func:`emovec.responses.response_pairs` when ``pairs`` is not given).
+            ``"response"`` averages the answer tokens of response pairs (the model's own
+            answers: pass :func:`emovec.responses.response_pairs`'s as ``pairs``).
         estimator: ``"mean_difference"`` (default; constant memory), ``"pca"`` or ``"lda"``
             (see :mod:`emovec.estimators`; these keep every pair's readings).
         template: ``"plain"`` feeds the texts as they are; ``"chat"`` wraps each as the

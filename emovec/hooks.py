@@ -2,8 +2,8 @@
 
 :func:`emovec.steering.steer` decides *what* each layer receives (the deltas, their dose);
 this module applies it: the :class:`Steering` hooks, the steering methods (how a layer's
-vector meets a hidden state) and the :class:`Schedule` over generated tokens. Where the
-hooks act (the context that applied them) and which positions a forward call holds is
+vector meets a hidden state) and the :class:`~emovec.Schedule` over generated tokens. Where
+the hooks act (the context that applied them) and which positions a forward call holds is
 :mod:`emovec._scope`'s part.
 """
 
@@ -22,9 +22,10 @@ from torch.utils.hooks import RemovableHandle
 
 from emovec import _scope
 from emovec._doses import DoseError, cast_delta, check_hidden_norms, median_norm
+from emovec._placement import Schedule
 from emovec.layers import layer_output, replace_layer_output
 
-__all__ = ["METHODS", "SINK_RATIO", "Method", "Positions", "Schedule", "Steering", "steered"]
+__all__ = ["METHODS", "SINK_RATIO", "Method", "Positions", "Steering", "steered"]
 
 Positions = Literal["all", "prompt", "generated", "last"]
 Method = Literal["add", "project", "angular"]
@@ -33,52 +34,6 @@ METHODS: tuple[Method, ...] = ("add", "project", "angular")
 # A position whose hidden norm exceeds this many typical norms is an attention sink (on
 # SmolLM2 the first token's norm is ~100x the others'): "project" leaves it alone.
 SINK_RATIO = 10.0
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """Strength over the generated tokens, as a factor on α.
-
-    ``begin`` for the first ``hold`` generated tokens, then linearly to ``end`` over ``ramp``
-    tokens, then ``end``. Prompt positions (when steered) get factor 1.
-
-    Examples:
-        ``Schedule(begin=1.5, hold=8, end=0.5, ramp=16)``: strong while the answer sets its
-        tone, then lighter. ``Schedule(begin=0.0, hold=4, end=1.0, ramp=8)``: ramp in once
-        the answer has begun.
-    """
-
-    begin: float = 1.0
-    hold: int = 0
-    end: float = 1.0
-    ramp: int = 1
-
-    def __post_init__(self) -> None:
-        for name in ("begin", "end"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError(f"Schedule.{name} must be a number, not {value!r}.")
-            if not math.isfinite(value):
-                raise ValueError(f"Schedule.{name} must be finite, not {value}.")
-        for name in ("hold", "ramp"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"Schedule.{name} must be an integer, not {value!r}.")
-        if self.hold < 0 or self.ramp < 1:
-            raise ValueError(f"Schedule needs hold >= 0 and ramp >= 1, not {self}.")
-
-    def factors(self, generated_index: torch.Tensor) -> torch.Tensor:
-        """Factor for each generated token index (0 = the first generated token)."""
-        progress = ((generated_index - self.hold).to(torch.float32) / self.ramp).clamp(0, 1)
-        return self.begin + (self.end - self.begin) * progress
-
-    @property
-    def label(self) -> str:
-        """``"×0 for 6 tokens, then ×1 over 8"``."""
-        return f"×{self.begin:g} for {self.hold} tokens, then ×{self.end:g} over {self.ramp}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"begin": self.begin, "hold": self.hold, "end": self.end, "ramp": self.ramp}
 
 
 def steered(

@@ -61,7 +61,8 @@ from emovec._doses import (
     layer_weights,
     max_dose_of,
 )
-from emovec.hooks import SINK_RATIO, Method, Positions, Schedule, Steering
+from emovec._placement import Schedule
+from emovec.hooks import SINK_RATIO, Method, Positions, Steering
 from emovec.layers import default_layer_band, find_layers, hidden_size_of
 from emovec.vectors import EmotionVectors, Scale, SteeringVector
 

@@ -11,7 +11,12 @@ import torch
 from conftest import build_model
 
 from emovec import extract
-from emovec.datasets import ResponsePair, default_extraction_queries, default_queries
+from emovec.datasets import (
+    ResponsePair,
+    default_answer_pairs,
+    default_extraction_queries,
+    default_queries,
+)
 from emovec.responses import default_instructions, response_pairs
 
 QUERIES = ["i called my friend", "the bus came", "my sister", "the rain"]
@@ -148,15 +153,22 @@ def test_custom_emotion_needs_its_instruction(fake: FakeGenerator) -> None:
         response_pairs(model, None, ["joy"], queries=[], cache=False, progress=False)  # type: ignore[arg-type]
 
 
-def test_extract_generates_and_reads_responses(
+def test_extract_reads_the_generated_responses_it_is_given(
     fake: FakeGenerator, tokenizer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("EMOVEC_CACHE", str(tmp_path))
     monkeypatch.setattr("emovec.responses.default_extraction_queries", lambda: QUERIES)
     model = build_model("llama")
-    bank = extract(model, tokenizer, emotions=["joy"], reading="response", progress=False)
     pairs = response_pairs(model, tokenizer, ["joy"], queries=QUERIES, progress=False)
-    by_pairs = extract(model, tokenizer, pairs, reading="response", progress=False)
-    assert torch.equal(bank.vector("joy"), by_pairs.vector("joy"))
+    again = response_pairs(model, tokenizer, ["joy"], queries=QUERIES, progress=False)
+    assert again == pairs
     assert len(fake.calls) == 2  # the second call read the cache under $EMOVEC_CACHE
+    bank = extract(model, tokenizer, pairs, reading="response", progress=False)
     assert bank.settings["reading"] == "mean_over_answer_tokens"
+    # Extraction generates nothing: without pairs it reads the hand-written answers.
+    shipped = extract(model, tokenizer, emotions=["joy"], reading="response", progress=False)
+    by_pairs = extract(
+        model, tokenizer, default_answer_pairs(["joy"]), reading="response", progress=False
+    )
+    assert torch.equal(shipped.vector("joy"), by_pairs.vector("joy"))
+    assert len(fake.calls) == 2

@@ -9,8 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from emovec.hooks import Method as SteerMethod
-from emovec.hooks import Schedule
-from emovec.steering import Positions
+from emovec.steering import Positions, Schedule
 from emovec.vectors import EmotionVectors, Placement, SteeringVector
 
 __all__ = ["PERSONAS", "PROMPT_INSTRUCTIONS", "Recipe"]

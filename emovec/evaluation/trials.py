@@ -16,7 +16,7 @@ from emovec.evaluation.records import _fmt
 from emovec.evaluation.report import EvaluationReport
 from emovec.evaluation.scoring import EmotionScorer, load_scorer
 from emovec.evaluation.tolerance import Tolerance
-from emovec.hooks import Schedule
+from emovec.steering import Schedule
 from emovec.vectors import EmotionVectors, Placement
 
 __all__ = ["Calibration", "Trial"]
