@@ -1,27 +1,33 @@
 """The emovec vector file: safetensors, read strictly and checked by a content hash.
 
-A file of format ``emovec.emotion-vectors/1`` holds exactly these tensors, all float32:
+The ``format`` entry names the format and its version, ``emovec.emotion-vectors/N``; the
+version says which entries a file may carry. This emovec writes version 2 and reads 1 and 2;
+a file of a later version was made by a newer emovec and is refused with that said.
+
+A file holds exactly these tensors, all float32:
 
 * ``emotion.<name>``, ``[num_layers, hidden_size]``, one per emotion;
 * ``hidden_norms``, ``[num_layers]``;
 
 and these metadata entries (safetensors metadata values are strings):
 
-* ``format``: ``"emovec.emotion-vectors/1"``;
+* ``format``: ``"emovec.emotion-vectors/2"`` (or ``/1``);
 * ``emovec_version``, ``model_name``: text;
 * ``num_layers``, ``hidden_size``: decimal integers (no sign, space or leading zero) equal to
   the tensors' shapes;
 * ``emotions``: a JSON list of the emotion names, in order, naming every ``emotion.*``
   tensor once;
 * ``layers``: the recommended band, a JSON list of layer indices or ``null``;
-* ``settings``: a JSON object, the extraction's record (``NaN`` allowed: an unmeasured
-  score);
-* ``placements`` (absent from files written before placements existed): a JSON object,
-  emotion → ``{"layers": [int, ...], "dose": number}`` plus optional ``"instruction"``,
-  ``"persona"`` and ``"positions"`` strings, a ``"schedule"``, a ``"query_guidance"`` number
-  and ``"weights"`` (one number per layer);
-* ``sha256`` (absent from older files, written before content hashes; they still load,
-  unchecked): the content hash, see :func:`digest`.
+* ``settings``: a JSON object, the extraction's (or training's) record (``NaN`` allowed: an
+  unmeasured score);
+* ``placements``: a JSON object, emotion → ``{"layers": [int, ...], "dose": number}`` plus
+  optional ``"instruction"``, ``"persona"`` and ``"positions"`` strings, a ``"schedule"``
+  (``{"begin": number, "hold": int, "end": number, "ramp": int}``), a ``"query_guidance"``
+  number and ``"weights"`` (one number per layer); ``{}`` where the bank has none;
+* ``sha256``: the content hash, see :func:`digest`.
+
+Version 1 (files written before the version was raised) may lack ``placements`` and
+``sha256`` (such a file loads unchecked); version 2 requires both.
 
 Reading is strict: integers must be JSON integers (not ``true``, ``1.9`` or ``"12"``), numbers
 finite, text text, declared shapes and dtypes must match the tensors, and a tensor or entry
@@ -46,9 +52,20 @@ from safetensors.torch import save_file
 
 from emovec._files import atomic_path
 
-__all__ = ["EMOTION_PREFIX", "FORMAT", "Contents", "VectorFileError", "digest", "read", "write"]
+__all__ = [
+    "EMOTION_PREFIX",
+    "FORMAT",
+    "VERSION",
+    "Contents",
+    "VectorFileError",
+    "digest",
+    "read",
+    "write",
+]
 
-FORMAT = "emovec.emotion-vectors/1"
+_FAMILY = "emovec.emotion-vectors/"
+VERSION = 2
+FORMAT = f"{_FAMILY}{VERSION}"
 EMOTION_PREFIX = "emotion."
 _NORMS = "hidden_norms"
 _HASH = "sha256"
@@ -62,7 +79,11 @@ _REQUIRED = (
     "layers",
     "settings",
 )
-_OPTIONAL = ("placements", _HASH)
+# Per version: the entries a file must carry beside the required ones, and those it may.
+_ENTRIES: dict[int, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    1: ((), ("placements", _HASH)),
+    2: (("placements", _HASH), ()),
+}
 _PLACEMENT_TEXT = ("instruction", "persona", "positions")
 _COUNT = re.compile(r"[1-9][0-9]*")
 # Far above any model's (the largest open ones: 126 layers, hidden 16,384), far below what a
@@ -181,22 +202,39 @@ def read(path: Path) -> Contents:
     )
 
 
-def _check_header(path: Path, metadata: Mapping[str, str]) -> None:
-    if metadata.get("format") != FORMAT:
+def _version(path: Path, tag: str | None) -> int:
+    """The format version a ``format`` entry names, or a refusal that says what to do."""
+    number = tag[len(_FAMILY) :] if tag is not None and tag.startswith(_FAMILY) else ""
+    if not _COUNT.fullmatch(number) or len(number) > 6:
         raise VectorFileError(
             path,
-            f"is a safetensors file but not an emovec vector file (format "
-            f"{metadata.get('format')!r}, expected {FORMAT!r}).",
+            f"is a safetensors file but not an emovec vector file (format {tag!r}, expected "
+            f"{FORMAT!r}).",
             "Pass a file written by EmotionVectors.save.",
         )
-    missing = [key for key in _REQUIRED if key not in metadata]
+    version = int(number)
+    if version > VERSION:
+        raise VectorFileError(
+            path,
+            f"was made by a newer emovec (format {tag!r}; this one reads versions 1 to "
+            f"{VERSION}).",
+            "Upgrade emovec (pip install -U emovec) to read it.",
+        )
+    return version
+
+
+def _check_header(path: Path, metadata: Mapping[str, str]) -> None:
+    version = _version(path, metadata.get("format"))
+    needed, allowed = _ENTRIES[version]
+    missing = [key for key in (*_REQUIRED, *needed) if key not in metadata]
     if missing:
         raise VectorFileError(path, f"is an incomplete emovec vector file: missing {missing}.")
-    unknown = sorted(set(metadata) - {*_REQUIRED, *_OPTIONAL})
+    unknown = sorted(set(metadata) - {*_REQUIRED, *needed, *allowed})
     if unknown:
         raise VectorFileError(
             path,
-            f"has metadata entries {unknown} that format {FORMAT!r} does not define.",
+            f"has metadata entries {unknown} that format {metadata['format']!r} does not "
+            "define.",
             "It was altered, or written by another program: save or download it again.",
         )
     stored = metadata.get(_HASH)

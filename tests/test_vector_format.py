@@ -14,8 +14,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import emovec._format
-from emovec import EmotionVectors
+from emovec import EmotionVectors, Schedule
 from emovec.vectors import FORMAT, Placement, VectorFileError
+
+FORMAT_1 = "emovec.emotion-vectors/1"  # files written before the version was raised
 
 L, H = BANK_LAYERS, BANK_HIDDEN
 
@@ -225,7 +227,7 @@ def test_files_written_before_placements_load_without_them(tmp_path: Path) -> No
     """A vector file without the "placements" key (older emovec) loads with no placements."""
     path = tmp_path / "old.safetensors"
     metadata = {
-        "format": FORMAT,
+        "format": FORMAT_1,
         "emovec_version": "0.1.0",
         "model_name": "m",
         "num_layers": str(L),
@@ -247,7 +249,7 @@ def test_files_written_before_placements_load_without_them(tmp_path: Path) -> No
 def _old_metadata(**changes: str) -> dict[str, str]:
     """Metadata of a valid two-emotion file written before content hashes, then ``changes``."""
     metadata = {
-        "format": FORMAT,
+        "format": FORMAT_1,
         "emovec_version": "0.1.0",
         "model_name": "m",
         "num_layers": str(L),
@@ -437,7 +439,7 @@ def _rewrite(path: Path, edit: object) -> None:
     """Rewrite ``path`` with ``edit(tensors, metadata)`` applied, keeping its stored hash."""
     with safe_open(str(path), framework="pt") as handle:
         metadata = dict(handle.metadata())
-        tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118  # noqa: SIM118
     edit(tensors, metadata)  # type: ignore[operator]
     save_file(tensors, str(path), metadata=metadata)
 
@@ -458,9 +460,79 @@ def test_an_edited_metadata_value_is_refused(tmp_path: Path, key: str) -> None:
     _refused(path, "content hash .* disagrees")
 
 
-def test_dropping_the_hash_gives_an_unchecked_older_file(tmp_path: Path) -> None:
+def test_dropping_the_hash_is_refused_unless_the_file_is_older(tmp_path: Path) -> None:
     bank = _full_bank()
     path = bank.save(tmp_path / "bank.safetensors")
     _rewrite(path, lambda t, m: m.pop("sha256"))
+    with pytest.raises(VectorFileError, match=r"missing \['sha256'\]"):
+        EmotionVectors.load(path)
+    _rewrite(path, lambda t, m: m.update(format=FORMAT_1))  # version 1: loads unchecked
     loaded = EmotionVectors.load(path)
     assert all(torch.equal(loaded.vector(e), bank.vector(e)) for e in bank)
+
+
+# --- versions (issue 23) ----------------------------------------------------------------
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_a_real_file_of_format_1_still_loads_and_saves_as_the_current_format(
+    tmp_path: Path,
+) -> None:
+    """tests/data/bank-format-1.safetensors was written by emovec's version-1 writer."""
+    old = DATA / "bank-format-1.safetensors"
+    with safe_open(str(old), framework="pt") as handle:
+        assert handle.metadata()["format"] == FORMAT_1
+    bank = EmotionVectors.load(old)
+    assert bank.placements["joy"] == Placement((1, 2), 0.5, weights=(0.3, 0.2))
+    assert bank.placements["anger"].schedule == Schedule(1.5, 2, 1.0, 4)
+    assert bank.instruction("anger") == "Answer as someone furious."
+    again = EmotionVectors.load(bank.save(tmp_path / "new.safetensors"))
+    with safe_open(str(tmp_path / "new.safetensors"), framework="pt") as handle:
+        assert handle.metadata()["format"] == FORMAT == "emovec.emotion-vectors/2"
+    assert again.placements == bank.placements and again.settings == bank.settings
+    assert all(torch.equal(again.vector(e), bank.vector(e)) for e in bank)
+
+
+@pytest.mark.parametrize("name", ["smollm2-135m-instruct", "gemma-3-270m"])
+def test_the_shipped_files_are_of_the_current_format(name: str) -> None:
+    path = Path(emovec.__file__).parent / "data" / "vectors" / f"{name}.safetensors"
+    with safe_open(str(path), framework="pt") as handle:
+        assert handle.metadata()["format"] == FORMAT
+
+
+def _resaved(tmp_path: Path, **changes: str | None) -> Path:
+    """The format-1 file with its metadata changed (``None``: the entry removed)."""
+    with safe_open(str(DATA / "bank-format-1.safetensors"), framework="pt") as handle:
+        metadata = dict(handle.metadata())
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
+    for key, value in changes.items():
+        if value is None:
+            metadata.pop(key)
+        else:
+            metadata[key] = value
+    path = tmp_path / "changed.safetensors"
+    save_file(tensors, str(path), metadata=metadata)
+    return path
+
+
+def test_a_file_of_a_newer_format_asks_for_a_newer_emovec(tmp_path: Path) -> None:
+    path = _resaved(tmp_path, format="emovec.emotion-vectors/3")
+    with pytest.raises(VectorFileError, match=r"made by a newer emovec.*pip install -U emovec"):
+        EmotionVectors.load(path)
+
+
+@pytest.mark.parametrize(
+    "tag", ["emovec.emotion-vectors/0", "emovec.emotion-vectors/02", "emovec.emotion-vectors/"]
+)
+def test_a_format_tag_that_is_no_version_is_not_an_emovec_file(tmp_path: Path, tag: str) -> None:
+    with pytest.raises(VectorFileError, match="not an emovec vector file"):
+        EmotionVectors.load(_resaved(tmp_path, format=tag))
+
+
+@pytest.mark.parametrize("key", ["placements", "sha256"])
+def test_format_2_requires_what_format_1_could_lack(tmp_path: Path, key: str) -> None:
+    changes: dict[str, str | None] = {"format": FORMAT, key: None}
+    with pytest.raises(VectorFileError, match=f"incomplete.*missing \\['{key}'\\]"):
+        EmotionVectors.load(_resaved(tmp_path, **changes))
+    EmotionVectors.load(_resaved(tmp_path, **{**changes, "format": FORMAT_1, "sha256": None}))
