@@ -104,7 +104,6 @@ RESERVED_NAMES: frozenset[str] = frozenset(
         "preset",
         "max_dose",
         "guard",
-        "block_layers",
     }
 )
 

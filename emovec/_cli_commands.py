@@ -289,7 +289,6 @@ def _calibrate(args: argparse.Namespace) -> None:
         num_queries=args.queries,
         tolerance=_tolerance(args),
         target_success=args.target_success,
-        success_margin=args.success_margin,
         clean=args.clean,
         decoding=replace(
             DEFAULT_DECODING,

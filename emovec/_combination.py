@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Mapping
 from numbers import Real
 from typing import TYPE_CHECKING, Literal
-
-import torch
 
 if TYPE_CHECKING:
     from emovec.vectors import EmotionVectors
@@ -34,31 +31,6 @@ class SteeringVector:
                 raise ValueError(f"Strength of {emotion!r} must be finite, not {coefficient}.")
         self.bank = bank
         self.coefficients = {e: float(c) for e, c in coefficients.items() if c != 0}
-
-    def tensor(self, scale: Scale = "relative") -> torch.Tensor:
-        """Deprecated: the combination of the emotions' vectors, ``[num_layers, hidden_size]``.
-
-        Returns ``Σ_k α_k · u^(k)`` over every layer, where ``u^(k)`` is emotion ``k``'s
-        :meth:`~EmotionVectors.unit_vector` (each row with that layer's hidden norm) for
-        ``scale="relative"``, or its raw mean difference for ``"raw"``. This is *not* what
-        ``steer`` adds: steer adds only at the steered layers (placements or band), and in
-        relative scale at ``dose / number_of_layers`` per unit of α (a dose of 0.5 spread
-        over the band at α = 1, where this sums a full hidden norm per layer). Use
-        ``emovec.steer(model, ...).deltas()`` for exactly what steering adds.
-        """
-        warnings.warn(
-            "SteeringVector.tensor() is deprecated: it is not what steer adds; use "
-            "emovec.steer(model, ...).deltas() for the exact per-layer deltas",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        if scale not in ("relative", "raw"):
-            raise ValueError(f"scale must be 'relative' or 'raw', not {scale!r}.")
-        unit = self.bank.unit_vector if scale == "relative" else self.bank.vector
-        total = torch.zeros(self.bank.num_layers, self.bank.hidden_size)
-        for emotion, coefficient in self.coefficients.items():
-            total += coefficient * unit(emotion)
-        return total
 
     def _combine(self, other: object, sign: float) -> SteeringVector:
         if not isinstance(other, SteeringVector):

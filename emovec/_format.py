@@ -216,8 +216,7 @@ def _version(path: Path, tag: str | None) -> int:
     if version > VERSION:
         raise VectorFileError(
             path,
-            f"was made by a newer emovec (format {tag!r}; this one reads versions 1 to "
-            f"{VERSION}).",
+            f"was made by a newer emovec (format {tag!r}; this one reads versions 1 to {VERSION}).",
             "Upgrade emovec (pip install -U emovec) to read it.",
         )
     return version
@@ -233,8 +232,7 @@ def _check_header(path: Path, metadata: Mapping[str, str]) -> None:
     if unknown:
         raise VectorFileError(
             path,
-            f"has metadata entries {unknown} that format {metadata['format']!r} does not "
-            "define.",
+            f"has metadata entries {unknown} that format {metadata['format']!r} does not define.",
             "It was altered, or written by another program: save or download it again.",
         )
     stored = metadata.get(_HASH)

@@ -271,7 +271,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="the success bar: the setting nearest both bars (this and --min-topic-ratio) "
         "wins (default: %(default)s)",
     )
-    cal.add_argument("--success-margin", type=float, help=argparse.SUPPRESS)  # deprecated
     cal.add_argument(
         "--max-new-tokens", type=_positive_int, default=DEFAULT_DECODING.max_new_tokens
     )

@@ -10,7 +10,6 @@ the batches, so N processes give the vectors of one.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
@@ -96,27 +95,6 @@ def _check_options(
     count(batch_size, "batch_size")
 
 
-def _blocks(blocks: _Blocks, layers: _Blocks, caller: str) -> _Blocks:
-    """``blocks``, or the deprecated spelling ``layers`` with a warning."""
-    if layers is None:
-        return blocks
-    if blocks is not None:
-        raise ValueError(f"{caller}() got both blocks= and layers=; pass only blocks=.")
-    if not isinstance(layers, str) and all(isinstance(i, int) for i in layers):
-        raise ValueError(
-            f"{caller}() reads every layer; layers= (now blocks=) names the decoder blocks "
-            "for models find_layers() does not understand. The steering band stored in the "
-            "bank is recommended_layers=."
-        )
-    warnings.warn(
-        f"{caller}(layers=...) is renamed {caller}(blocks=...); layers= will be removed in "
-        "the next release.",
-        DeprecationWarning,
-        stacklevel=3,
-    )
-    return layers
-
-
 def extract_activations(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -129,7 +107,6 @@ def extract_activations(
     max_length: int | None = None,
     blocks: _Blocks = None,
     progress: bool = True,
-    layers: _Blocks = None,
 ) -> Activations:
     """Read every pair at every decoder layer and keep the readings.
 
@@ -137,7 +114,6 @@ def extract_activations(
     mean-difference extraction (:func:`extract` with the default estimator) does not need
     this. Arguments as for :func:`extract`.
     """
-    blocks = _blocks(blocks, layers, "extract_activations")
     _check_options(reading, template, tokenizer, batch_size)
     readings = _read(
         model,
@@ -169,7 +145,6 @@ def extract(
     recommended_layers: Sequence[int] | Literal["diagnostics"] | None = None,
     model_name: str | None = None,
     progress: bool = True,
-    layers: _Blocks = None,
 ) -> EmotionVectors:
     """Extract one vector per emotion and decoder layer from paired texts.
 
@@ -197,12 +172,10 @@ def extract(
             derives from the pairs, or ``None`` for :func:`default_layer_band`.
         model_name: Name recorded in the bank; default: the model's ``name_or_path``.
         progress: Show a progress bar.
-        layers: Deprecated name of ``blocks`` (warns; removed in the next release).
 
     Returns:
         The bank, with per-layer mean neutral hidden norms for relative steering.
     """
-    blocks = _blocks(blocks, layers, "extract")
     _check_estimator(estimator)  # before the forward passes, not after
     _check_options(reading, template, tokenizer, batch_size)
     keep = estimator != DEFAULT_ESTIMATOR or recommended_layers == "diagnostics"

@@ -9,7 +9,6 @@ failure a steering library can have.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 
 import torch
@@ -129,8 +128,6 @@ def _resolve_path(model: nn.Module, path: str) -> nn.Module:
 def find_layers(
     model: nn.Module,
     blocks: str | Sequence[nn.Module] | None = None,
-    *,
-    layers: str | Sequence[nn.Module] | None = None,
 ) -> list[nn.Module]:
     """Return the decoder blocks of ``model`` in depth order.
 
@@ -141,7 +138,6 @@ def find_layers(
         blocks: Override for architectures this search does not understand: either a dotted
             attribute path to the block list (``"transformer.blocks"``) or the blocks
             themselves (``extract`` and ``steer`` take it as ``blocks=`` too).
-        layers: The former name of ``blocks`` (deprecated; "layers" means layer indices).
 
     Returns:
         The blocks; the output of block ``i`` is what layer ``i`` of an emotion vector refers to.
@@ -150,15 +146,6 @@ def find_layers(
         LayerDiscoveryError: when no stack of identical blocks is found, naming what was
             looked for and how to override.
     """
-    if layers is not None:
-        if blocks is not None:
-            raise TypeError("Pass blocks= only (layers= is its deprecated name).")
-        warnings.warn(
-            "find_layers(layers=...) is deprecated: pass blocks=... (layers are indices).",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        blocks = layers
     if blocks is not None:
         if isinstance(blocks, str):
             stack = _resolve_path(model, blocks)

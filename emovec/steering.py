@@ -43,7 +43,6 @@ Scope: a steering acts only in the context (thread, asyncio task) that entered i
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -183,7 +182,6 @@ def steer(
     max_dose: float | None = None,
     guard: DoseGuard = "warn",
     blocks: str | Sequence[nn.Module] | None = None,
-    block_layers: str | Sequence[nn.Module] | None = None,
     **alphas: float,
 ) -> Steering:
     """Steer ``model`` with emotion vectors while the returned object is applied.
@@ -237,7 +235,6 @@ def steer(
             warn), or ``"raise"`` (:class:`DoseError`).
         blocks: The decoder blocks (a dotted attribute path or the modules), for models
             :func:`find_layers` misses.
-        block_layers: Deprecated name of ``blocks``.
         **alphas: Strength per emotion when ``vectors`` is a bank. Negative suppresses.
 
     Returns:
@@ -252,15 +249,6 @@ def steer(
         DoseError: for NaN or infinite strengths, weights or ``max_dose``, strengths so large
             the vectors overflow, and with ``guard="raise"`` a dose above ``max_dose``.
     """
-    if block_layers is not None:
-        if blocks is not None:
-            raise TypeError("Give blocks= only (block_layers= is its deprecated name).")
-        warnings.warn(
-            "steer(block_layers=) is now steer(blocks=); block_layers= goes in the next release.",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        blocks = block_layers
     defaults: dict[str, Any] = {
         "layers": None,
         "scale": "relative",

@@ -13,7 +13,6 @@ is described in :mod:`emovec._format`. A file that is not an intact emovec vecto
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,9 +38,6 @@ __all__ = [
 ]
 
 
-_UNSET: Any = object()
-
-
 class EmotionVectors(Mapping[str, "SteeringVector"]):
     """A bank of emotion vectors extracted from one model.
 
@@ -60,7 +56,6 @@ class EmotionVectors(Mapping[str, "SteeringVector"]):
             (see :class:`Placement`); emotions without one use ``recommended_layers`` and the
             default dose.
         version: The emovec version that made the vectors.
-        layers: Deprecated spelling of ``recommended_layers``.
 
     Raises:
         ValueError: on empty banks, bad names, mismatched shapes, non-finite values or
@@ -78,17 +73,7 @@ class EmotionVectors(Mapping[str, "SteeringVector"]):
         settings: Mapping[str, Any] | None = None,
         placements: Mapping[str, Placement] | None = None,
         version: str = __version__,
-        layers: Sequence[int] | None = _UNSET,
     ) -> None:
-        if layers is not _UNSET:
-            warnings.warn(
-                "EmotionVectors(layers=...) is deprecated; pass recommended_layers=...",
-                DeprecationWarning,
-                stacklevel=2,
-            )
-            if recommended_layers is not None:
-                raise TypeError("Give recommended_layers= only (layers= is its old spelling).")
-            recommended_layers = layers
         if not vectors:
             raise ValueError("An EmotionVectors bank needs at least one emotion.")
         for name, vector in vectors.items():
@@ -131,16 +116,6 @@ class EmotionVectors(Mapping[str, "SteeringVector"]):
     @property
     def recommended_layers(self) -> tuple[int, ...] | None:
         """The layers steered by default (sorted), or ``None``."""
-        return self._recommended_layers
-
-    @property
-    def layers(self) -> tuple[int, ...] | None:
-        """Deprecated spelling of :attr:`recommended_layers`."""
-        warnings.warn(
-            "EmotionVectors.layers is deprecated; use .recommended_layers",
-            DeprecationWarning,
-            stacklevel=2,
-        )
         return self._recommended_layers
 
     def __getitem__(self, emotion: str) -> SteeringVector:

@@ -239,7 +239,7 @@ def test_calibration_settings_record_the_run(calibration: Calibration) -> None:
         "max_offensive_increase": 0.02,
         "max_invented_increase": 0.05,
     }
-    assert settings["target_success"] == 0.8 and "success_margin" not in settings
+    assert settings["target_success"] == 0.8
     assert settings["personas"] == [False] and settings["positions"] == [None]
     assert settings["decoding"] == asdict(DECODING)
     assert settings["scorer"] == "NadeScorer"
@@ -633,16 +633,6 @@ def test_counts_below_one_are_refused(setup: tuple, option: str, value: object) 
         calibrate(model, tokenizer, bank, progress=False, **{option: value})
 
 
-def test_success_margin_is_deprecated(setup: tuple) -> None:
-    """The old margin warns (and is ignored) before anything is generated."""
-    model, tokenizer, bank = setup
-    with (
-        pytest.warns(DeprecationWarning, match="success_margin"),
-        pytest.raises(ValueError, match="doses"),
-    ):
-        calibrate(model, tokenizer, bank, success_margin=0.1, doses=[], progress=False)
-
-
 @pytest.mark.parametrize(
     ("option", "value"),
     [("personas", [1]), ("personas", []), ("instructions", ["yes"]), ("positions", ["everywhere"])],
@@ -830,8 +820,6 @@ def test_rescoring_refuses_a_bar_outside_zero_to_one(
     first = _calibrate(setup, embedder, scorer=ConstantScorer())
     with pytest.raises(ValueError, match="target_success must be in"):
         first.rescored(target_success=-0.1)
-    with pytest.warns(DeprecationWarning, match="success_margin"):
-        first.rescored(success_margin=0.1)
 
 
 def test_calibration_plot_front_shows_every_trial(calibration: Calibration, tmp_path: Path) -> None:
@@ -1206,7 +1194,6 @@ def test_cli_calibrate_defaults_are_the_library_defaults(
     assert args.doses == list(defaults["doses"].default)
     assert args.queries == defaults["num_queries"].default
     assert args.target_success == defaults["target_success"].default == 0.8
-    assert args.success_margin is None and defaults["success_margin"].default is None
     assert args.batch_size == defaults["batch_size"].default == DEFAULT_BATCH_SIZE
     assert args.max_new_tokens == defaults["decoding"].default.max_new_tokens
     assert args.repetition_penalty == defaults["decoding"].default.repetition_penalty

@@ -135,7 +135,7 @@ def test_extract_writes_a_centered_bank(
     for emotion in ("joy", "anger"):
         assert torch.allclose(bank.vector(emotion), reference.vector(emotion), atol=1e-5)
     assert torch.allclose(bank.hidden_norms, reference.hidden_norms)
-    assert bank.layers == reference.layers
+    assert bank.recommended_layers == reference.recommended_layers
 
 
 def test_extract_no_center_keeps_the_raw_vectors(
@@ -193,7 +193,7 @@ def test_extract_with_an_estimator_and_diagnostics(
     assert bank.settings["layers_from"] == "diagnostics"
     written = json.loads((report / "diagnostics.json").read_text())
     assert written["emotions"] == ["joy", "anger"]
-    assert list(bank.layers or ()) == written["recommended_layers"]
+    assert list(bank.recommended_layers or ()) == written["recommended_layers"]
     assert (report / "diagnostics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| layer |" in (report / "diagnostics.md").read_text()
     assert "Recommended layers" in stdout

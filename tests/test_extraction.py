@@ -539,7 +539,7 @@ def test_default_pairs_ship_for_the_basic_emotions() -> None:
     assert emovec.default_pairs(["joy"]).keys() == {"joy"}
 
 
-# --- blocks= (the decoder blocks; layers= is its deprecated spelling) ---------------------
+# --- blocks= (the decoder blocks) -----------------------------------------------------
 
 
 def _same_readings(a: object, b: object) -> None:
@@ -564,20 +564,6 @@ def test_blocks_names_the_decoder_blocks_read(tokenizer) -> None:
     torch.testing.assert_close(
         mean_difference(*kept.pairs["joy"]), found.vector("joy")[:2], rtol=0, atol=1e-5
     )
-
-
-@pytest.mark.parametrize("function", [extract, extract_activations])
-def test_layers_is_the_deprecated_spelling_of_blocks(function: Any, tokenizer) -> None:
-    model = build_model("llama")
-    with pytest.warns(DeprecationWarning, match=r"blocks=") as caught:
-        old = function(model, tokenizer, PAIRS, layers="model.layers", progress=False)
-    assert caught[0].filename == __file__  # the warning points at the caller's line
-    _same_readings(old, function(model, tokenizer, PAIRS, blocks="model.layers", progress=False))
-    with pytest.raises(ValueError, match="only blocks="):
-        function(model, tokenizer, PAIRS, blocks="model.layers", layers="model.layers")
-    # Layer indices, as steer(layers=...) takes, are refused with where they belong.
-    with pytest.raises(ValueError, match="recommended_layers="):
-        function(model, tokenizer, PAIRS, layers=[0, 1], progress=False)
 
 
 def test_extract_with_diagnostics_reads_once_and_agrees_with_extract(tokenizer) -> None:

@@ -152,12 +152,3 @@ def test_band_width_is_a_sixth_rounded_half_up(num_layers: int, width: int) -> N
     assert band_width(num_layers) == width
     band = default_layer_band(num_layers)
     assert len(band) == min(width, num_layers - band[0])
-
-
-def test_the_old_name_of_the_block_override_still_works_and_warns() -> None:
-    model = build_model("llama", num_layers=2)
-    expected = find_layers(model, "model.layers")
-    with pytest.warns(DeprecationWarning, match="blocks="):
-        assert find_layers(model, layers="model.layers") == expected
-    with pytest.raises(TypeError, match="blocks= only"):
-        find_layers(model, "model.layers", layers="model.layers")

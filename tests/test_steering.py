@@ -370,16 +370,14 @@ def test_blocks_override(tokenizer: PreTrainedTokenizerFast) -> None:
         assert _no_hooks_anywhere(model)
 
 
-def test_block_layers_is_the_deprecated_name_of_blocks() -> None:
+def test_block_layers_is_not_a_name_of_blocks() -> None:
+    """The unreleased spelling block_layers= is gone: it is read as an emotion's strength,
+    and a block path is no strength."""
     model = build_model("gpt2")
     bank = _bank_for(model)
-    with pytest.warns(DeprecationWarning, match=r"blocks="):
-        old = steer(model, bank, joy=1.0, layers=[1], block_layers="transformer.h")
-    new = steer(model, bank, joy=1.0, layers=[1], blocks="transformer.h")
-    assert old.layers == new.layers == [1]
-    assert torch.equal(old.deltas()[0], new.deltas()[0])
-    with pytest.raises(TypeError, match="blocks"):
-        steer(model, bank, joy=1.0, blocks="transformer.h", block_layers="transformer.h")
+    with pytest.raises(TypeError, match="block_layers"):
+        steer(model, bank, joy=1.0, layers=[1], block_layers="transformer.h")
+    assert _no_hooks_anywhere(model)
 
 
 # --- errors ---------------------------------------------------------------------------
@@ -1586,5 +1584,5 @@ def test_every_option_of_steer_is_a_reserved_emotion_name() -> None:
         for name, parameter in inspect.signature(steer).parameters.items()
         if parameter.kind is inspect.Parameter.KEYWORD_ONLY
     ]
-    assert "max_dose" in options and "blocks" in options and "block_layers" in options
+    assert "max_dose" in options and "blocks" in options
     assert set(options) <= RESERVED_NAMES

@@ -10,7 +10,7 @@ import torch
 from conftest import BANK_HIDDEN, BANK_LAYERS, bank_norms, bank_tensors, random_bank
 
 from emovec import EmotionVectors, SteeringVector
-from emovec.vectors import DIRECTION_RATIO_RANGE, RESERVED_NAMES, Placement, Scale
+from emovec.vectors import DIRECTION_RATIO_RANGE, RESERVED_NAMES, Placement
 
 L, H = BANK_LAYERS, BANK_HIDDEN
 
@@ -110,11 +110,6 @@ def test_unknown_emotion_lists_known_ones() -> None:
 # --- arithmetic -----------------------------------------------------------------------
 
 
-def _tensor(vector: SteeringVector, scale: Scale = "relative") -> torch.Tensor:
-    with pytest.deprecated_call():
-        return vector.tensor(scale)
-
-
 @pytest.fixture
 def bank() -> EmotionVectors:
     return EmotionVectors(bank_tensors("joy", "anger", "fear"), bank_norms(), model_name="m")
@@ -124,7 +119,6 @@ def test_indexing_gives_a_unit_combination(bank: EmotionVectors) -> None:
     joy = bank["joy"]
     assert isinstance(joy, SteeringVector)
     assert joy.bank is bank and joy.coefficients == {"joy": 1.0}
-    assert torch.equal(_tensor(joy, "raw"), bank.vector("joy"))
 
 
 def test_linear_combination_coefficients(bank: EmotionVectors) -> None:
@@ -137,15 +131,8 @@ def test_linear_combination_coefficients(bank: EmotionVectors) -> None:
     assert summed.coefficients == {"joy": 2.0, "anger": 1.0}
     # Terms that cancel disappear.
     assert (bank["joy"] - bank["joy"]).coefficients == {}
-    assert torch.equal(_tensor(bank["joy"] - bank["joy"], "raw"), torch.zeros(L, H))
     assert combo == 0.7 * bank["joy"] + (-0.3) * bank["fear"]
     assert combo != 0.7 * bank["joy"]
-
-
-def test_raw_tensor_is_the_exact_combination(bank: EmotionVectors) -> None:
-    combo = 0.7 * bank["joy"] - 0.3 * bank["fear"]
-    expected = 0.7 * bank.vector("joy") - 0.3 * bank.vector("fear")
-    assert torch.equal(_tensor(combo, "raw"), expected)
 
 
 def test_unit_vectors_have_the_layer_hidden_norm(bank: EmotionVectors) -> None:
@@ -157,21 +144,6 @@ def test_unit_vectors_have_the_layer_hidden_norm(bank: EmotionVectors) -> None:
         assert torch.allclose(cosine, torch.ones(L), atol=1e-6)
 
 
-def test_relative_tensor_sums_unit_vectors_and_is_deprecated(bank: EmotionVectors) -> None:
-    """tensor() is not what steer adds (a full hidden norm per layer at α = 1, where steer
-    spreads a dose of 0.5 over its band), so it warns and points to Steering.deltas()."""
-    combo = 0.7 * bank["joy"] - 0.3 * bank["fear"]
-    expected = 0.7 * bank.unit_vector("joy") - 0.3 * bank.unit_vector("fear")
-    with pytest.warns(DeprecationWarning, match=r"steer\(model, \.\.\.\)\.deltas\(\)"):
-        relative = combo.tensor("relative")
-    assert torch.allclose(relative, expected, rtol=0, atol=1e-6)
-    assert torch.equal(_tensor(combo), relative)  # relative is the default
-    assert not torch.allclose(relative, _tensor(combo, "raw"))
-    rows = _tensor(bank["joy"]).norm(dim=1)
-    torch.testing.assert_close(rows, bank.hidden_norms)  # every layer, one hidden norm each
-    assert "deltas()" in (SteeringVector.tensor.__doc__ or "")
-
-
 def test_unit_vector_of_a_zero_layer_is_zero() -> None:
     vectors = bank_tensors("joy")
     vectors["joy"][1] = 0
@@ -179,11 +151,6 @@ def test_unit_vector_of_a_zero_layer_is_zero() -> None:
     unit = bank.unit_vector("joy")
     assert torch.equal(unit[1], torch.zeros(H))
     assert torch.isfinite(unit).all()
-
-
-def test_bad_scale_is_rejected(bank: EmotionVectors) -> None:
-    with pytest.raises(ValueError, match="scale"):
-        _tensor(bank["joy"], "absolute")  # type: ignore[arg-type]
 
 
 def test_combining_across_banks_raises(bank: EmotionVectors) -> None:
@@ -518,18 +485,6 @@ def test_shipped_files_load_and_sit_well_inside_the_ratio_range(path: Path) -> N
     ratios = ratios[ratios > 0]
     low, high = DIRECTION_RATIO_RANGE
     assert float(ratios.min()) > 1000 * low and float(ratios.max()) < high / 1000
-
-
-def test_layers_is_the_deprecated_spelling_of_recommended_layers() -> None:
-    with pytest.warns(DeprecationWarning, match="recommended_layers"):
-        bank = EmotionVectors(bank_tensors("joy"), bank_norms(), model_name="m", layers=[2, 1])
-    assert bank.recommended_layers == (1, 2)
-    with pytest.warns(DeprecationWarning, match="recommended_layers"):
-        assert bank.layers == (1, 2)
-    with pytest.warns(DeprecationWarning), pytest.raises(TypeError, match="only"):
-        EmotionVectors(
-            bank_tensors("joy"), bank_norms(), model_name="m", layers=[1], recommended_layers=[1]
-        )
 
 
 def test_placement_weights_share_the_dose_and_survive_the_file(tmp_path: Path) -> None:

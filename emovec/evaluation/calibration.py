@@ -48,7 +48,6 @@ from emovec.evaluation.trials import (
     Calibration,
     _check_target,
     _decide,
-    _deprecated_margin,
     _setting_name,
 )
 from emovec.generation import Decoding
@@ -123,7 +122,6 @@ def calibrate(
     num_queries: int = DEFAULT_NUM_QUERIES,
     tolerance: Tolerance = _DEFAULT_TOLERANCE,
     target_success: float = DEFAULT_TARGET_SUCCESS,
-    success_margin: float | None = None,
     decoding: Decoding = DEFAULT_DECODING,
     scorer: EmotionScorer | str | None = None,
     embedder: SentenceEmbedder | None = None,
@@ -167,7 +165,6 @@ def calibrate(
         target_success: The success bar; among fluent candidates the one with the highest
             ``min(success / target_success, 1) + min(retention / tolerance.min_topic_ratio,
             1)`` is chosen (:func:`emovec.evaluation.choice.choose`).
-        success_margin: Deprecated and ignored (the bar replaced it).
         decoding: Decoding used for every answer.
         scorer: Emotion scorer (see :func:`emovec.evaluation.evaluate`).
         embedder: Sentence embedder for topic adherence.
@@ -186,7 +183,6 @@ def calibrate(
             ``target_success`` outside (0, 1], or an instruction or persona asked for an
             emotion without one.
     """
-    _deprecated_margin(success_margin)
     _check_target(target_success)
     count(batch_size, "batch_size")
     count(num_queries, "num_queries")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import product
@@ -155,13 +154,9 @@ class Calibration:
         *,
         tolerance: Tolerance | None = None,
         target_success: float | None = None,
-        success_margin: float | None = None,
     ) -> Calibration:
         """The calibration decided again from the same answers: with another emotion judge,
         tolerance or success bar (each default: the one used).
-
-        ``success_margin`` is deprecated and ignored: the choice caps success at the bar
-        (:mod:`emovec.evaluation.choice`) instead of taking a margin below the best.
 
         Raises:
             ValueError: If the calibration kept no reports (``to_dict()`` leaves them out),
@@ -169,7 +164,6 @@ class Calibration:
         """
         if self.report is None:
             raise ValueError("This calibration kept no answers to rescore; calibrate again.")
-        _deprecated_margin(success_margin)
         report = self.report
         settings = dict(self.settings)
         if scorer is not None:
@@ -180,7 +174,6 @@ class Calibration:
         if target_success is None:
             target_success = float(settings.get("target_success", DEFAULT_TARGET_SUCCESS))
         settings.update(tolerance=asdict(tolerance), target_success=target_success)
-        settings.pop("success_margin", None)
         return _decide(report, tolerance, target_success, settings)
 
     @property
@@ -296,16 +289,6 @@ class Calibration:
             reference=self.reference_retention,
             title=f"calibration: success ({self.settings.get('scorer', 'judge')}) "
             "against topic retention",
-        )
-
-
-def _deprecated_margin(success_margin: float | None) -> None:
-    if success_margin is not None:
-        warnings.warn(
-            "success_margin is deprecated and ignored: the choice now caps success at "
-            "target_success and weighs it against topic retention (emovec.evaluation.choice).",
-            DeprecationWarning,
-            stacklevel=3,
         )
 
 
