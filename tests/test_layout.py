@@ -117,3 +117,9 @@ def test_the_core_never_imports_research_evaluation_or_the_cli(core: str) -> Non
 def test_no_import_circle() -> None:
     for module in MODULES:
         assert module not in reached(module), module
+
+
+def test_no_deprecated_alias_is_left() -> None:
+    """The version was never released: an old name is removed, not kept with a warning."""
+    warned = [name for name, path in MODULES.items() if "DeprecationWarning" in path.read_text()]
+    assert not warned
