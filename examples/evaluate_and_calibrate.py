@@ -59,12 +59,14 @@ def main() -> None:
     tolerance = Tolerance(min_topic_ratio=0.5)
     print(f"recommended α: {recommend_alpha(report, tolerance)}")
 
-    # The bank's placements are ignored while trying; the chosen band and dose become the
-    # emotion's new placement (α = 1 then means that dose at that band).
+    # The chosen band and dose become the emotion's new placement (α = 1 then means that
+    # dose at that band). The shipped placements share their dose among layers by trained
+    # weights, which an even spread over a band would drop: calibrate refuses them, so the
+    # vectors are calibrated without their placement.
     calibration = calibrate(
         model,
         tokenizer,
-        vectors,
+        vectors.without_placements(["sadness"]),
         emotions=["sadness"],
         bands=[(12, 13, 14, 15, 16)],
         doses=(0.2, 0.35),

@@ -614,6 +614,18 @@ def test_bad_doses_are_rejected(setup: tuple, doses: list[float]) -> None:
         calibrate(model, tokenizer, bank, doses=doses, queries=QUERIES, progress=False)
 
 
+def test_a_trained_banks_layer_weights_are_never_silently_dropped(
+    setup: tuple, embedder: SentenceEmbedder, scorer: NadeScorer
+) -> None:
+    """Calibration spreads a dose evenly over a band; a trained placement's learned weights
+    would be lost, so such a bank is refused (its emotions without them still calibrate)."""
+    model, tokenizer, bank = setup
+    trained = bank.with_placements({"joy": Placement((1, 2), 0.5, weights=(0.8, 0.2))})
+    with pytest.raises(ValueError, match=r"\[.joy.\] share their dose.*train --alpha"):
+        calibrate(model, tokenizer, trained, queries=QUERIES, progress=False)
+    _calibrate((model, tokenizer, trained.without_placements()), embedder, scorer=scorer)
+
+
 @pytest.mark.parametrize("target", [0.0, -0.1, 1.5, math.nan, True, "0.8"])
 def test_bad_target_success_is_rejected(setup: tuple, target: float) -> None:
     model, tokenizer, bank = setup

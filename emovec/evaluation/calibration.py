@@ -177,7 +177,8 @@ def calibrate(
         The :class:`Calibration`; ``calibration.apply(vectors)`` stores the placements.
 
     Raises:
-        ValueError: For doses that are not finite and positive, bands outside the bank,
+        ValueError: For a bank whose placements carry per-layer weights (trained; their
+            shape would be lost), doses that are not finite and positive, bands outside the bank,
             ``instructions`` or ``personas`` that are not booleans, unknown ``positions``,
             ``query_guidance`` below 1 or combined with positions other than all, a
             ``target_success`` outside (0, 1], or an instruction or persona asked for an
@@ -210,6 +211,15 @@ def calibrate(
     scorer = load_scorer(scorer)
     bare = vectors.without_placements()
     wanted = list(emotions) if emotions is not None else [e for e in bare if e in scorer.emotions]
+    shaped = [e for e in wanted if (p := vectors.placements.get(e)) and p.weights is not None]
+    if shaped:
+        raise ValueError(
+            f"The placements of {shaped} share their dose among layers by learned weights "
+            "(a trained bank), which calibration's even spread over a band would drop. Choose "
+            "a trained bank's strength with `emovec train --alpha EMOTION=A` (or "
+            "benchmarks/choose_recipes.py); calibrate the vectors alone with "
+            "vectors.without_placements()."
+        )
     # Checked before any answer is generated (evaluate itself checks the rest).
     texts = (
         {e: Recipe(instruct=True).instruction(bare, e) for e in wanted if e in bare}
