@@ -20,8 +20,8 @@ band), the model answers the triples' questions the emotional way:
   without it, so the vector learns what the prompt does.
 
 The KL terms are weighted by ``kl_weight``; every term is a per-token mean. On SmolLM2 the
-language-modelling loss alone (the default) moved success and retention as far as the others
-(docs/training.md).
+language-modelling loss alone (the default) keeps more of the question than any of the others
+at the same success (docs/training.md, round 9).
 
 Log-likelihoods are per-token means over the answer's tokens; the unsteered model's (and the
 distributions the KL terms compare with) are computed once. The weights never change (their
