@@ -46,6 +46,13 @@ def _query_list(queries: Sequence[str]) -> list[str]:
     return queries
 
 
+def asked(query: str, *instructions: str | None) -> str:
+    """The user turn: ``query`` with each given instruction appended, one space apart (the
+    one rule for where an emotion's instruction goes, in steering, evaluation, training and
+    the model's own answers)."""
+    return " ".join([query, *(text for text in instructions if text)])
+
+
 def format_prompts(
     tokenizer: PreTrainedTokenizerBase,
     queries: Sequence[str],

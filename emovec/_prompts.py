@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from emovec._chat import asked
 from emovec.vectors import EmotionVectors
 
 __all__ = ["persona_for", "query_free_turn", "query_guidance_for", "with_instructions"]
@@ -19,8 +20,7 @@ def with_instructions(query: str, vectors: EmotionVectors, strengths: Mapping[st
     be steered with it; ``steer`` cannot change the prompt, so the prompt is built here.
     Suppressed emotions (α ≤ 0) and emotions without an instruction add nothing.
     """
-    asked = [vectors.instruction(e) for e, alpha in strengths.items() if alpha > 0]
-    return " ".join([query, *(text for text in asked if text)])
+    return asked(query, *(vectors.instruction(e) for e, alpha in strengths.items() if alpha > 0))
 
 
 def persona_for(vectors: EmotionVectors, strengths: Mapping[str, float]) -> str | None:

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from emovec._chat import asked
 from emovec._files import write_text
 from emovec.datasets import (
     BASIC_EMOTIONS,
@@ -65,7 +66,7 @@ def _answers(
             except (OSError, json.JSONDecodeError):
                 pass  # a damaged cache entry is regenerated and overwritten
     # EmotionPrompt appends its stimulus after the task; the same placement here.
-    prompts = [f"{query} {instruction}" for query in queries]
+    prompts = [asked(query, instruction) for query in queries]
     answers = generate_answers(
         model,
         tokenizer,

@@ -54,6 +54,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from emovec._chat import asked
 from emovec._doses import _layer_index, count
 from emovec._reading import _all_reduce, _distributed
 from emovec._texts import _encode, _Item, _Text
@@ -388,9 +389,7 @@ def _encoded(
     """Each triple's answers after its chat-formatted query (with ``instruction`` appended,
     where given), as extraction renders them (the answer's own tokens marked as content)."""
     items = [
-        _Item(
-            0, 2 * i + k, 1.0 - 2 * k, f"{p.query} {instruction}" if instruction else p.query, text
-        )
+        _Item(0, 2 * i + k, 1.0 - 2 * k, asked(p.query, instruction), text)
         for i, p in enumerate(pairs)
         for k, text in enumerate((p.emotional, p.neutral))
     ]

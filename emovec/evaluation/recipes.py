@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from emovec._chat import asked
 from emovec.hooks import Method as SteerMethod
 from emovec.steering import Positions, Schedule
 from emovec.vectors import EmotionVectors, Placement, SteeringVector
@@ -149,7 +150,7 @@ def _query_for(condition: _Condition, query: str, vectors: EmotionVectors) -> st
     if condition.recipe is None or condition.emotion is None or condition.alpha <= 0:
         return query
     instruction = condition.recipe.instruction(vectors, condition.emotion)
-    return query if instruction is None else f"{query} {instruction}"
+    return asked(query, instruction)
 
 
 def _query_free_for(condition: _Condition, vectors: EmotionVectors) -> str:
