@@ -39,8 +39,8 @@ from torch import nn
 from transformers import DynamicCache, LogitsProcessor
 
 from emovec._placement import check_guided_steering, query_guidance_of
+from emovec.hooks import Steering
 from emovec.models import cache_argument
-from emovec.steering import Steering
 
 __all__ = ["PlainGuidance", "QueryGuidance"]
 

@@ -92,8 +92,9 @@ def test_no_module_imports_the_package_surface(module: str) -> None:
         ("emovec.vectors", {"emovec.hooks", "emovec.steering", "emovec.generation"}),
         ("emovec._format", {"emovec.hooks", "emovec.vectors"}),
         ("emovec._placement", {"emovec.hooks", "emovec.steering"}),
-        # Steering does not generate.
+        # Steering does not generate; guidance works on the applied hooks, not on steer.
         ("emovec.steering", {"emovec.generation", "emovec.guidance"}),
+        ("emovec.guidance", {"emovec.steering", "emovec.generation"}),
     ],
 )
 def test_layers_run_one_way(start: str, never: set[str]) -> None:
