@@ -142,12 +142,14 @@ TRIPLES = {
 TRAINING = {"steps": 6, "batch_size": 4, "eval_every": 2, "learning_rate": 0.3, "precision": None}
 
 
-def _train_worker(rank: int, world: int, init_file: str, out: str) -> None:
+def _train_worker(rank: int, world: int, init_file: str, out: str, objective: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         model = build_model("llama", initializer_range=0.2)
-        bank = train(model, build_tokenizer(), TRIPLES, progress=False, **TRAINING)
+        bank = train(
+            model, build_tokenizer(), TRIPLES, objective=objective, progress=False, **TRAINING
+        )
         torch.save(
             {"vectors": bank.vector("joy"), "settings": bank.settings}, f"{out}/train{rank}.pt"
         )
@@ -155,10 +157,15 @@ def _train_worker(rank: int, world: int, init_file: str, out: str) -> None:
         dist.destroy_process_group()
 
 
-def test_two_processes_train_the_single_process_vectors(tmp_path: Path) -> None:
-    mp.spawn(_train_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+@pytest.mark.parametrize("objective", ["lm", "lm+distill"])
+def test_two_processes_train_the_single_process_vectors(tmp_path: Path, objective: str) -> None:
+    """Also with a KL term, whose reference distributions every process computes once."""
+    arguments = (2, str(tmp_path / "init"), str(tmp_path), objective)
+    mp.spawn(_train_worker, args=arguments, nprocs=2, join=True)
     model = build_model("llama", initializer_range=0.2)
-    single = train(model, build_tokenizer(), TRIPLES, progress=False, **TRAINING)
+    single = train(
+        model, build_tokenizer(), TRIPLES, objective=objective, progress=False, **TRAINING
+    )
     assert float(single.vector("joy").norm()) > 0
     for rank in (0, 1):
         result = torch.load(tmp_path / f"train{rank}.pt")
