@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 import torch
 
@@ -12,7 +11,6 @@ from emovec._placement import Placement
 __all__ = [
     "DIRECTION_RATIO_RANGE",
     "RESERVED_NAMES",
-    "calibrated_generation_kwargs",
     "check_name",
     "validate_bank",
 ]
@@ -122,24 +120,3 @@ def check_name(name: object) -> None:
             f"{name}=...) could not steer it; rename the emotion (reserved: "
             f"{sorted(RESERVED_NAMES)})."
         )
-
-
-def calibrated_generation_kwargs(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``model.generate`` keywords of the decoding a bank was calibrated under (see
-    :meth:`emovec.vectors.EmotionVectors.generation_kwargs`)."""
-    calibration = settings.get("calibration")
-    decoding = calibration.get("decoding") if isinstance(calibration, Mapping) else None
-    if not isinstance(decoding, Mapping):
-        return {}
-    sampled = ["do_sample", "temperature", "top_p"] if decoding.get("do_sample") else []
-    try:
-        return {
-            key: bool(decoding[key]) if key == "do_sample" else float(decoding[key])
-            for key in ["repetition_penalty", *sampled]
-            if key in decoding
-        }
-    except (TypeError, ValueError) as err:
-        raise ValueError(
-            f"The bank's calibration decoding {dict(decoding)} is malformed ({err}); "
-            "calibrate the bank again."
-        ) from err

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from emovec import _checks, _format, _similarity
+from emovec import _format, _similarity
 from emovec._checks import DIRECTION_RATIO_RANGE, RESERVED_NAMES, check_name, validate_bank
 from emovec._combination import Scale, SteeringVector
 from emovec._format import EMOTION_PREFIX, FORMAT, VectorFileError
@@ -169,7 +169,22 @@ class EmotionVectors(Mapping[str, "SteeringVector"]):
         Raises:
             ValueError: If the recorded decoding is malformed.
         """
-        return _checks.calibrated_generation_kwargs(self.settings)
+        calibration = self.settings.get("calibration")
+        decoding = calibration.get("decoding") if isinstance(calibration, Mapping) else None
+        if not isinstance(decoding, Mapping):
+            return {}
+        sampled = ["do_sample", "temperature", "top_p"] if decoding.get("do_sample") else []
+        try:
+            return {
+                key: bool(decoding[key]) if key == "do_sample" else float(decoding[key])
+                for key in ["repetition_penalty", *sampled]
+                if key in decoding
+            }
+        except (TypeError, ValueError) as err:
+            raise ValueError(
+                f"The bank's calibration decoding {dict(decoding)} is malformed ({err}); "
+                "calibrate the bank again."
+            ) from err
 
     def __repr__(self) -> str:
         band = self._recommended_layers
