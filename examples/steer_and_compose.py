@@ -42,7 +42,7 @@ def main() -> None:
     plain = answer(QUERIES)
 
     # One emotion at α = 1: joy's trained vectors at its calibrated placement while the
-    # block runs. (A bank calibrated with a prompt or query guidance, such as Gemma's, also
+    # block runs. (A bank calibrated with a prompt or query guidance by emovec calibrate also
     # needs emovec.generation.emotional_answers to apply those.)
     with steer(model, vectors, joy=1.0):
         joyful = answer(QUERIES)

@@ -40,8 +40,8 @@ QUERIES = [
     "How was your commute this morning?",
 ]
 MAX_NEW_TOKENS = 24
-# The shipped bank is calibrated (docs/gemma.md): α = 1 is each emotion's dose at layers 7–9
-# (0.03–0.08, where an uncalibrated α = 1 meant 0.5 and broke every emotion into "$$$$…").
+# The shipped bank is trained (docs/gemma.md): α = 1 adds each emotion's trained vectors at
+# layers 6–10 at the strength chosen on calibration queries, plain steer, one pass per token.
 JOY_ALPHA = 1.0
 
 
@@ -104,11 +104,13 @@ def test_shipped_vectors_fit_gemma(model_and_tokenizer: tuple, vectors: EmotionV
         model.config.num_hidden_layers,
         model.config.hidden_size,
     )
-    assert vectors.recommended_layers == (7, 8, 9)  # the default band for 18 layers
-    recommended = vectors.settings["recommended_alpha"]
-    assert recommended == dict.fromkeys(vectors.emotions, 1.0)  # α = 1 is the calibrated dose
+    assert vectors.recommended_layers == (6, 7, 8, 9, 10)  # the training band for 18 layers
+    assert vectors.settings["method"] == "trained" and vectors.settings["objective"] == "lm"
     assert set(vectors.placements) == set(vectors.emotions)
-    assert all(0 < p.dose <= 0.1 for p in vectors.placements.values())
+    for placement in vectors.placements.values():  # the trained vectors, nothing else
+        assert placement.layers == (6, 7, 8, 9, 10) and placement.weights is not None
+        assert 0.3 < placement.dose < 1.0
+        assert placement.instruction is placement.persona is placement.query_guidance is None
     assert vectors.generation_kwargs() == {"repetition_penalty": 1.15}
 
 
@@ -116,8 +118,8 @@ def test_shipped_vectors_fit_gemma(model_and_tokenizer: tuple, vectors: EmotionV
 def test_alpha_one_no_longer_breaks_the_text(
     model_and_tokenizer: tuple, vectors: EmotionVectors, emotion: str
 ) -> None:
-    """At α = 1, decoded as calibrated (the placement's query guidance, the bank's repetition
-    penalty), every emotion's answers are text, not loops."""
+    """At α = 1, decoded as calibrated (the bank's repetition penalty), every emotion's
+    answers are text, not loops."""
     model, tokenizer = model_and_tokenizer
     steered = calibrated_answers(
         model,
