@@ -102,6 +102,7 @@ RESERVED_NAMES: frozenset[str] = frozenset(
         "preset",
         "max_dose",
         "guard",
+        "tokenizer",
     }
 )
 

@@ -8,6 +8,7 @@ import os
 import textwrap
 import time
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,7 +18,7 @@ from emovec.evaluation import evaluate
 from emovec.evaluation.calibration import (
     DEFAULT_DECODING,
 )
-from emovec.generation import emotional_answers, generate_answers
+from emovec.generation import generate_answers
 from emovec.models import DEFAULT_MODEL
 from emovec.steering import steer
 
@@ -51,18 +52,15 @@ def _demo(args: argparse.Namespace) -> None:
     }
     for emotion in emotions:
         strength = {emotion: args.alpha}
-        with steer(model, vectors, layers=args.layers, scale=args.scale, **strength) as steering:
-            columns[f"{emotion} {args.alpha:+g}"] = emotional_answers(
-                model,
-                tokenizer,
-                prompts,
-                vectors,
-                strength,
-                decoding=decoding,
-                clean=args.clean,
-                steering=steering,
-                parse_special=False,  # prompts from the command line are text
-            )
+        chat = steer(
+            model, vectors, layers=args.layers, scale=args.scale, tokenizer=tokenizer, **strength
+        )
+        columns[f"{emotion} {args.alpha:+g}"] = chat.answer(
+            prompts,
+            clean=args.clean,
+            parse_special=False,  # prompts from the command line are text
+            **asdict(decoding),
+        )
     for i, prompt in enumerate(prompts):
         print(f"\n=== {prompt}")
         for label, answers in columns.items():
@@ -75,7 +73,7 @@ def _demo(args: argparse.Namespace) -> None:
 def _generate(args: argparse.Namespace) -> None:
     strengths = _strengths(args.emotion, "--emotion")  # refused before the model loads
     model, tokenizer, vectors = _load(args)
-    with steer(
+    chat = steer(
         model,
         vectors,
         strengths,
@@ -83,19 +81,15 @@ def _generate(args: argparse.Namespace) -> None:
         scale=args.scale,
         max_dose=args.max_dose,
         guard="raise",  # a command answers at the dose asked for, or says why it will not
-    ) as steering:
-        answers = emotional_answers(
-            model,
-            tokenizer,
-            [args.prompt],
-            vectors,
-            strengths,
-            decoding=_decoding(args, vectors),
-            clean=args.clean,
-            steering=steering,
-            parse_special=False,  # the prompt from the command line is text
-        )
-    print(answers[0])
+        tokenizer=tokenizer,
+    )
+    answer = chat.answer(
+        args.prompt,
+        clean=args.clean,
+        parse_special=False,  # the prompt from the command line is text
+        **asdict(_decoding(args, vectors)),
+    )
+    print(answer)
 
 
 def _process_state() -> tuple[int, int, str | None]:

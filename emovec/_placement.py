@@ -85,9 +85,9 @@ class Placement:
         dose: The relative dose at α = 1 (``Σ_l ‖Δ_l‖ / typical ‖h_l‖`` over ``layers``;
             see :mod:`emovec.steering`).
         instruction: A short request for the emotion added to the user's turn beside the
-            vector (the "hybrid" recipe), or ``None``. ``steer`` cannot change a prompt:
-            :func:`emovec.generation.generate_answers` and the CLI add it
-            (:meth:`EmotionVectors.instruction`).
+            vector (the "hybrid" recipe), or ``None``. Hooks cannot change a prompt: the
+            one call, ``steer(..., tokenizer=tok)`` (:class:`emovec.chat.SteeredChat`), adds
+            it.
         persona: A system turn describing an emotional assistant, used instead of the
             model's default system prompt beside the vector, or ``None``
             (:meth:`EmotionVectors.persona`).
@@ -97,8 +97,7 @@ class Placement:
             its ``to_dict()`` as read from a file), or ``None``: constant.
         query_guidance: How much the question is amplified against the prompt without it
             (≥ 1; :class:`emovec.guidance.QueryGuidance`), or ``None``: not at all.
-            Like the instruction and persona it is not ``steer``'s to apply:
-            :func:`emovec.generation.emotional_answers` and the CLI do.
+            Like the instruction and persona it is applied by the one call.
         weights: How the dose is shared among ``layers``: one non-negative number per layer,
             in the order of ``layers``, relative to each other (:meth:`layer_weights` scales
             them to average 1), or ``None``: evenly. A trained bank

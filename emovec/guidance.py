@@ -32,6 +32,7 @@ Usage::
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 
 import torch
@@ -42,7 +43,7 @@ from emovec._placement import check_guided_steering, query_guidance_of
 from emovec.hooks import Steering
 from emovec.models import cache_argument
 
-__all__ = ["PlainGuidance", "QueryGuidance"]
+__all__ = ["BatchQueryGuidance", "PlainGuidance", "QueryGuidance"]
 
 
 def repetition_penalty_of(value: object) -> float:
@@ -258,3 +259,125 @@ class QueryGuidance(_SecondPass):
         super().__init__(
             model, steering, attention_mask, query_free, scale, repetition_penalty, paused=False
         )
+
+
+class BatchQueryGuidance(LogitsProcessor):
+    """Query guidance for the batch ``generate`` runs it on, made at the first step from the
+    rows it meets: what :meth:`emovec.chat.SteeredChat.generate_kwargs` hands to your own
+    ``model.generate`` or ``pipeline``, where the attention mask is never seen.
+
+    Left padding is read from the prompt rows themselves (each row's leading pad tokens;
+    ``generate`` infers its own mask the same way), unless ``attention_mask`` is given.
+    Several sequences per prompt (``num_return_sequences``) repeat each row's query-free
+    prompt as ``generate`` repeats the rows. A step that is not the next of the previous one
+    (another prompt: a new ``generate`` call, or the next prompt of a ``pipeline``) starts a
+    new :class:`QueryGuidance`. Beam search, which reorders rows between steps and so would
+    pair a row with another row's second pass, is refused at the step it first reorders.
+
+    Args:
+        model: The model ``generate`` runs.
+        query_free: Token ids of each prompt row's query-free prompt (formatted, carrying its
+            special tokens), or one row for every prompt row.
+        scale: The amplification, ≥ 1.
+        pad_token_id: The pad token of the prompt rows (``None``: rows are never padded).
+        repetition_penalty: The penalty ``generate`` applies.
+        steering: The applied steering, if any (see :class:`QueryGuidance`).
+        attention_mask: The prompt rows' mask, when the caller has it.
+
+    Raises:
+        ValueError: If a query-free prompt is empty or starts with the pad token (padding
+            could not be told from the prompt; give ``attention_mask``), or, while
+            generating, if the batch is not a multiple of the query-free rows or beam search
+            reorders the rows.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        query_free: Sequence[Sequence[int]],
+        scale: float,
+        *,
+        pad_token_id: int | None,
+        repetition_penalty: float = 1.0,
+        steering: Steering | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> None:
+        self._scale = query_guidance_of(scale)
+        self._penalty = repetition_penalty_of(repetition_penalty)
+        if steering is not None:
+            check_guided_steering(steering.positions, steering.schedule)
+        self._free = [list(ids) for ids in query_free]
+        if not self._free or not all(self._free):
+            raise ValueError("Give a non-empty query-free prompt per row.")
+        if attention_mask is None and any(ids[0] == pad_token_id for ids in self._free):
+            raise ValueError(
+                "The prompts start with the pad token, so their padding cannot be read from "
+                "them; give attention_mask (the prompt batch's)."
+            )
+        self._model, self._steering, self._pad = model, steering, pad_token_id
+        self._mask = None if attention_mask is None else attention_mask.detach()
+        self._guide: QueryGuidance | None = None
+        self._prompt_length = 0
+        self._last: torch.Tensor | None = None
+
+    def _rows_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if self._mask is not None and self._mask.shape == input_ids.shape:
+            return self._mask.to(input_ids.device)
+        if self._mask is not None:
+            raise ValueError(
+                f"attention_mask is {tuple(self._mask.shape)} but generate's prompt rows are "
+                f"{tuple(input_ids.shape)}; give the mask of the batch generated."
+            )
+        if self._pad is None:
+            return torch.ones_like(input_ids)
+        return (input_ids != self._pad).long().cummax(dim=1).values
+
+    def _start(self, input_ids: torch.Tensor) -> QueryGuidance:
+        batch, rows = input_ids.shape[0], len(self._free)
+        free = self._free * batch if rows == 1 else self._free
+        if batch % len(free):
+            raise ValueError(
+                f"generate runs {batch} rows for {len(free)} query-free prompts; give one "
+                "per prompt row."
+            )
+        repeats = batch // len(free)
+        free = [ids for ids in free for _ in range(repeats)]
+        width = max(len(ids) for ids in free)
+        ids = input_ids.new_full((batch, width), 0 if self._pad is None else self._pad)
+        mask = torch.zeros_like(ids)
+        for row, tokens in enumerate(free):
+            ids[row, width - len(tokens) :] = torch.tensor(tokens, device=ids.device)
+            mask[row, width - len(tokens) :] = 1
+        self._prompt_length = input_ids.shape[1]
+        return QueryGuidance(
+            self._model,
+            self._rows_mask(input_ids),
+            (ids, mask),
+            self._scale,
+            repetition_penalty=self._penalty,
+            steering=self._steering,
+        )
+
+    def _step(self, input_ids: torch.Tensor) -> QueryGuidance:
+        """The guidance serving this step: the running one, or a new one for a new prompt."""
+        last, guide = self._last, self._guide
+        if last is None or guide is None:
+            return self._start(input_ids)
+        follows = (
+            input_ids.shape[0] == last.shape[0]
+            and input_ids.shape[1] == last.shape[1] + 1
+            and torch.equal(input_ids[:, : self._prompt_length], last[:, : self._prompt_length])
+        )
+        if not follows:
+            return self._start(input_ids)
+        if not torch.equal(input_ids[:, :-1], last):
+            raise ValueError(
+                "Query guidance follows each row with its own second pass, and beam search "
+                "reorders the rows; decode with num_beams=1 (greedy or sampling)."
+            )
+        return guide
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        self._guide = self._step(input_ids)
+        self._last = input_ids.detach()
+        return self._guide(input_ids, scores)

@@ -44,10 +44,11 @@ Scope: a steering acts only in the context (thread, asyncio task) that entered i
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, overload
 
 import torch
 from torch import nn
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from emovec._doses import (
     DoseError,
@@ -61,6 +62,7 @@ from emovec._doses import (
     max_dose_of,
 )
 from emovec._placement import Schedule
+from emovec.chat import Asking, SteeredChat
 from emovec.hooks import SINK_RATIO, Method, Positions, Steering
 from emovec.layers import default_layer_band, find_layers, hidden_size_of
 from emovec.vectors import EmotionVectors, Scale, SteeringVector
@@ -166,6 +168,7 @@ def _mixes(
     return vectors, [_as_vector(vectors, row) for row in rows]
 
 
+@overload
 def steer(
     model: nn.Module,
     vectors: EmotionVectors | SteeringVector,
@@ -182,6 +185,50 @@ def steer(
     max_dose: float | None = None,
     guard: DoseGuard = "warn",
     blocks: str | Sequence[nn.Module] | None = None,
+    tokenizer: None = None,
+    **alphas: float,
+) -> Steering: ...
+
+
+@overload
+def steer(
+    model: nn.Module,
+    vectors: EmotionVectors | SteeringVector,
+    strengths: Mapping[str, float] | None = None,
+    /,
+    *,
+    layers: Layers | str | None = None,
+    scale: Scale | None = None,
+    positions: Positions | None = None,
+    method: Method = "add",
+    schedule: Schedule | None = None,
+    rows: Sequence[Mix] | None = None,
+    preset: str | None = None,
+    max_dose: float | None = None,
+    guard: DoseGuard = "warn",
+    blocks: str | Sequence[nn.Module] | None = None,
+    tokenizer: PreTrainedTokenizerBase,
+    **alphas: float,
+) -> SteeredChat: ...
+
+
+def steer(
+    model: nn.Module,
+    vectors: EmotionVectors | SteeringVector,
+    strengths: Mapping[str, float] | None = None,
+    /,
+    *,
+    layers: Layers | str | None = None,
+    scale: Scale | None = None,
+    positions: Positions | None = None,
+    method: Method = "add",
+    schedule: Schedule | None = None,
+    rows: Sequence[Mix] | None = None,
+    preset: str | None = None,
+    max_dose: float | None = None,
+    guard: DoseGuard = "warn",
+    blocks: str | Sequence[nn.Module] | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
     **alphas: float,
 ) -> Steering:
     """Steer ``model`` with emotion vectors while the returned object is applied.
@@ -235,11 +282,17 @@ def steer(
             warn), or ``"raise"`` (:class:`DoseError`).
         blocks: The decoder blocks (a dotted attribute path or the modules), for models
             :func:`find_layers` misses.
+        tokenizer: The model's tokenizer, for the one call: the steering then also asks as
+            the bank was calibrated (instruction, persona, query guidance, decoding; see
+            :mod:`emovec.chat`): ``steer(model, vecs, joy=1.0, tokenizer=tok).answer(q)``.
+            Without it ``steer`` adds the vectors only.
         **alphas: Strength per emotion when ``vectors`` is a bank. Negative suppresses.
 
     Returns:
         A :class:`Steering`; use it with ``with`` or call ``apply()`` / ``remove()``.
-        ``deltas()`` gives what it adds at each layer.
+        ``deltas()`` gives what it adds at each layer. With ``tokenizer``, a
+        :class:`~emovec.chat.SteeredChat`, which also answers: ``answer``, ``stream``,
+        ``messages`` and ``generate_kwargs``.
 
     Raises:
         KeyError: for an emotion the bank does not have.
@@ -283,15 +336,26 @@ def steer(
     deltas = {
         layer: per_layer[:, layer] if rows is not None else per_layer[0, layer] for layer in chosen
     }
-    return Steering(
+    options: dict[str, Any] = {
+        "positions": positions,
+        "method": method,
+        "schedule": schedule,
+        "hidden_norms": {layer: float(bank.hidden_norms[layer]) for layer in chosen},
+        "dose": (doses * factors).tolist(),
+    }
+    if tokenizer is None:
+        return Steering(model, found, deltas, **options)
+    # The placements' prompts go with their layers and doses: not with layers= given.
+    asking = [Asking.of(mix) if explicit is None else Asking() for mix in mixes]
+    return SteeredChat(
         model,
         found,
         deltas,
-        positions=positions,
-        method=method,
-        schedule=schedule,
-        hidden_norms={layer: float(bank.hidden_norms[layer]) for layer in chosen},
-        dose=(doses * factors).tolist(),
+        tokenizer=tokenizer,
+        bank=bank,
+        asking=asking,
+        rows=rows is not None,
+        **options,
     )
 
 

@@ -13,7 +13,6 @@ import tempfile
 from pathlib import Path
 
 from emovec import EmotionVectors, PromptPair, extract, load_model, steer
-from emovec.generation import generate_answers
 
 # (emotional, neutral): the same facts, with and without the emotion. More and more varied
 # pairs give a cleaner vector; the shipped emotions use 110 each.
@@ -71,9 +70,13 @@ def main() -> None:
         f"saved and loaded {path.name}: emotions {calm.emotions}, layers {calm.recommended_layers}"
     )
 
-    plain = generate_answers(model, tokenizer, QUERIES, max_new_tokens=NEW_TOKENS)
-    with steer(model, calm, calm=STRENGTH):
-        steered = generate_answers(model, tokenizer, QUERIES, max_new_tokens=NEW_TOKENS)
+    # The one call answers (greedy, clean); α = 0 is the plain answer.
+    plain = steer(model, calm, calm=0.0, tokenizer=tokenizer).answer(
+        QUERIES, max_new_tokens=NEW_TOKENS
+    )
+    steered = steer(model, calm, calm=STRENGTH, tokenizer=tokenizer).answer(
+        QUERIES, max_new_tokens=NEW_TOKENS
+    )
 
     for query, before, after in zip(QUERIES, plain, steered, strict=True):
         print(f"\n### {query}")

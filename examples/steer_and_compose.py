@@ -10,13 +10,10 @@ Run it from anywhere, offline: ``python examples/steer_and_compose.py``.
 from __future__ import annotations
 
 from emovec import EmotionVectors, load_model, steer
-from emovec.generation import generate_answers
 from emovec.prebuilt import prebuilt_path
 
 QUERIES = ["Tell me about your morning.", "Describe the town where you live."]
 NEW_TOKENS = 24
-# The shipped bank was calibrated with this decoding; the same keeps its doses meaningful.
-REPETITION_PENALTY = 1.15
 
 
 def main() -> None:
@@ -29,29 +26,20 @@ def main() -> None:
     vectors = EmotionVectors.load(path)
     print(vectors)
 
-    def answer(queries: list[str]) -> list[str]:
-        # Greedy decoding; slurs and obscenities are blocked (clean=True by default).
-        return generate_answers(
-            model,
-            tokenizer,
-            queries,
-            max_new_tokens=NEW_TOKENS,
-            repetition_penalty=REPETITION_PENALTY,
-        )
-
-    plain = answer(QUERIES)
-
-    # One emotion at α = 1: joy's trained vectors at its calibrated placement while the
-    # block runs. (A bank calibrated with a prompt or query guidance by emovec calibrate also
-    # needs emovec.generation.emotional_answers to apply those.)
-    with steer(model, vectors, joy=1.0):
-        joyful = answer(QUERIES)
+    # The one call: steer(..., tokenizer=) answers as the bank was calibrated (its layers,
+    # weights and strength, its decoding, clean decoding; greedy), one forward pass per
+    # token. α = 0 answers plain, with the same decoding.
+    plain = steer(model, vectors, joy=0.0, tokenizer=tokenizer).answer(
+        QUERIES, max_new_tokens=NEW_TOKENS
+    )
+    joyful = steer(model, vectors, joy=1.0, tokenizer=tokenizer).answer(
+        QUERIES, max_new_tokens=NEW_TOKENS
+    )
 
     # Vector arithmetic: emotions combine per emotion in the bank's units, so this is
     # steer(model, vectors, joy=0.7, fear=-0.3). Negative strengths suppress.
     mix = 0.7 * vectors["joy"] - 0.3 * vectors["fear"]
-    with steer(model, mix):
-        composed = answer(QUERIES)
+    composed = steer(model, mix, tokenizer=tokenizer).answer(QUERIES, max_new_tokens=NEW_TOKENS)
 
     print(f"mix: {mix}")
     for query, *answers in zip(QUERIES, plain, joyful, composed, strict=True):

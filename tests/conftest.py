@@ -11,7 +11,6 @@ import os
 import random
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import pytest
 import torch
@@ -20,10 +19,9 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from torch import nn
 from transformers import PreTrainedTokenizerFast
 
-from emovec import EmotionVectors, steer
+from emovec import EmotionVectors
 from emovec.evaluation.scoring import NadeScorer
 from emovec.evaluation.topic import SentenceEmbedder
-from emovec.generation import emotional_answers
 
 # --- speed ----------------------------------------------------------------------------
 
@@ -476,19 +474,3 @@ def bank_tensors(*emotions: str, seed: int = 0) -> dict[str, torch.Tensor]:
 def bank_norms() -> torch.Tensor:
     """Hidden norms 1, 2, …, BANK_LAYERS."""
     return torch.arange(1, BANK_LAYERS + 1, dtype=torch.float32)
-
-
-def calibrated_answers(
-    model: Any,
-    tokenizer: Any,
-    vectors: EmotionVectors,
-    queries: list[str],
-    strengths: dict[str, float],
-    **options: Any,
-) -> list[str]:
-    """Answers as a calibrated bank gives them (the README's way): steered, with each raised
-    placement's prompt and query guidance; ``options`` go to ``emotional_answers``."""
-    with steer(model, vectors, strengths) as steering:
-        return emotional_answers(
-            model, tokenizer, queries, vectors, strengths, steering=steering, **options
-        )

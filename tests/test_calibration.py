@@ -21,6 +21,7 @@ import torch
 from conftest import build_model, build_tokenizer, random_bank
 from test_evaluation import JUDGE, WordJudge
 
+from emovec.chat import Asking
 from emovec.cli import build_parser, main
 from emovec.evaluation import EvaluationReport, Tolerance
 from emovec.evaluation import calibration as calibration_module
@@ -36,7 +37,7 @@ from emovec.evaluation.recipes import PERSONAS, PROMPT_INSTRUCTIONS
 from emovec.evaluation.scoring import NadeScorer
 from emovec.evaluation.topic import SentenceEmbedder
 from emovec.evaluation.trials import Calibration, Trial, _choose, _setting_name
-from emovec.generation import Decoding, emotional_answers, generate_answers, with_instructions
+from emovec.generation import Decoding, generate_answers
 from emovec.steering import RELATIVE_DOSE, steer
 from emovec.vectors import EmotionVectors, Placement
 
@@ -1015,17 +1016,12 @@ def test_instructions_try_every_setting_with_and_without_and_store_the_chosen_on
     for emotion, placement in result.placements.items():
         name = _setting_name(placement.layers, placement.dose, True)
         got = _answers_of(report, name, emotion)
-        asked = [with_instructions(q, loaded, {emotion: 1.0}) for q in QUERIES]
+        asked = [Asking.of(loaded[emotion]).user_turn(q) for q in QUERIES]
         assert asked == [f"{q} {PROMPT_INSTRUCTIONS[emotion]}" for q in QUERIES]
-        with steer(model, loaded, max_dose=math.inf, **{emotion: 1.0}) as steering:
-            alone = generate_answers(
-                model,
-                tokenizer,
-                asked,
-                max_new_tokens=DECODING.max_new_tokens,
-                batch_size=len(QUERIES),
-                steering=steering,
-            )
+        chat = steer(model, loaded, max_dose=math.inf, tokenizer=tokenizer, **{emotion: 1.0})
+        alone = chat.answer(
+            QUERIES, max_new_tokens=DECODING.max_new_tokens, batch_size=len(QUERIES)
+        )
         assert [got[q] for q in QUERIES] == alone, emotion
 
     markdown = result.to_markdown()
@@ -1098,7 +1094,7 @@ def test_query_guidance_is_searched_and_stored(
     setup: tuple, embedder: SentenceEmbedder, tmp_path: Path
 ) -> None:
     """query_guidance=(None, 2.0) tries each band × dose with and without it; the chosen
-    γ is stored in the placement, and the saved bank answers through emotional_answers
+    γ is stored in the placement, and the saved bank answers through the one call
     exactly as the trial did."""
     model, tokenizer, bank = setup
     doses = [0.01, 0.02]  # the random bank's norms dwarf the model's: steer gently
@@ -1125,19 +1121,12 @@ def test_query_guidance_is_searched_and_stored(
     for emotion, placement in result.placements.items():
         name = _setting_name(placement.layers, placement.dose, False, False, None, 2.0)
         got = _answers_of(report, name, emotion)
-        strengths = {emotion: 1.0}
-        with steer(model, loaded, max_dose=math.inf, **strengths) as steering:
-            alone = emotional_answers(
-                model,
-                tokenizer,
-                QUERIES,
-                loaded,
-                strengths,
-                max_new_tokens=DECODING.max_new_tokens,
-                batch_size=len(QUERIES),
-                steering=steering,
+        chat = steer(model, loaded, {emotion: 1.0}, max_dose=math.inf, tokenizer=tokenizer)
+        with chat:
+            alone = chat.answer(
+                QUERIES, max_new_tokens=DECODING.max_new_tokens, batch_size=len(QUERIES)
             )
-            unguided = _answers_alone(model, tokenizer, steering)
+            unguided = _answers_alone(model, tokenizer, chat)
         assert [got[q] for q in QUERIES] == alone, emotion
         assert alone != unguided, emotion  # the guidance changed the answers: it was applied
 

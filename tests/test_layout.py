@@ -102,14 +102,18 @@ def test_no_module_imports_the_package_surface(module: str) -> None:
     [
         # Extraction reads hidden states; it neither steers nor generates.
         ("emovec.extraction", {"emovec.generation", "emovec.guidance", "emovec.steering"}),
+        ("emovec.extraction", {"emovec.chat"}),
         ("emovec.extraction", {"emovec.hooks"}),
         # The file format and its recipe know nothing of how they are applied.
         ("emovec.vectors", {"emovec.hooks", "emovec.steering", "emovec.generation"}),
         ("emovec._format", {"emovec.hooks", "emovec.vectors"}),
         ("emovec._placement", {"emovec.hooks", "emovec.steering"}),
-        # Steering does not generate; guidance works on the applied hooks, not on steer.
-        ("emovec.steering", {"emovec.generation", "emovec.guidance"}),
-        ("emovec.guidance", {"emovec.steering", "emovec.generation"}),
+        # The hooks, guidance and generation work on an applied Steering, never on steer,
+        # which sits above them: with a tokenizer it hands its hooks to chat's one call.
+        ("emovec.hooks", {"emovec.steering", "emovec.guidance", "emovec.generation"}),
+        ("emovec.guidance", {"emovec.steering", "emovec.generation", "emovec.chat"}),
+        ("emovec.generation", {"emovec.steering", "emovec.chat"}),
+        ("emovec.chat", {"emovec.steering"}),
     ],
 )
 def test_layers_run_one_way(start: str, never: set[str]) -> None:
@@ -120,6 +124,7 @@ def test_layers_run_one_way(start: str, never: set[str]) -> None:
     "core",
     [
         *("emovec.extraction", "emovec.vectors", "emovec.steering", "emovec.generation"),
+        "emovec.chat",
         *("emovec.training", "emovec.models", "emovec.layers"),
     ],
 )

@@ -244,7 +244,7 @@ def test_generate_answers_applies_the_blocker_unless_clean_is_false(
     monkeypatch.setattr(
         emovec.generation,
         "clean_generation_kwargs",
-        lambda tok: clean_generation_kwargs(tok, words=["mad"]),
+        lambda tok, **kwargs: clean_generation_kwargs(tok, words=["mad"], **kwargs),
     )
     boost = torch.zeros(MODEL_VOCAB_SIZE)
     boost[VOCAB["mad"]] = 50

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import calibrated_answers
 
 from emovec import EmotionVectors, load_model, steer
 from emovec.evaluation.metrics import is_degenerate
@@ -118,18 +117,11 @@ def test_shipped_vectors_fit_gemma(model_and_tokenizer: tuple, vectors: EmotionV
 def test_alpha_one_no_longer_breaks_the_text(
     model_and_tokenizer: tuple, vectors: EmotionVectors, emotion: str
 ) -> None:
-    """At α = 1, decoded as calibrated (the bank's repetition penalty), every emotion's
+    """At α = 1, through the one call (the bank's repetition penalty), every emotion's
     answers are text, not loops."""
     model, tokenizer = model_and_tokenizer
-    steered = calibrated_answers(
-        model,
-        tokenizer,
-        vectors,
-        QUERIES,
-        {emotion: 1.0},
-        max_new_tokens=MAX_NEW_TOKENS,
-        **vectors.generation_kwargs(),
-    )
+    chat = steer(model, vectors, {emotion: 1.0}, tokenizer=tokenizer)
+    steered = chat.answer(QUERIES, max_new_tokens=MAX_NEW_TOKENS)
     assert sum(is_degenerate(answer) for answer in steered) <= 1, steered
     for answer in steered:
         words = answer.split()

@@ -146,7 +146,7 @@ def _conditions(
 
 def _query_for(condition: _Condition, query: str, vectors: EmotionVectors) -> str:
     """The query as asked: with the recipe's instruction when the emotion is raised (α > 0;
-    a suppressed emotion is not asked for, as in :func:`emovec.generation.with_instructions`)."""
+    a suppressed emotion is not asked for, as in :class:`emovec.chat.Asking`)."""
     if condition.recipe is None or condition.emotion is None or condition.alpha <= 0:
         return query
     instruction = condition.recipe.instruction(vectors, condition.emotion)

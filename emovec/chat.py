@@ -1,0 +1,307 @@
+"""The calibrated answer in one call: a steering that also asks as its bank was calibrated.
+
+``steer(model, vecs, joy=1.0, tokenizer=tok)`` returns a :class:`SteeredChat`, a
+:class:`~emovec.hooks.Steering` that knows, besides the vectors, what the raised emotions'
+placements ask of the prompt and the decoding (``steer`` alone can change neither):
+
+- the calibrated instruction of each raised emotion (α > 0) added to the user's turn, and
+  their personas as the system turn;
+- the query guidance their placements record (a second pass per token against the prompt
+  without the question, :class:`~emovec.guidance.BatchQueryGuidance`);
+- the decoding they were calibrated under (the repetition penalty), and clean decoding.
+
+Every route gives the same answer (greedy: the same tokens): :meth:`SteeredChat.answer`,
+:meth:`SteeredChat.stream`, ``model.generate(**inputs, **s.generate_kwargs())`` with the
+prompt of :meth:`SteeredChat.messages`, and ``pipeline("text-generation")`` on those
+messages. Suppressed emotions (α ≤ 0) ask nothing of the prompt; a bank without such
+placements (every shipped one is trained: vectors alone) asks nothing either, and the one call
+then adds the decoding and clean filter to the vectors. With ``layers=`` the placements are
+not applied, so neither are their prompts.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, overload
+
+import torch
+from torch import nn
+from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from emovec import _scope
+from emovec._chat import _query_list, asked, check_context, encode_prompts, padded
+from emovec.generation import Decoding, generate_answers, generate_kwargs, seeded
+from emovec.guidance import BatchQueryGuidance
+from emovec.hooks import Steering
+from emovec.models import input_device
+from emovec.vectors import EmotionVectors, SteeringVector
+
+__all__ = ["Asking", "SteeredChat"]
+
+
+@dataclass(frozen=True)
+class Asking:
+    """What a mix's placements ask of the prompt: the raised emotions' (α > 0) calibrated
+    instructions (in the user's turn, after the query), their personas (joined, as the
+    system turn; ``None``: the model's default), and their query guidance (the largest
+    recorded; ``None``: none)."""
+
+    instructions: tuple[str, ...] = ()
+    persona: str | None = None
+    query_guidance: float | None = None
+
+    @classmethod
+    def of(cls, mix: SteeringVector) -> Asking:
+        """What ``mix`` asks, read from its bank's placements."""
+        raised = [
+            placement
+            for emotion, alpha in mix.coefficients.items()
+            if alpha > 0 and (placement := mix.bank.placements.get(emotion)) is not None
+        ]
+        gammas = [p.query_guidance for p in raised if p.query_guidance is not None]
+        return cls(
+            instructions=tuple(p.instruction for p in raised if p.instruction),
+            persona=" ".join(p.persona for p in raised if p.persona) or None,
+            query_guidance=max(gammas) if gammas else None,
+        )
+
+    def user_turn(self, query: str) -> str:
+        """``query`` as asked: with the instructions appended."""
+        return asked(query, *self.instructions)
+
+    def query_free_turn(self) -> str:
+        """The user turn without the question: the instructions alone."""
+        return asked("", *self.instructions).strip()
+
+    def messages(self, query: str) -> list[dict[str, str]]:
+        """The chat: the persona's system turn (if any) and the user turn."""
+        system = [{"role": "system", "content": self.persona}] if self.persona else []
+        return [*system, {"role": "user", "content": self.user_turn(query)}]
+
+
+class _Stopped(StoppingCriteria):
+    """Stops every row once ``event`` is set (a stream whose reader went away)."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self._event = event
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **_: Any) -> Any:
+        return torch.full((input_ids.shape[0],), self._event.is_set(), device=input_ids.device)
+
+
+class SteeredChat(Steering):
+    """A steering that answers as its bank was calibrated; build it with
+    ``steer(..., tokenizer=tok)`` (see the module docstring for what it adds).
+
+    ``answer`` and ``stream`` apply the steering for the call when it is not applied in the
+    calling context; ``generate_kwargs`` serves your own ``generate`` or ``pipeline`` inside
+    ``with``. With ``rows=``, each row asks as its own mix was calibrated: ``answer`` takes
+    one query per row.
+
+    Attributes:
+        tokenizer: The model's tokenizer.
+        asking: What each row's mix asks of the prompt (one entry without ``rows=``).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        blocks: Sequence[nn.Module],
+        deltas: Mapping[int, torch.Tensor],
+        *,
+        tokenizer: PreTrainedTokenizerBase,
+        bank: EmotionVectors,
+        asking: Sequence[Asking],
+        rows: bool = False,
+        **options: Any,
+    ) -> None:
+        super().__init__(model, blocks, deltas, **options)
+        self.tokenizer = tokenizer
+        self.asking = list(asking)
+        self._bank, self._rows = bank, rows
+        gammas = {a.query_guidance for a in self.asking}
+        if len(gammas) > 1:
+            raise ValueError(
+                f"The rows' placements ask for different query guidance {sorted(map(str, gammas))};"
+                " one generate call runs one: steer those rows apart."
+            )
+        self._query_guidance = gammas.pop() if gammas else None
+
+    def _one(self, what: str) -> Asking:
+        if self._rows:
+            raise ValueError(
+                f"{what} serves one mix; with rows=, answer(queries) asks each row as its mix "
+                "was calibrated (one query per row)."
+            )
+        return self.asking[0]
+
+    def decoding(self, **changes: Any) -> Decoding:
+        """The decoding the bank was calibrated under, with ``changes`` (fields of
+        :class:`~emovec.generation.Decoding`, e.g. ``max_new_tokens=64``) on top."""
+        return Decoding.calibrated(self._bank, **changes)
+
+    def messages(self, query: str) -> list[dict[str, str]]:
+        """The chat to generate from: the calibrated persona and instructions around
+        ``query``, for ``tokenizer.apply_chat_template`` or a ``pipeline``."""
+        return self._one("messages()").messages(query)
+
+    def generate_kwargs(
+        self,
+        *,
+        clean: bool = True,
+        attention_mask: torch.Tensor | None = None,
+        **changes: Any,
+    ) -> dict[str, Any]:
+        """The keywords for ``model.generate`` (or a text-generation ``pipeline``) that
+        decode as calibrated: the decoding (``changes`` as in :meth:`decoding`), the pad
+        token, clean decoding (``clean=False``: unfiltered) and the query guidance, which
+        reads the prompt rows it meets (their left padding, or ``attention_mask`` when
+        given). Make them anew for each call; several sequences per prompt work, beam search
+        with query guidance is refused.
+
+        Example::
+
+            chat = tok.apply_chat_template(s.messages(q), add_generation_prompt=True,
+                                           return_dict=True, return_tensors="pt")
+            with s:
+                out = model.generate(**chat, **s.generate_kwargs(max_new_tokens=48))
+        """
+        decoding = self.decoding(**changes)
+        processors = []
+        if self._query_guidance is not None:
+            processors.append(
+                BatchQueryGuidance(
+                    self._model,
+                    self._query_free(self.asking),
+                    self._query_guidance,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                    repetition_penalty=decoding.repetition_penalty,
+                    steering=self,
+                    attention_mask=attention_mask,
+                )
+            )
+        return generate_kwargs(self.tokenizer, decoding, clean=clean, processors=processors)
+
+    def _query_free(self, asking: Sequence[Asking]) -> list[list[int]]:
+        turns = [a.query_free_turn() for a in asking]
+        return encode_prompts(self.tokenizer, turns, [a.persona for a in asking])
+
+    def _applied_here(self) -> bool:
+        """Whether this steering acts in the calling context; refused when it is applied in
+        another (the call would run plain)."""
+        if _scope.call_of(self._key) is not None:
+            return True
+        if self.active:
+            raise RuntimeError(
+                "This steering is applied in another thread or task, so it would not steer "
+                "this call; call answer() there, or remove() it first."
+            )
+        return False
+
+    @overload
+    def answer(self, queries: str, **options: Any) -> str: ...
+
+    @overload
+    def answer(self, queries: Sequence[str], **options: Any) -> list[str]: ...
+
+    def answer(
+        self,
+        queries: str | Sequence[str],
+        *,
+        batch_size: int = 8,
+        clean: bool = True,
+        parse_special: bool = True,
+        **changes: Any,
+    ) -> str | list[str]:
+        """The calibrated answer to ``queries`` (one text, or a list answered in batches of
+        ``batch_size``; with ``rows=``, one query per row, in one batch).
+
+        ``changes`` are fields of :class:`~emovec.generation.Decoding`; ``clean=False``
+        decodes unfiltered; ``parse_special=False`` keeps special tokens written in the
+        queries as text (for text from strangers).
+        """
+        single = isinstance(queries, str)
+        texts = [queries] if isinstance(queries, str) else _query_list(queries)
+        if self._rows and len(texts) != len(self.asking):
+            raise ValueError(
+                f"steer(rows=...) has {len(self.asking)} rows; give one query per row, not "
+                f"{len(texts)}."
+            )
+        asking = self.asking if self._rows else self.asking * len(texts)
+        applied = self._applied_here()
+        if not applied:
+            self.apply()
+        try:
+            answers = generate_answers(
+                self._model,  # type: ignore[arg-type]
+                self.tokenizer,
+                [a.user_turn(q) for a, q in zip(asking, texts, strict=True)],
+                decoding=self.decoding(**changes),
+                batch_size=len(texts) if self._rows else batch_size,
+                clean=clean,
+                steering=self,
+                systems=[a.persona for a in asking],
+                query_guidance=self._query_guidance,
+                query_free=[a.query_free_turn() for a in asking],
+                parse_special=parse_special,
+            )
+        finally:
+            if not applied:
+                self.remove()
+        return answers[0] if single else answers
+
+    def stream(
+        self,
+        query: str,
+        *,
+        clean: bool = True,
+        parse_special: bool = True,
+        **changes: Any,
+    ) -> Iterator[str]:
+        """The calibrated answer to ``query`` as it is generated, piece by piece (the
+        pieces joined and stripped are :meth:`answer`'s text). ``generate`` runs in a thread
+        in a copy of the calling context, so the steering reaches it; an error there is
+        raised here once the pieces stop."""
+        asking = self._one("stream()")
+        decoding = self.decoding(**changes)
+        model = self._model
+        prompt = encode_prompts(
+            self.tokenizer, [asking.user_turn(query)], [asking.persona], parse_special=parse_special
+        )
+        check_context(model, prompt, decoding.max_new_tokens)  # type: ignore[arg-type]
+        inputs = padded(self.tokenizer, prompt, input_device(model))  # type: ignore[arg-type]
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        kwargs = self.generate_kwargs(clean=clean, **changes)
+        stop = threading.Event()
+        stopping = StoppingCriteriaList([_Stopped(stop)])
+        seed = decoding.seed if decoding.do_sample else None
+        failures: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                with torch.inference_mode(), seeded(model, seed):  # type: ignore[arg-type]
+                    model.generate(  # type: ignore[operator]
+                        **inputs, **kwargs, streamer=streamer, stopping_criteria=stopping
+                    )
+            except BaseException as err:  # raised in the caller's thread below
+                failures.append(err)
+                streamer.end()
+
+        applied = self._applied_here()
+        if not applied:
+            self.apply()
+        worker = threading.Thread(target=contextvars.copy_context().run, args=(run,))
+        try:
+            worker.start()
+            yield from streamer
+        finally:  # also when the caller stops reading: generation stops at the next token
+            stop.set()
+            worker.join()
+            if not applied:
+                self.remove()
+        if failures:
+            raise failures[0]
