@@ -144,13 +144,13 @@ def whole_perplexity(
 @contextlib.contextmanager
 def timing(clock: Clock, perplexity: Callable[..., Any] | None = None) -> Iterator[None]:
     """Time evaluation's generation and perplexity (or the given one instead) while inside."""
-    saved = evaluation_module.generate_answers, evaluation_module.perplexity
-    evaluation_module.generate_answers = clock.wrap("generation", saved[0])
+    saved = evaluation_module.ask, evaluation_module.perplexity
+    evaluation_module.ask = clock.wrap("generation", saved[0])
     evaluation_module.perplexity = clock.wrap("perplexity", perplexity or saved[1])
     try:
         yield
     finally:
-        evaluation_module.generate_answers, evaluation_module.perplexity = saved
+        evaluation_module.ask, evaluation_module.perplexity = saved
 
 
 def _band(text: str) -> tuple[int, ...]:

@@ -38,9 +38,9 @@ from emovec.generation import Decoding, generate_answers, generate_kwargs, seede
 from emovec.guidance import BatchQueryGuidance
 from emovec.hooks import Steering
 from emovec.models import input_device
-from emovec.vectors import EmotionVectors, SteeringVector
+from emovec.vectors import EmotionVectors, Placement
 
-__all__ = ["Asking", "SteeredChat"]
+__all__ = ["Asking", "SteeredChat", "ask"]
 
 
 @dataclass(frozen=True)
@@ -55,12 +55,13 @@ class Asking:
     query_guidance: float | None = None
 
     @classmethod
-    def of(cls, mix: SteeringVector) -> Asking:
-        """What ``mix`` asks, read from its bank's placements."""
+    def of(cls, strengths: Mapping[str, float], placements: Mapping[str, Placement]) -> Asking:
+        """What steering ``strengths`` at ``placements`` asks (a mix: ``Asking.of(mix.
+        coefficients, mix.bank.placements)``)."""
         raised = [
             placement
-            for emotion, alpha in mix.coefficients.items()
-            if alpha > 0 and (placement := mix.bank.placements.get(emotion)) is not None
+            for emotion, alpha in strengths.items()
+            if alpha > 0 and (placement := placements.get(emotion)) is not None
         ]
         gammas = [p.query_guidance for p in raised if p.query_guidance is not None]
         return cls(
@@ -81,6 +82,47 @@ class Asking:
         """The chat: the persona's system turn (if any) and the user turn."""
         system = [{"role": "system", "content": self.persona}] if self.persona else []
         return [*system, {"role": "user", "content": self.user_turn(query)}]
+
+
+def ask(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    queries: Sequence[str],
+    asking: Sequence[Asking],
+    *,
+    steering: Steering | None = None,
+    **options: Any,
+) -> list[str]:
+    """Answer each query as its row's :class:`Asking` says, under the applied ``steering``:
+    the instructions in the user turn, the persona as the system turn, the query guidance
+    against the instructions alone. :meth:`SteeredChat.answer` answers with it, and so does
+    evaluation, whose recipes make each row's asking; ``options`` go to
+    :func:`~emovec.generation.generate_answers` (``decoding``, ``batch_size``, ``clean``,
+    ``guidance``, ``parse_special``...).
+
+    Raises:
+        ValueError: For a number of askings other than of queries, or askings of one batch
+            with different query guidance (one ``generate`` runs one).
+    """
+    queries = _query_list(queries)
+    if len(asking) != len(queries):
+        raise ValueError(f"Give one asking per query: {len(asking)} for {len(queries)}.")
+    gammas = {a.query_guidance for a in asking}
+    if len(gammas) > 1:
+        raise ValueError(
+            f"The rows ask for different query guidance {sorted(map(str, gammas))}; one "
+            "generate call runs one: answer those rows apart."
+        )
+    return generate_answers(
+        model,  # type: ignore[arg-type]
+        tokenizer,
+        [a.user_turn(q) for a, q in zip(asking, queries, strict=True)],
+        steering=steering,
+        systems=[a.persona for a in asking],
+        query_guidance=gammas.pop() if gammas else None,
+        query_free=[a.query_free_turn() for a in asking],
+        **options,
+    )
 
 
 class _Stopped(StoppingCriteria):
@@ -236,17 +278,15 @@ class SteeredChat(Steering):
         if not applied:
             self.apply()
         try:
-            answers = generate_answers(
-                self._model,  # type: ignore[arg-type]
+            answers = ask(
+                self._model,
                 self.tokenizer,
-                [a.user_turn(q) for a, q in zip(asking, texts, strict=True)],
+                texts,
+                asking,
+                steering=self,
                 decoding=self.decoding(**changes),
                 batch_size=len(texts) if self._rows else batch_size,
                 clean=clean,
-                steering=self,
-                systems=[a.persona for a in asking],
-                query_guidance=self._query_guidance,
-                query_free=[a.query_free_turn() for a in asking],
                 parse_special=parse_special,
             )
         finally:

@@ -346,7 +346,10 @@ def steer(
     if tokenizer is None:
         return Steering(model, found, deltas, **options)
     # The placements' prompts go with their layers and doses: not with layers= given.
-    asking = [Asking.of(mix) if explicit is None else Asking() for mix in mixes]
+    asking = [
+        Asking.of(mix.coefficients, mix.bank.placements) if explicit is None else Asking()
+        for mix in mixes
+    ]
     return SteeredChat(
         model,
         found,

@@ -870,15 +870,15 @@ def test_the_whole_grid_is_one_evaluation_with_the_plain_answers_once(
         return real_evaluate(*args, **kwargs)
 
     calls: list[tuple[int, list[float] | None]] = []
-    real_generate = evaluation_module.generate_answers
+    real_ask = evaluation_module.ask
 
-    def recording_generate(model: Any, tokenizer: Any, queries: Any, **kwargs: Any) -> list[str]:
+    def recording_ask(model: Any, tokenizer: Any, queries: Any, *args: Any, **kwargs: Any) -> Any:
         steering = kwargs.get("steering")
         calls.append((len(queries), None if steering is None else list(steering.dose)))
-        return real_generate(model, tokenizer, queries, **kwargs)
+        return real_ask(model, tokenizer, queries, *args, **kwargs)
 
     monkeypatch.setattr(calibration_module, "evaluate", counting_evaluate)
-    monkeypatch.setattr(evaluation_module, "generate_answers", recording_generate)
+    monkeypatch.setattr(evaluation_module, "ask", recording_ask)
     result = _calibrate(setup, embedder, scorer=ConstantScorer(), batch_size=5)
 
     names = {_setting_name(b, d, False) for b in BANDS for d in DOSES}
@@ -1016,7 +1016,7 @@ def test_instructions_try_every_setting_with_and_without_and_store_the_chosen_on
     for emotion, placement in result.placements.items():
         name = _setting_name(placement.layers, placement.dose, True)
         got = _answers_of(report, name, emotion)
-        asked = [Asking.of(loaded[emotion]).user_turn(q) for q in QUERIES]
+        asked = [Asking.of({emotion: 1.0}, loaded.placements).user_turn(q) for q in QUERIES]
         assert asked == [f"{q} {PROMPT_INSTRUCTIONS[emotion]}" for q in QUERIES]
         chat = steer(model, loaded, max_dose=math.inf, tokenizer=tokenizer, **{emotion: 1.0})
         alone = chat.answer(
@@ -1165,7 +1165,7 @@ def test_an_instruction_for_an_emotion_without_one_fails_before_generating(
     def no_generation(*args: Any, **kwargs: Any) -> list[str]:
         raise AssertionError("generated before checking the instructions")
 
-    monkeypatch.setattr(evaluation_module, "generate_answers", no_generation)
+    monkeypatch.setattr(evaluation_module, "ask", no_generation)
     scorer = ConstantScorer(emotions=("joy", "wonder", "fear"))
     with pytest.raises(ValueError, match="wonder"):
         calibrate(

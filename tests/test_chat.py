@@ -78,7 +78,7 @@ def test_asking_reads_the_raised_emotions_placements() -> None:
             "anger": Placement((1,), 0.3, "Sound furious.", "You are cross.", query_guidance=3.0),
         }
     )
-    both = Asking.of(bank["joy"] * 0.5 + bank["anger"])
+    both = Asking.of({"joy": 0.5, "anger": 1.0}, bank.placements)
     assert both.instructions == ("Sound thrilled.", "Sound furious.")
     assert both.persona == "You are glad. You are cross."
     assert both.query_guidance == 3.0
@@ -89,7 +89,7 @@ def test_asking_reads_the_raised_emotions_placements() -> None:
         {"role": "user", "content": "Hi? Sound thrilled. Sound furious."},
     ]
     # Suppressed emotions and emotions without a placement ask nothing.
-    assert Asking.of(-1.0 * bank["joy"] + bank["fear"]) == Asking()
+    assert Asking.of({"joy": -1.0, "fear": 1.0}, bank.placements) == Asking()
     assert Asking().messages("Hi?") == [{"role": "user", "content": "Hi?"}]
 
 

@@ -398,13 +398,13 @@ def test_clean_is_passed_to_generation_and_recorded(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     seen: list[object] = []
-    real = evaluation.generate_answers
+    real = evaluation.ask
 
     def spy(*args: object, **kwargs: object) -> list[str]:
         seen.append(kwargs.get("clean"))
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(evaluation, "generate_answers", spy)
+    monkeypatch.setattr(evaluation, "ask", spy)
     unclean = _sweep(setup, scorer, embedder, clean=False, prompt_baseline=False)
     assert unclean.settings["clean"] is False
     assert seen and set(seen) == {False}

@@ -374,9 +374,11 @@ def test_placements_carry_their_query_guidance(
     bank.save(tmp_path / "bank.safetensors")
     loaded = EmotionVectors.load(tmp_path / "bank.safetensors")
     assert loaded.placements["joy"].query_guidance == 3.0
-    assert Asking.of(loaded["joy"] + loaded["fear"]).query_guidance == 3.0
-    assert Asking.of(loaded["fear"] - loaded["joy"]).query_guidance == 1.5  # joy suppressed
-    assert Asking.of(loaded["anger"]).query_guidance is None
+    assert Asking.of({"joy": 1.0, "fear": 1.0}, loaded.placements).query_guidance == 3.0
+    assert (
+        Asking.of({"joy": -1.0, "fear": 1.0}, loaded.placements).query_guidance == 1.5
+    )  # joy suppressed
+    assert Asking.of({"anger": 1.0}, loaded.placements).query_guidance is None
     chat = steer(llama, loaded, joy=1.0, tokenizer=tokenizer)
     got = chat.answer(QUERIES, max_new_tokens=3, clean=False)
     with chat:

@@ -5,12 +5,13 @@ turn, a steering method), and the conditions of a sweep built from them."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from emovec._chat import asked
+from emovec.chat import Asking
 from emovec.hooks import Method as SteerMethod
-from emovec.steering import Positions, Schedule
+from emovec.layers import default_layer_band
+from emovec.steering import RELATIVE_DOSE, Positions, Schedule
 from emovec.vectors import EmotionVectors, Placement, SteeringVector
 
 __all__ = ["PERSONAS", "PROMPT_INSTRUCTIONS", "Recipe"]
@@ -99,6 +100,25 @@ class Recipe:
                 f"placement a {field}."
             ) from None
 
+    def placement_for(self, vectors: EmotionVectors, emotion: str) -> Placement:
+        """This recipe for ``emotion`` as one :class:`~emovec.vectors.Placement`, the type
+        the file stores and the one call applies: the recipe's placement, else the bank's,
+        else the bank's band at ``steer``'s default dose, with the instruction and persona
+        this recipe asks for and its positions, schedule and query guidance where it sets
+        them."""
+        base = self.placement or vectors.placements.get(emotion)
+        if base is None:
+            band = vectors.recommended_layers or default_layer_band(vectors.num_layers)
+            base = Placement(tuple(band), RELATIVE_DOSE)
+        return replace(
+            base,
+            instruction=self.instruction(vectors, emotion),
+            persona=self.system(vectors, emotion),
+            positions=self.positions or base.positions,
+            schedule=self.schedule or base.schedule,
+            query_guidance=self.query_guidance or base.query_guidance,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "placement": None if self.placement is None else self.placement.to_dict(),
@@ -144,26 +164,15 @@ def _conditions(
     return conditions
 
 
-def _query_for(condition: _Condition, query: str, vectors: EmotionVectors) -> str:
-    """The query as asked: with the recipe's instruction when the emotion is raised (α > 0;
-    a suppressed emotion is not asked for, as in :class:`emovec.chat.Asking`)."""
-    if condition.recipe is None or condition.emotion is None or condition.alpha <= 0:
-        return query
-    instruction = condition.recipe.instruction(vectors, condition.emotion)
-    return asked(query, instruction)
-
-
-def _query_free_for(condition: _Condition, vectors: EmotionVectors) -> str:
-    """The user turn as asked, without the question: the instruction alone (or nothing)."""
-    asked = _query_for(condition, "", vectors)
-    return asked.strip()
-
-
-def _system_for(condition: _Condition, vectors: EmotionVectors) -> str | None:
-    """The system turn as asked: the recipe's persona when the emotion is raised."""
-    if condition.recipe is None or condition.emotion is None or condition.alpha <= 0:
-        return None
-    return condition.recipe.system(vectors, condition.emotion)
+def _asking(condition: _Condition, vectors: EmotionVectors) -> Asking:
+    """What a condition's row asks of the prompt: its recipe's placement for its emotion,
+    asked as the one call asks it (only a raised emotion asks; the prompt baseline asks in
+    words only, without query guidance)."""
+    if condition.recipe is None or condition.emotion is None:
+        return Asking()
+    placement = condition.recipe.placement_for(vectors, condition.emotion)
+    asking = Asking.of({condition.emotion: condition.alpha}, {condition.emotion: placement})
+    return replace(asking, query_guidance=None) if condition.method == "prompt" else asking
 
 
 def _mix(condition: _Condition, vectors: EmotionVectors) -> dict[str, float] | SteeringVector:

@@ -44,17 +44,16 @@ from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from emovec._doses import count
+from emovec.chat import ask
 from emovec.datasets import default_queries
 from emovec.evaluation.metrics import distinct_n, lexicon_intensity, perplexity
 from emovec.evaluation.recipes import (
     _AS_CALIBRATED,
     Recipe,
+    _asking,
     _Condition,
     _conditions,
     _mix,
-    _query_for,
-    _query_free_for,
-    _system_for,
 )
 from emovec.evaluation.records import (
     OffensiveJudgeLike,
@@ -68,7 +67,7 @@ from emovec.evaluation.records import (
 from emovec.evaluation.report import EvaluationReport
 from emovec.evaluation.scoring import EmotionScorer, load_scorer
 from emovec.evaluation.topic import SentenceEmbedder, reference_retention, topic_retention
-from emovec.generation import Decoding, format_prompts, generate_answers
+from emovec.generation import Decoding, format_prompts
 from emovec.steering import Positions, steer
 from emovec.vectors import EmotionVectors
 
@@ -100,13 +99,9 @@ def _generate_all(
         steered = recipe is not None and condition.method not in ("plain", "prompt")
         key = None
         if steered and recipe is not None and condition.emotion is not None:
-            placement = recipe.placement or vectors.placements.get(condition.emotion)
-            positions = recipe.positions or (placement.positions if placement else None)
-            schedule = recipe.schedule or (placement.schedule if placement else None)
-            # The placement's query guidance, like its prompts, only where the emotion is raised.
-            recorded = placement.query_guidance if placement and condition.alpha > 0 else None
-            gamma = recipe.query_guidance or recorded
-            key = (positions, recipe.method, schedule, recipe.guidance, gamma)
+            placement = recipe.placement_for(vectors, condition.emotion)
+            gamma = _asking(condition, vectors).query_guidance  # only where it is raised
+            key = (placement.positions, recipe.method, placement.schedule, recipe.guidance, gamma)
         groups.setdefault(key, []).append(index)
     batches = [
         (key, indices[start : start + batch_size])
@@ -119,22 +114,20 @@ def _generate_all(
     ):
         batch = [jobs[i] for i in indices]
         rows = [_mix(c, vectors) for _, c in batch]
-        queries = [_query_for(c, q, vectors) for q, c in batch]
-        systems = [_system_for(c, vectors) for _, c in batch]
         # Each batch samples from its own seed, as if the jobs were one long batch.
         seeded = replace(decoding, seed=decoding.seed + number * batch_size)
         answer = partial(
-            generate_answers,
+            ask,
             model,
             tokenizer,
-            queries,
+            [q for q, _ in batch],
+            [_asking(c, vectors) for _, c in batch],
             decoding=seeded,
             batch_size=len(batch),
             clean=clean,
-            systems=systems,
         )
         if key is not None and any(rows):
-            positions, method, schedule, guidance, query_guidance = key
+            positions, method, schedule, guidance, _ = key
             options = {
                 "layers": layers,
                 "positions": positions,
@@ -143,12 +136,7 @@ def _generate_all(
             }
             # The sweep goes past the dose guard on purpose; the report records each dose.
             with steer(model, vectors, rows=rows, max_dose=math.inf, **options) as steering:
-                texts = answer(
-                    steering=steering,
-                    guidance=guidance,
-                    query_guidance=query_guidance,
-                    query_free=[_query_free_for(c, vectors) for _, c in batch],
-                )
+                texts = answer(steering=steering, guidance=guidance)
         else:
             texts = answer()
         for i, text in zip(indices, texts, strict=True):
