@@ -41,7 +41,6 @@ from emovec import EmotionVectors
 from emovec.evaluation import EvaluationReport, Tolerance
 from emovec.evaluation.choice import DEFAULT_TARGET_SUCCESS, choose
 from emovec.evaluation.recipes import Recipe
-from emovec.steering import Schedule
 from emovec.vectors import Placement
 
 
@@ -83,26 +82,18 @@ def read(specs: list[str]) -> EvaluationReport | None:
 
 
 def placement_of(
-    old: Placement, recipe: dict[str, Any], alpha: float, vectors: EmotionVectors, emotion: str
+    old: Placement, written: dict[str, Any], alpha: float, vectors: EmotionVectors, emotion: str
 ) -> Placement:
-    """The placement a recipe answered with at ``alpha``: ``old`` at the dose × α, with the
-    recipe's prompts, positions, schedule and query guidance (the placement's where the
-    recipe left them to it, as :func:`emovec.evaluation.evaluate` does)."""
-    if recipe.get("placement") or recipe.get("method", "add") != "add" or recipe.get("guidance"):
+    """The placement a recipe answered with at ``alpha``: the recipe at ``old``
+    (:meth:`~emovec.evaluation.Recipe.placement_for`, as :func:`emovec.evaluation.evaluate`
+    applied it), at ``old``'s dose × α."""
+    recipe = Recipe.from_dict(written)
+    if recipe.placement or recipe.method != "add" or recipe.plain_guidance:
         raise SystemExit(
-            f"{emotion}: a recipe with its own placement, method or guidance is no placement"
+            f"{emotion}: a recipe with its own placement, method or plain guidance is no placement"
         )
-    asked = Recipe(instruct=recipe.get("instruct"), persona=recipe.get("persona"))
-    schedule = recipe.get("schedule")
-    return replace(
-        old,
-        dose=round(old.dose * alpha, 6),  # 0.2625, not 0.26249999999999996
-        instruction=asked.instruction(vectors, emotion),
-        persona=asked.system(vectors, emotion),
-        positions=recipe.get("positions") or old.positions,
-        schedule=Schedule(**schedule) if schedule else old.schedule,
-        query_guidance=recipe.get("query_guidance") or old.query_guidance,
-    )
+    placed = recipe.placement_for(vectors.with_placements({emotion: old}), emotion)
+    return replace(placed, dose=round(old.dose * alpha, 6))  # 0.2625, not 0.26249999999999996
 
 
 def main() -> None:
@@ -192,7 +183,7 @@ def main() -> None:
         print(f"{emotion}: {best['recipe']} (α {best['alpha']:g}) success {best['success']:.2f} "
               f"retention {best['retention']:.2f}")  # fmt: skip
     record = {
-        "method": "benchmarks/choose_recipes.py",
+        "chosen_by": "benchmarks/choose_recipes.py",
         "reports": args.reports,
         "pool": args.pool,
         "reference_reports": args.reference_reports + args.reference_pool,

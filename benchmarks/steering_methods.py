@@ -90,7 +90,7 @@ RECIPES: dict[str, tuple[float, Recipe]] = {  # name: (α, recipe)
     "generated-2": (2.0, Recipe(instruct=False, positions="generated")),
     "angular": (1.0, Recipe(instruct=False, method="angular")),
     "project-3": (3.0, Recipe(instruct=False, method="project")),
-    "guided": (1.5, Recipe(instruct=False, guidance=0.5)),
+    "guided": (1.5, Recipe(instruct=False, plain_guidance=0.5)),
     "persona-0.5": (0.5, Recipe(instruct=False, persona=True)),
     "persona-0.75": (0.75, Recipe(instruct=False, persona=True)),
     "persona-1": (1.0, Recipe(instruct=False, persona=True)),

@@ -10,7 +10,7 @@
 from emovec._version import __version__
 from emovec.datasets import BASIC_EMOTIONS, PromptPair, default_pairs, read_pairs
 from emovec.extraction import extract
-from emovec.layers import LayerDiscoveryError, find_layers
+from emovec.layers import BlockDiscoveryError, find_blocks
 from emovec.models import load_model
 from emovec.steering import Schedule, Steering, VectorModelMismatchError, steer
 from emovec.training import train
@@ -18,8 +18,8 @@ from emovec.vectors import EmotionVectors, Placement, SteeringVector, VectorFile
 
 __all__ = [
     "BASIC_EMOTIONS",
+    "BlockDiscoveryError",
     "EmotionVectors",
-    "LayerDiscoveryError",
     "Placement",
     "PromptPair",
     "Schedule",
@@ -30,7 +30,7 @@ __all__ = [
     "__version__",
     "default_pairs",
     "extract",
-    "find_layers",
+    "find_blocks",
     "load_model",
     "read_pairs",
     "steer",

@@ -1,5 +1,5 @@
 """Per-emotion placements (where and how strongly an emotion is steered by default) and the
-:class:`Schedule` of the strength over generated tokens a placement may carry."""
+:class:`Schedule` of the factor on α over generated tokens a placement may carry."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def layer_indices(layers: object, what: str) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class Schedule:
-    """Strength over the generated tokens, as a factor on α.
+    """A factor on α over the generated tokens.
 
     ``begin`` for the first ``hold`` generated tokens, then linearly to ``end`` over ``ramp``
     tokens, then ``end``. Prompt positions (when steered) get factor 1.
@@ -93,7 +93,7 @@ class Placement:
             (:meth:`EmotionVectors.persona`).
         positions: The positions steered (``"generated"``: only the answer's tokens), or
             ``None`` for ``steer``'s default.
-        schedule: The strength over the generated tokens (a :class:`~emovec.Schedule`, or
+        schedule: The factor on α over the generated tokens (a :class:`~emovec.Schedule`, or
             its ``to_dict()`` as read from a file), or ``None``: constant.
         query_guidance: How much the question is amplified against the prompt without it
             (≥ 1; :class:`emovec.guidance.QueryGuidance`), or ``None``: not at all.
@@ -195,7 +195,7 @@ def _weighted_layers(layers: object, weights: object) -> tuple[tuple[int, ...], 
 
 
 def query_guidance_of(value: object, what: str = "query_guidance") -> float:
-    """A query guidance strength: a finite number >= 1 (1: none), as a float.
+    """A query guidance γ: a finite number >= 1 (1: none), as a float.
 
     Raises:
         TypeError: If ``value`` is not a number (bools and strings are not).

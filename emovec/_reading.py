@@ -27,7 +27,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from emovec._texts import Reading, Template, _batches, _collate, _encode, _items
 from emovec.datasets import Pair, ResponsePair, default_answer_pairs, default_pairs, validate_pairs
-from emovec.layers import context_length, find_layers, hidden_size_of, layer_output
+from emovec.layers import context_length, find_blocks, hidden_size_of, layer_output
 from emovec.models import input_device
 
 __all__ = ["Reading", "Template"]  # the rest is private to emovec.extraction
@@ -203,12 +203,12 @@ def _read(
     progress: bool,
 ) -> _Readings:
     """Read every text of ``checked`` at the output of every decoder block (``blocks``:
-    the override of :func:`find_layers`), keeping each text's reading if ``keep_texts``."""
+    the override of :func:`find_blocks`), keeping each text's reading if ``keep_texts``."""
     names = list(checked)
     items = _items(checked)
     limit = max_length if max_length is not None else context_length(model)
     encoded = _encode(tokenizer, items, template, reading == "last", limit)
-    hooked = find_layers(model, blocks)
+    hooked = find_blocks(model, blocks)
     hidden_size = hidden_size_of(model) or int(
         cast(torch.Tensor, model.get_input_embeddings().weight).shape[-1]
     )

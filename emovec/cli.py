@@ -188,8 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     ext.add_argument(
         "--center",
         type=_share,
-        default=inspect.signature(EmotionVectors.center).parameters["strength"].default,
-        metavar="STRENGTH",
+        default=inspect.signature(EmotionVectors.center).parameters["share"].default,
+        metavar="SHARE",
         help="share of the emotions' mean to subtract, 0-1 (default: %(default)s; 1 is fully "
         "centred)",
     )

@@ -165,7 +165,7 @@ def extract(
             assistant's reply in the model's chat template (reading only the reply).
         batch_size: Texts per forward pass.
         max_length: Longest text accepted, in tokens; default: the model's context length.
-        blocks: Where the decoder blocks are, for models :func:`find_layers` does not
+        blocks: Where the decoder blocks are, for models :func:`find_blocks` does not
             understand: a dotted path (``"transformer.blocks"``) or the blocks themselves.
         recommended_layers: Layer band stored in the bank as the default for steering:
             explicit indices, ``"diagnostics"`` for the band :mod:`emovec.diagnostics`
@@ -204,7 +204,7 @@ def extract(
         readings.token_norms,
         name,
         _band(recommended_layers, readings.num_layers),
-        {"method": DEFAULT_ESTIMATOR, **readings.settings(reading, template)},
+        {"estimator": DEFAULT_ESTIMATOR, **readings.settings(reading, template)},
     )
 
 
@@ -277,7 +277,7 @@ def vectors_from_activations(
     for ``recommended_layers="diagnostics"``.
     """
     vectors = {e: estimate(estimator, *activations.pairs[e]) for e in activations.emotions}
-    settings: dict[str, Any] = {"method": estimator, **activations.settings}
+    settings: dict[str, Any] = {"estimator": estimator, **activations.settings}
     band: Sequence[int] | None = None
     if recommended_layers == "diagnostics":
         if diagnostics is None:

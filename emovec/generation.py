@@ -132,7 +132,7 @@ def generate_answers(
     batch_size: int = 8,
     clean: bool = True,
     steering: Steering | None = None,
-    guidance: float | None = None,
+    plain_guidance: float | None = None,
     systems: Sequence[str | None] | None = None,
     query_guidance: float | None = None,
     query_free: Sequence[str] | None = None,
@@ -146,9 +146,9 @@ def generate_answers(
     plus the batch's first row, without touching the global random state. Only the input
     ids and attention mask reach ``model.generate`` (not e.g. ``token_type_ids``, which
     decoder-only models refuse). ``clean`` keeps slurs and obscenities out of the answers
-    (:func:`generate_kwargs`); ``False`` decodes unfiltered. ``guidance`` (with the applied
+    (:func:`generate_kwargs`); ``False`` decodes unfiltered. ``plain_guidance`` (with the applied
     ``steering``) mixes each next token's steered distribution with the plain model's,
-    ``guidance`` being the steered share (:class:`emovec.guidance.PlainGuidance`).
+    ``plain_guidance`` being the steered share (:class:`emovec.guidance.PlainGuidance`).
     ``systems`` gives each query a system turn (see :func:`format_prompts`).
     ``query_guidance`` (≥ 1) amplifies what the question contributes to each next token
     against the same prompt without it (:class:`emovec.guidance.BatchQueryGuidance`);
@@ -161,10 +161,10 @@ def generate_answers(
     """
     count(batch_size, "batch_size")
     queries = _query_list(queries)
-    if guidance is not None and steering is None:
-        raise ValueError("guidance needs the applied steering: pass steering=.")
-    if guidance is not None and query_guidance is not None:
-        raise ValueError("Use guidance= or query_guidance=, not both.")
+    if plain_guidance is not None and steering is None:
+        raise ValueError("plain_guidance needs the applied steering: pass steering=.")
+    if plain_guidance is not None and query_guidance is not None:
+        raise ValueError("Use plain_guidance= or query_guidance=, not both.")
     query_free = [""] * len(queries) if query_free is None else list(query_free)
     if len(query_free) != len(queries):
         raise ValueError(
@@ -179,12 +179,12 @@ def generate_answers(
     for start in range(0, len(prompts), batch_size):
         inputs = padded(tokenizer, prompts[start : start + batch_size], device)
         processors: list[LogitsProcessor] = []
-        if guidance is not None and steering is not None:
+        if plain_guidance is not None and steering is not None:
             plain = PlainGuidance(
                 model,
                 steering,
                 inputs["attention_mask"],
-                weight=guidance,
+                weight=plain_guidance,
                 repetition_penalty=decoding.repetition_penalty,
             )
             processors.append(plain)

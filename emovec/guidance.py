@@ -212,9 +212,9 @@ class QueryGuidance(_SecondPass):
     """A logits processor for context-aware decoding (Shi et al., 2023): each next token's
     log-probabilities pushed away from those the model gives without the question::
 
-        log p(t) = scale · (log p(t | prompt) − log p(t | query-free)) + log p(t | query-free)
+        log p(t) = gamma · (log p(t | prompt) − log p(t | query-free)) + log p(t | query-free)
 
-    so what the question contributes is amplified ``scale`` times. The query-free prompt is
+    so what the question contributes is amplified ``gamma`` times. The query-free prompt is
     the same system turn with the user turn without the question. Applied steering steers
     that pass too, so the emotion stays in both and only the topic is amplified. One instance
     serves one ``generate`` call.
@@ -224,15 +224,15 @@ class QueryGuidance(_SecondPass):
         attention_mask: The prompt's attention mask, ``[batch, prompt_length]``.
         query_free: The query-free prompts' input ids and attention mask, one row per prompt,
             left padded.
-        scale: The amplification, ≥ 1 (1: none).
+        gamma: The amplification, ≥ 1 (1: none).
         repetition_penalty: The penalty ``generate`` applies (given to the query-free pass
             here, so it acts on both passes' logits before the mix).
         steering: The applied steering, if any; it must steer every position without a
             schedule (the second pass's calls would be mistaken for new prompts).
 
     Raises:
-        TypeError: If ``scale`` is not a number.
-        ValueError: If ``scale`` is not finite or below 1, ``repetition_penalty`` not a finite
+        TypeError: If ``gamma`` is not a number.
+        ValueError: If ``gamma`` is not finite or below 1, ``repetition_penalty`` not a finite
             positive number, the query-free rows do not match
             the prompt's, or ``steering`` steers only some positions or follows a schedule.
     """
@@ -242,12 +242,12 @@ class QueryGuidance(_SecondPass):
         model: nn.Module,
         attention_mask: torch.Tensor,
         query_free: tuple[torch.Tensor, torch.Tensor],
-        scale: float,
+        gamma: float,
         *,
         repetition_penalty: float = 1.0,
         steering: Steering | None = None,
     ) -> None:
-        scale = query_guidance_of(scale)
+        gamma = query_guidance_of(gamma)
         if steering is not None:
             check_guided_steering(steering.positions, steering.schedule)
         ids, mask = query_free
@@ -257,7 +257,7 @@ class QueryGuidance(_SecondPass):
                 f"{tuple(mask.shape)} for {attention_mask.shape[0]} prompts."
             )
         super().__init__(
-            model, steering, attention_mask, query_free, scale, repetition_penalty, paused=False
+            model, steering, attention_mask, query_free, gamma, repetition_penalty, paused=False
         )
 
 
@@ -278,7 +278,7 @@ class BatchQueryGuidance(LogitsProcessor):
         model: The model ``generate`` runs.
         query_free: Token ids of each prompt row's query-free prompt (formatted, carrying its
             special tokens), or one row for every prompt row.
-        scale: The amplification, ≥ 1.
+        gamma: The amplification, ≥ 1.
         pad_token_id: The pad token of the prompt rows (``None``: rows are never padded).
         repetition_penalty: The penalty ``generate`` applies.
         steering: The applied steering, if any (see :class:`QueryGuidance`).
@@ -295,14 +295,14 @@ class BatchQueryGuidance(LogitsProcessor):
         self,
         model: nn.Module,
         query_free: Sequence[Sequence[int]],
-        scale: float,
+        gamma: float,
         *,
         pad_token_id: int | None,
         repetition_penalty: float = 1.0,
         steering: Steering | None = None,
         attention_mask: torch.Tensor | None = None,
     ) -> None:
-        self._scale = query_guidance_of(scale)
+        self._gamma = query_guidance_of(gamma)
         self._penalty = repetition_penalty_of(repetition_penalty)
         if steering is not None:
             check_guided_steering(steering.positions, steering.schedule)
@@ -353,7 +353,7 @@ class BatchQueryGuidance(LogitsProcessor):
             self._model,
             self._rows_mask(input_ids),
             (ids, mask),
-            self._scale,
+            self._gamma,
             repetition_penalty=self._penalty,
             steering=self._steering,
         )

@@ -121,8 +121,9 @@ class Steering:
             raise TypeError(f"schedule must be a Schedule, not {type(schedule).__name__}.")
         if schedule is not None and positions in ("prompt", "last"):
             raise ValueError(
-                f"A schedule varies the strength over generated tokens; positions={positions!r} "
-                "does not tell them apart. Use positions='generated' or 'all'."
+                "A schedule varies the factor on α over generated tokens; "
+                f"positions={positions!r} does not tell them apart. Use positions='generated' "
+                "or 'all'."
             )
         self.positions: Positions = positions
         self.method: Method = method

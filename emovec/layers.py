@@ -15,11 +15,11 @@ import torch
 from torch import nn
 
 __all__ = [
-    "LayerDiscoveryError",
+    "BlockDiscoveryError",
     "band_width",
     "context_length",
     "default_layer_band",
-    "find_layers",
+    "find_blocks",
     "hidden_size_of",
     "num_layers_of",
     "training_band",
@@ -69,7 +69,7 @@ def context_length(model: nn.Module) -> int | None:
     return None
 
 
-class LayerDiscoveryError(LookupError):
+class BlockDiscoveryError(LookupError):
     """Raised when the decoder layers of a model cannot be identified."""
 
 
@@ -118,14 +118,14 @@ def _resolve_path(model: nn.Module, path: str) -> nn.Module:
     for part in path.split("."):
         child = getattr(module, part, None)
         if not isinstance(child, nn.Module):
-            raise LayerDiscoveryError(
+            raise BlockDiscoveryError(
                 f"{type(model).__name__} has no module at {path!r} (stopped at {part!r})."
             )
         module = child
     return module
 
 
-def find_layers(
+def find_blocks(
     model: nn.Module,
     blocks: str | Sequence[nn.Module] | None = None,
 ) -> list[nn.Module]:
@@ -143,21 +143,21 @@ def find_layers(
         The blocks; the output of block ``i`` is what layer ``i`` of an emotion vector refers to.
 
     Raises:
-        LayerDiscoveryError: when no stack of identical blocks is found, naming what was
+        BlockDiscoveryError: when no stack of identical blocks is found, naming what was
             looked for and how to override.
     """
     if blocks is not None:
         if isinstance(blocks, str):
             stack = _resolve_path(model, blocks)
             if not isinstance(stack, (nn.ModuleList, nn.Sequential)):
-                raise LayerDiscoveryError(
+                raise BlockDiscoveryError(
                     f"blocks={blocks!r} names a {type(stack).__name__}, not a list of blocks."
                 )
             found = list(stack)
         else:
             found = list(blocks)
         if not found or not all(isinstance(m, nn.Module) for m in found):
-            raise LayerDiscoveryError(f"blocks={blocks!r} does not name a non-empty module list.")
+            raise BlockDiscoveryError(f"blocks={blocks!r} does not name a non-empty module list.")
         return found
 
     expected = num_layers_of(model)
@@ -177,7 +177,7 @@ def find_layers(
             stacks = under or stacks
     if not stacks:
         wanted = f"{expected} identical blocks" if expected else "identical blocks"
-        raise LayerDiscoveryError(
+        raise BlockDiscoveryError(
             f"Could not find the decoder layers of {type(model).__name__}: looked for a "
             f"torch.nn.ModuleList of {wanted} (the config's num_hidden_layers). Pass "
             "blocks='dotted.path.to.blocks' (e.g. 'model.layers') to say where they are."

@@ -25,7 +25,7 @@ Methods (how ``delta_l`` meets the hidden state ``h`` at a steered position):
     that already carries the emotion is not pushed further, one that points away is pushed
     harder. Attention sinks (``‖h‖`` above ``SINK_RATIO`` typical norms) are left alone.
     ``"angular"``: rotate ``h`` toward ``h + delta_l`` keeping ``‖h‖``.
-A :class:`Schedule` varies the strength over the generated tokens.
+A :class:`Schedule` varies the factor on α over the generated tokens.
 
 Dose: ``Σ_l ‖delta_l‖ / typical ‖h_l‖`` over the steered layers, what the residual stream
 receives in units of a hidden state. α = 1 in relative scale is a dose of 0.5; on SmolLM2
@@ -64,7 +64,7 @@ from emovec._doses import (
 from emovec._placement import Schedule
 from emovec.chat import Asking, SteeredChat
 from emovec.hooks import SINK_RATIO, Method, Positions, Steering
-from emovec.layers import default_layer_band, find_layers, hidden_size_of
+from emovec.layers import default_layer_band, find_blocks, hidden_size_of
 from emovec.vectors import EmotionVectors, Scale, SteeringVector
 
 __all__ = [
@@ -87,9 +87,9 @@ __all__ = [
 Layers = Sequence[int] | Mapping[int, float]
 Mix = Mapping[str, float] | SteeringVector
 
-# Measured on SmolLM2-135M-Instruct (README, "Strength"): at α = 1 the target emotion's score
-# rises on most answers for all five emotions and most answers stay fluent; at 2 repetition
-# takes over.
+# Measured on SmolLM2-135M-Instruct (docs/strength-and-calibration.md): at α = 1 the target
+# emotion's score rises on most answers for all five emotions and most answers stay fluent; at
+# 2 repetition takes over.
 RELATIVE_DOSE = 0.5
 MAX_DOSE = 0.75
 
@@ -267,7 +267,7 @@ def steer(
             placements were calibrated for, else ``"all"`` (``"generated"`` for
             ``method="project"``: lifting the prompt's positions too loses the question).
         method: ``"add"`` (default), ``"project"`` or ``"angular"``; see the module docstring.
-        schedule: A :class:`Schedule` of the strength over generated tokens.
+        schedule: A :class:`Schedule` of the factor on α over generated tokens.
         rows: One mix per batch row, e.g. ``[{"joy": 1}, {"anger": 0.8}, {}]``, so one batched
             ``generate`` serves different emotions; ``vectors`` must then be the bank. A row
             may be a combination from a copy of the bank with other placements
@@ -281,7 +281,7 @@ def steer(
         guard: ``"warn"`` (default), ``"clamp"`` (scale the row down to ``max_dose`` and
             warn), or ``"raise"`` (:class:`DoseError`).
         blocks: The decoder blocks (a dotted attribute path or the modules), for models
-            :func:`find_layers` misses.
+            :func:`find_blocks` misses.
         tokenizer: The model's tokenizer, for the one call: the steering then also asks as
             the bank was calibrated (instruction, persona, query guidance, decoding; see
             :mod:`emovec.chat`): ``steer(model, vecs, joy=1.0, tokenizer=tok).answer(q)``.
@@ -323,7 +323,7 @@ def steer(
         positions = positions or defaults["positions"]
     if schedule is None and layers is None:
         schedule = _placed_option(mixes, "schedule")
-    found = find_layers(model, blocks)
+    found = find_blocks(model, blocks)
     _check_fits(bank, model, found)
     explicit = None if layers is None else layer_weights(bank.num_layers, layers)
     per_layer = torch.stack([_placed(mix, scale, explicit) for mix in mixes])  # [rows, L, H]

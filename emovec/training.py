@@ -66,7 +66,7 @@ from emovec.datasets import (
 )
 from emovec.extraction import extract
 from emovec.hooks import Steering
-from emovec.layers import context_length, find_layers, training_band
+from emovec.layers import context_length, find_blocks, training_band
 from emovec.models import forward_parameters, input_device
 from emovec.vectors import EmotionVectors, Placement
 
@@ -153,7 +153,7 @@ def train(
         precision: The forward passes run under autocast in this dtype (bfloat16: about 3x
             faster on CPUs with AMX and on GPUs; the vectors and their optimiser stay in
             float32); ``None``: in the model's own dtype.
-        blocks: Where the decoder blocks are, for models :func:`~emovec.find_layers` misses.
+        blocks: Where the decoder blocks are, for models :func:`~emovec.find_blocks` misses.
         model_name: Name recorded in the bank; default: the model's ``name_or_path``.
         progress: Show a progress bar.
 
@@ -180,7 +180,7 @@ def train(
     )
     checked = _checked_triples(triples, emotions)
     teachers = _instructions(instructions, checked) if objective == "lm+distill" else {}
-    found = find_layers(model, blocks)
+    found = find_blocks(model, blocks)
     band = (
         training_band(len(found))
         if layers is None
@@ -242,7 +242,7 @@ def train(
             }
     _, world = _distributed()
     settings: dict[str, Any] = {
-        "method": "trained",
+        "estimator": "trained",
         "objective": objective,
         "parameterization": parameterization,
         "steps": steps,

@@ -290,26 +290,26 @@ class EmotionVectors(Mapping[str, "SteeringVector"]):
         """Mean over emotions: the shared "emotional vs neutral" direction (EV^base)."""
         return torch.stack(list(self._vectors.values())).mean(dim=0)
 
-    def center(self, strength: float = 1.0) -> EmotionVectors:
-        """A bank with ``strength`` times the mean over emotions subtracted from each emotion.
+    def center(self, share: float = 1.0) -> EmotionVectors:
+        """A bank with ``share`` times the mean over emotions subtracted from each emotion.
 
         Raw vectors of different emotions share a large "emotional vs neutral" component
-        (cosine ≈ 0.8 on SmolLM2); removing it (``strength=1``) leaves what distinguishes each
+        (cosine ≈ 0.8 on SmolLM2); removing it (``share=1``) leaves what distinguishes each
         emotion. Removing only part of it keeps some of the shared arousal, which negative
         emotions need on small models: on SmolLM2 fully centred anger reads as bravado, half
-        centred as anger (README, "Strength").
+        centred as anger (docs/strength-and-calibration.md).
 
         Args:
-            strength: Share of the mean to subtract, in [0, 1]; recorded as the
-                ``centered`` setting.
+            share: Share of the mean to subtract, in [0, 1]; recorded as the ``centered``
+                setting.
         """
         if len(self) < 2:
             raise ValueError("Centering needs at least two emotions.")
-        if not 0.0 <= strength <= 1.0:
-            raise ValueError(f"Centering strength must be in [0, 1], not {strength}.")
-        mean = strength * self.mean_vector()
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"The centred share must be in [0, 1], not {share}.")
+        mean = share * self.mean_vector()
         return self._replace(
-            {name: v - mean for name, v in self._vectors.items()}, centered=float(strength)
+            {name: v - mean for name, v in self._vectors.items()}, centered=float(share)
         )
 
     def select(self, emotions: Sequence[str]) -> EmotionVectors:

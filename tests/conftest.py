@@ -164,7 +164,7 @@ _GEMMA = {**_DECODER, "head_dim": 8}
 def _gemma3_multimodal_config(**overrides: object) -> tf.Gemma3Config:
     text = tf.Gemma3TextConfig(**{**_GEMMA, "sliding_window": 16, **overrides})
     # Same depth as the text stack but heavier, so that "the heaviest stack of the config's
-    # depth" alone would pick the vision tower: find_layers must use the decoder.
+    # depth" alone would pick the vision tower: find_blocks must use the decoder.
     vision = tf.SiglipVisionConfig(
         hidden_size=32,
         intermediate_size=256,

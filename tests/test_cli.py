@@ -188,7 +188,7 @@ def test_extract_with_an_estimator_and_diagnostics(
     )
     assert code == 0
     bank = EmotionVectors.load(out)
-    assert bank.settings["method"] == "lda"
+    assert bank.settings["estimator"] == "lda"
     assert bank.settings["reading"] == "last_text_token"
     assert bank.settings["layers_from"] == "diagnostics"
     written = json.loads((report / "diagnostics.json").read_text())

@@ -535,20 +535,6 @@ def test_cli_rescore_judges_the_invented_words_of_an_old_report(
     assert "| 0.00 | 1.00 |" in (tmp_path / "again" / "report.md").read_text()
 
 
-def test_reports_that_named_the_recipe_method_load_with_recipe(tmp_path: Path) -> None:
-    """ "method" is steer's rule (add / project / angular); a record names its recipe
-    "recipe". Reports written before the rename load with it renamed."""
-    path = tmp_path / "old.json"
-    old = [
-        {("method" if k == "recipe" else k): v for k, v in r.items()} for r in _hand_made().records
-    ]
-    path.write_text(json.dumps({"settings": {}, "records": old}))
-    loaded = EvaluationReport.from_json(path)
-    assert [r["recipe"] for r in loaded.records] == ["plain", "plain", "vector", "vector"]
-    assert all("method" not in r for r in loaded.records)
-    assert {row["recipe"] for row in loaded.summary()} == {"plain", "vector"}
-
-
 def test_a_record_missing_a_field_is_refused_naming_it(tmp_path: Path) -> None:
     path = tmp_path / "broken.json"
     records = [{k: v for k, v in r.items() if k != "sim_query"} for r in _hand_made().records]

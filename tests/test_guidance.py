@@ -12,7 +12,7 @@ from conftest import PAD_ID, build_model, random_bank
 from torch import nn
 from transformers import LogitsProcessor, PreTrainedTokenizerFast
 
-from emovec import Schedule, find_layers, steer
+from emovec import Schedule, find_blocks, steer
 from emovec.chat import Asking
 from emovec.generation import format_prompts, generate_answers
 from emovec.guidance import PlainGuidance, QueryGuidance
@@ -36,7 +36,7 @@ def _batch(tokenizer: PreTrainedTokenizerFast) -> dict[str, torch.Tensor]:
 
 def _bank(model: nn.Module):  # type: ignore[no-untyped-def]
     hidden = model.get_input_embeddings().weight.shape[1]
-    return random_bank(len(find_layers(model)), hidden)
+    return random_bank(len(find_blocks(model)), hidden)
 
 
 class _Recorder(LogitsProcessor):
@@ -312,7 +312,7 @@ def test_query_guidance_of_one_changes_nothing(
         ({"query_guidance": True}, TypeError, "number"),
         ({"query_guidance": "2"}, TypeError, "number"),
         ({"query_guidance": 2.0, "query_free": [""]}, ValueError, "one query-free turn"),
-        ({"query_guidance": 2.0, "guidance": 0.5}, ValueError, "not both"),
+        ({"query_guidance": 2.0, "plain_guidance": 0.5}, ValueError, "not both"),
     ],
 )
 def test_query_guidance_refuses_bad_input(

@@ -24,7 +24,7 @@ from conftest import no_hooks_anywhere as _no_hooks_anywhere
 from torch import nn
 from transformers import PreTrainedTokenizerFast
 
-from emovec import EmotionVectors, find_layers, steer
+from emovec import EmotionVectors, find_blocks, steer
 from emovec.steering import HiddenNormWarning
 
 # Random vectors are far above the dose guard and far from the tiny model's hidden norms;
@@ -47,7 +47,7 @@ def _encode(tokenizer: PreTrainedTokenizerFast, text: str | list[str]) -> dict[s
 
 def _bank(model: nn.Module, **kwargs: object) -> EmotionVectors:
     hidden = model.get_input_embeddings().weight.shape[1]
-    return random_bank(len(find_layers(model)), hidden, **kwargs)  # type: ignore[arg-type]
+    return random_bank(len(find_blocks(model)), hidden, **kwargs)  # type: ignore[arg-type]
 
 
 # --- scope: threads, tasks, contexts ----------------------------------------------------
@@ -62,7 +62,7 @@ def _lockstep(model: nn.Module) -> Iterator[None]:
     def wait(_module: nn.Module, _args: object) -> None:
         barrier.wait()
 
-    handles = [block.register_forward_pre_hook(wait) for block in find_layers(model)]
+    handles = [block.register_forward_pre_hook(wait) for block in find_blocks(model)]
     try:
         yield
     finally:
@@ -194,7 +194,7 @@ def test_beam_search_steers_the_same_positions_in_every_call(
     """Beams reorder the rows at every step: each call still steers every row's generated
     positions ("last": also the prompt's last one), with the cache or without."""
     bank = _bank(llama)
-    block = find_layers(llama)[1]
+    block = find_blocks(llama)[1]
     batch = _encode(tokenizer, PROMPTS)
     prompt = batch["input_ids"].shape[1]
     beams = {**GREEDY, "num_beams": 3, "use_cache": use_cache}
@@ -263,7 +263,7 @@ def test_deltas_are_exactly_what_a_forward_adds(
     dtype: torch.dtype, per_row: bool, llama: nn.Module, tokenizer: PreTrainedTokenizerFast
 ) -> None:
     model = copy.deepcopy(llama).to(dtype)
-    blocks = find_layers(model)
+    blocks = find_blocks(model)
     bank = _bank(model)
     batch = _encode(tokenizer, PROMPTS)
     options = {"layers": [0, 2]}
@@ -298,7 +298,7 @@ def _measured_bank(
 ) -> EmotionVectors:
     """A random bank whose hidden norms are ``factor`` times the model's own (median over
     positions of a plain forward)."""
-    blocks = find_layers(model)
+    blocks = find_blocks(model)
     seen: dict[int, torch.Tensor] = {}
     handles = [
         block.register_forward_hook(

@@ -1,4 +1,4 @@
-"""find_layers: locating the decoder block stack of every supported architecture."""
+"""find_blocks: locating the decoder block stack of every supported architecture."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from conftest import ALL_ARCHS, build_model, decoder_blocks, text_num_layers
 from torch import nn
 
-from emovec import LayerDiscoveryError, find_layers
+from emovec import BlockDiscoveryError, find_blocks
 from emovec.layers import band_width, default_layer_band, hidden_size_of, num_layers_of
 
 
@@ -17,7 +17,7 @@ from emovec.layers import band_width, default_layer_band, hidden_size_of, num_la
 def test_find_layers_returns_the_decoder_blocks(arch: str) -> None:
     model = build_model(arch)
     expected = decoder_blocks(model, arch)
-    found = find_layers(model)
+    found = find_blocks(model)
     assert len(found) == text_num_layers(model) == len(expected)
     assert all(f is e for f, e in zip(found, expected, strict=True))
 
@@ -25,7 +25,7 @@ def test_find_layers_returns_the_decoder_blocks(arch: str) -> None:
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "opt", "gemma3_multimodal"])
 def test_find_layers_follows_the_configured_depth(arch: str) -> None:
     model = build_model(arch, num_layers=4)
-    found = find_layers(model)
+    found = find_blocks(model)
     assert len(found) == 4 == text_num_layers(model)
     assert all(f is e for f, e in zip(found, decoder_blocks(model, arch), strict=True))
 
@@ -57,7 +57,7 @@ def test_multimodal_gemma3_picks_the_language_stack_not_the_vision_tower() -> No
     assert sum(p.numel() for p in vision.parameters()) > sum(
         p.numel() for p in language.parameters()
     )
-    found = find_layers(model)
+    found = find_blocks(model)
     assert found[0] is language[0]
     assert not any(f is v for f in found for v in vision)
     assert num_layers_of(model) == model.config.text_config.num_hidden_layers
@@ -66,42 +66,42 @@ def test_multimodal_gemma3_picks_the_language_stack_not_the_vision_tower() -> No
 
 def test_override_by_dotted_path() -> None:
     model = build_model("llama")
-    assert find_layers(model, "model.layers") == list(model.model.layers)
-    assert find_layers(build_model("gpt2"), "transformer.h")[0].__class__.__name__ == "GPT2Block"
+    assert find_blocks(model, "model.layers") == list(model.model.layers)
+    assert find_blocks(build_model("gpt2"), "transformer.h")[0].__class__.__name__ == "GPT2Block"
     # The override wins over discovery, even for a list that is not the decoder stack.
     multimodal = build_model("gemma3_multimodal")
     path, vision = _vision_layers(multimodal)
-    found = find_layers(multimodal, path)
+    found = find_blocks(multimodal, path)
     assert len(found) == len(vision) and all(f is v for f, v in zip(found, vision, strict=True))
 
 
 def test_override_by_module_list() -> None:
     model = build_model("llama")
     chosen = [model.model.layers[2], model.model.layers[0]]
-    found = find_layers(model, chosen)
+    found = find_blocks(model, chosen)
     assert len(found) == 2
     assert found[0] is chosen[0] and found[1] is chosen[1]
-    assert find_layers(model, model.model.layers) == list(model.model.layers)
+    assert find_blocks(model, model.model.layers) == list(model.model.layers)
 
 
 def test_override_with_a_missing_path_raises() -> None:
     model = build_model("llama")
-    with pytest.raises(LayerDiscoveryError, match=r"model\.blocks"):
-        find_layers(model, "model.blocks")
+    with pytest.raises(BlockDiscoveryError, match=r"model\.blocks"):
+        find_blocks(model, "model.blocks")
 
 
 def test_override_with_an_empty_list_raises() -> None:
     model = build_model("llama")
-    with pytest.raises(LayerDiscoveryError):
-        find_layers(model, [])
+    with pytest.raises(BlockDiscoveryError):
+        find_blocks(model, [])
 
 
 def test_override_with_a_path_to_a_single_non_list_module_raises_discovery_error() -> None:
-    # find_layers documents LayerDiscoveryError for layers it cannot identify; a path naming
+    # find_blocks documents BlockDiscoveryError for layers it cannot identify; a path naming
     # one module that is not a block list (here the final norm) must not escape as TypeError.
     model = build_model("llama")
-    with pytest.raises(LayerDiscoveryError):
-        find_layers(model, "model.norm")
+    with pytest.raises(BlockDiscoveryError):
+        find_blocks(model, "model.norm")
 
 
 class _NoStack(nn.Module):
@@ -119,8 +119,8 @@ class _NoStack(nn.Module):
 
 
 def test_model_without_a_block_stack_raises_a_helpful_error() -> None:
-    with pytest.raises(LayerDiscoveryError) as info:
-        find_layers(_NoStack())
+    with pytest.raises(BlockDiscoveryError) as info:
+        find_blocks(_NoStack())
     message = str(info.value)
     assert "_NoStack" in message
     assert "ModuleList" in message and "2 identical blocks" in message
@@ -130,17 +130,17 @@ def test_model_without_a_block_stack_raises_a_helpful_error() -> None:
 def test_stack_of_the_wrong_depth_is_not_taken() -> None:
     model = _NoStack()
     model.blocks = nn.ModuleList([nn.Linear(8, 8) for _ in range(3)])  # config says 2
-    with pytest.raises(LayerDiscoveryError):
-        find_layers(model)
+    with pytest.raises(BlockDiscoveryError):
+        find_blocks(model)
     model.config.num_hidden_layers = 3
-    assert find_layers(model) == list(model.blocks)
+    assert find_blocks(model) == list(model.blocks)
 
 
 def test_no_stack_error_is_a_lookup_error_and_override_rescues_it() -> None:
     model = _NoStack()
     with pytest.raises(LookupError):
-        find_layers(model)
-    assert find_layers(model, [model.first, model.second]) == [model.first, model.second]
+        find_blocks(model)
+    assert find_blocks(model, [model.first, model.second]) == [model.first, model.second]
 
 
 @pytest.mark.parametrize(

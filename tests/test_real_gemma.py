@@ -104,7 +104,7 @@ def test_shipped_vectors_fit_gemma(model_and_tokenizer: tuple, vectors: EmotionV
         model.config.hidden_size,
     )
     assert vectors.recommended_layers == (6, 7, 8, 9, 10)  # the training band for 18 layers
-    assert vectors.settings["method"] == "trained" and vectors.settings["objective"] == "lm"
+    assert vectors.settings["estimator"] == "trained" and vectors.settings["objective"] == "lm"
     assert set(vectors.placements) == set(vectors.emotions)
     for placement in vectors.placements.values():  # the trained vectors, nothing else
         assert placement.layers == (6, 7, 8, 9, 10) and placement.weights is not None

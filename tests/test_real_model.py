@@ -84,7 +84,7 @@ def test_shipped_vectors_fit_the_default_model(vectors: EmotionVectors) -> None:
     assert (vectors.num_layers, vectors.hidden_size) == (30, 576)
     assert vectors.model_name == "smollm2-135m-instruct"
     assert vectors.recommended_layers == tuple(range(10, 19))  # the trained band
-    assert vectors.settings["method"] == "trained" and vectors.settings["objective"] == "lm"
+    assert vectors.settings["estimator"] == "trained" and vectors.settings["objective"] == "lm"
     # Each emotion's placement: the trained band with its learned per-layer weights, the
     # strength chosen on calibration queries, and nothing but the vector: no persona, no
     # instruction, no query guidance (one forward pass per token).

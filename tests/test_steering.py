@@ -36,7 +36,7 @@ from conftest import no_hooks_anywhere as _no_hooks_anywhere
 from torch import nn
 from transformers import PreTrainedTokenizerFast, TextIteratorStreamer, pipeline
 
-from emovec import EmotionVectors, Steering, VectorModelMismatchError, find_layers, steer
+from emovec import EmotionVectors, Steering, VectorModelMismatchError, find_blocks, steer
 from emovec.layers import default_layer_band
 from emovec.steering import MAX_DOSE, PRESETS, RELATIVE_DOSE, DoseError
 from emovec.vectors import Placement
@@ -75,7 +75,7 @@ def _expected_delta(
 
 
 def _bank_for(model: nn.Module, **kwargs: object) -> EmotionVectors:
-    blocks = find_layers(model)
+    blocks = find_blocks(model)
     hidden = model.get_input_embeddings().weight.shape[1]
     return random_bank(len(blocks), hidden, **kwargs)  # type: ignore[arg-type]
 
@@ -89,7 +89,7 @@ def test_each_layer_alone_gets_exactly_its_delta(
     arch: str, scale: str, tokenizer: PreTrainedTokenizerFast
 ) -> None:
     model = build_model(arch)
-    blocks = find_layers(model)
+    blocks = find_blocks(model)
     bank = _bank_for(model)
     ids = _ids(tokenizer)
     alphas = {"joy": 1.5, "anger": -0.75}
@@ -123,7 +123,7 @@ def test_several_layers_each_get_their_delta_and_others_none(
     arch: str, scale: str, tokenizer: PreTrainedTokenizerFast
 ) -> None:
     model = build_model(arch, num_layers=4)
-    blocks = find_layers(model)
+    blocks = find_blocks(model)
     assert len(blocks) == 4
     bank = _bank_for(model)
     ids = _ids(tokenizer)
@@ -216,7 +216,7 @@ def test_left_padded_batch_is_steered_on_every_row(
     arch: str, tokenizer: PreTrainedTokenizerFast
 ) -> None:
     model = build_model(arch)
-    blocks = find_layers(model)
+    blocks = find_blocks(model)
     bank = _bank_for(model)
     batch = _encode(tokenizer, PROMPTS)
     assert (batch["attention_mask"][:, 0] == 0).any()  # really left-padded
@@ -301,7 +301,7 @@ def test_steering_is_reusable(tokenizer: PreTrainedTokenizerFast) -> None:
 
 def test_nested_steerings_add_up(tokenizer: PreTrainedTokenizerFast) -> None:
     model = build_model("llama")
-    blocks = find_layers(model)
+    blocks = find_blocks(model)
     bank = _bank_for(model)
     ids = _ids(tokenizer)
 
@@ -418,7 +418,7 @@ def test_bad_scale_raises() -> None:
 
 def test_bf16_model_is_steered_in_bf16(tokenizer: PreTrainedTokenizerFast) -> None:
     model = copy.deepcopy(build_model("llama")).to(torch.bfloat16)
-    blocks = find_layers(model)
+    blocks = find_blocks(model)
     bank = _bank_for(model)
     ids = _ids(tokenizer)
     plain = _logits(model, ids)
@@ -506,7 +506,7 @@ def test_placed_deltas_reach_the_hidden_states(tokenizer: PreTrainedTokenizerFas
     """In a real forward pass each placed layer's output moves by exactly its delta and the
     other layers' outputs are not touched by a hook."""
     model = build_model("llama", num_layers=6)
-    blocks = find_layers(model)
+    blocks = find_blocks(model)
     bank = _placed_bank(band=[0])
     alphas = {"joy": 1.0, "anger": 0.7}
     expected = _placed_delta(bank, "joy", 1.0, [1, 2, 4], 0.8)
@@ -562,7 +562,7 @@ def test_rows_honour_placements(tokenizer: PreTrainedTokenizerFast) -> None:
     """Per-row mixes use each emotion's placement: each row gets its own deltas, zero where
     its emotions add nothing, and its own dose."""
     model = build_model("llama", num_layers=6)
-    blocks = find_layers(model)
+    blocks = find_blocks(model)
     bank = _placed_bank(band=[3])
     rows = [{"joy": 1.0}, {"anger": 0.5, "fear": 1.0}, {}]
     steering = steer(model, bank, rows=rows)
@@ -737,7 +737,7 @@ def _steered_calls(
     batch: dict[str, torch.Tensor],
     **generate: object,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor], Steering, torch.Tensor]:
-    block = find_layers(model)[layer]
+    block = find_blocks(model)[layer]
     with (
         recording(block) as pre,
         steer(
@@ -828,7 +828,7 @@ def test_paper_preset_steers_the_last_position_of_every_layer(
     llama: nn.Module, tokenizer: PreTrainedTokenizerFast
 ) -> None:
     bank = _bank_for(llama)
-    blocks = find_layers(llama)
+    blocks = find_blocks(llama)
     batch = _encode(tokenizer, TWO_PROMPTS)
     with (
         capture(blocks) as pre,
@@ -855,7 +855,7 @@ def _two_generates(
     """Two ``generate`` calls in one ``with``; each is steered by its own prompt length."""
     bank = _bank_for(model)
     layer = 1
-    block = find_layers(model)[layer]
+    block = find_blocks(model)[layer]
     first = _encode(tokenizer, TWO_PROMPTS)
     settings = {**GREEDY, "use_cache": use_cache}
     with (
@@ -927,7 +927,7 @@ def _rows_match_single_steers(
     singles: list[Callable[[], Steering] | None],
     layers: list[int],
 ) -> None:
-    blocks = find_layers(model)
+    blocks = find_blocks(model)
     batch = _encode(tokenizer, PROMPTS)
     steering = steer(model, bank, rows=rows, layers=layers)  # type: ignore[arg-type]
     assert len(steering.dose) == 3
@@ -1052,7 +1052,7 @@ def test_relative_and_raw_deltas_and_layer_weights() -> None:
 
 def test_layers_all_hooks_every_layer(tokenizer: PreTrainedTokenizerFast) -> None:
     model = build_model("llama", num_layers=4)
-    blocks = find_layers(model)
+    blocks = find_blocks(model)
     bank = _bank_for(model)
     steering = steer(model, bank, joy=1.0, layers="all")
     assert steering.layers == [0, 1, 2, 3]
@@ -1211,7 +1211,7 @@ def test_clamp_is_per_row(tokenizer: PreTrainedTokenizerFast) -> None:
 def test_nested_steers_add_up_and_unwind(
     llama: nn.Module, tokenizer: PreTrainedTokenizerFast
 ) -> None:
-    blocks = find_layers(llama)
+    blocks = find_blocks(llama)
     bank = _bank_for(llama)
     batch = _encode(tokenizer, TWO_PROMPTS)
     plain = _batch_logits(llama, **batch)
@@ -1435,7 +1435,7 @@ def test_reentering_resets_prompt_length_without_cache(
     mode: str, llama: nn.Module, tokenizer: PreTrainedTokenizerFast
 ) -> None:
     bank = _bank_for(llama)
-    block = find_layers(llama)[1]
+    block = find_blocks(llama)[1]
     first = _encode(tokenizer, TWO_PROMPTS)
     settings = {**GREEDY, "use_cache": False}
     steering = steer(llama, bank, joy=1.0, layers=[1], positions=mode, scale="raw", **NO_GUARD)
@@ -1464,7 +1464,7 @@ def test_offloaded_model_is_steered_like_the_original(
         expected = llama.generate(**batch, **GREEDY)
     offloaded = copy.deepcopy(llama)
     cpu_offload(offloaded, execution_device=torch.device("cpu"))
-    assert next(find_layers(offloaded)[1].parameters()).device.type == "meta"
+    assert next(find_blocks(offloaded)[1].parameters()).device.type == "meta"
     with steer(offloaded, bank, joy=1.0, layers=[1, 2], **NO_GUARD) as steering:
         got = offloaded.generate(**batch, **GREEDY)
     assert torch.equal(got, expected)
@@ -1548,7 +1548,7 @@ def test_steering_refuses_non_finite_deltas_given_directly() -> None:
     delta = torch.ones(32)
     delta[3] = math.nan
     with pytest.raises(DoseError, match="layer 1"):
-        Steering(model, find_layers(model), {1: delta})
+        Steering(model, find_blocks(model), {1: delta})
 
 
 # --- strengths as a mapping; option names -----------------------------------------------

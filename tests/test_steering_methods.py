@@ -16,7 +16,7 @@ from conftest import PAD_ID, build_model, no_hooks_anywhere, random_bank, record
 from torch import nn
 from transformers import PreTrainedTokenizerFast
 
-from emovec import EmotionVectors, find_layers, steer
+from emovec import EmotionVectors, find_blocks, steer
 from emovec.hooks import steered
 from emovec.steering import SINK_RATIO, Schedule
 from emovec.vectors import Placement
@@ -35,7 +35,7 @@ def llama() -> nn.Module:
 
 def _bank(model: nn.Module, **kwargs: object) -> EmotionVectors:
     hidden = model.get_input_embeddings().weight.shape[1]
-    return random_bank(len(find_layers(model)), hidden, **kwargs)  # type: ignore[arg-type]
+    return random_bank(len(find_blocks(model)), hidden, **kwargs)  # type: ignore[arg-type]
 
 
 def _encode(tokenizer: PreTrainedTokenizerFast, text: str | list[str]) -> dict[str, torch.Tensor]:
@@ -139,7 +139,7 @@ def test_schedule_scales_each_generated_token(
     schedule = Schedule(begin=2.0, hold=1, end=0.0, ramp=3)
     batch = _encode(tokenizer, PROMPTS)
     prompt = batch["input_ids"].shape[1]
-    block = find_layers(llama)[1]
+    block = find_blocks(llama)[1]
     steering = steer(llama, bank, joy=1.0, layers=[1], positions="generated", schedule=schedule)
     delta = steering.deltas()[0]
     with recording(block) as pre, steering, recording(block) as post:
@@ -176,7 +176,7 @@ def test_methods_through_steer_match_the_arithmetic(
     llama: nn.Module, tokenizer: PreTrainedTokenizerFast, method: str
 ) -> None:
     bank = _bank(llama)
-    block = find_layers(llama)[2]
+    block = find_blocks(llama)[2]
     batch = _encode(tokenizer, PROMPTS)
     steering = steer(
         llama,

@@ -169,7 +169,7 @@ def test_rank1_vectors_share_one_direction() -> None:
 def test_the_file_records_how_the_bank_was_trained() -> None:
     bank = train(_model(), build_tokenizer(), TRIPLES, seed=7, progress=False, **FAST)
     settings = bank.settings
-    assert settings["method"] == "trained" and settings["seed"] == 7
+    assert settings["estimator"] == "trained" and settings["seed"] == 7
     assert settings["steps"] == FAST["steps"] and settings["objective"] == "lm"
     assert len(settings["data_sha256"]) == 64
     assert settings["training"]["joy"]["triples"] == 16

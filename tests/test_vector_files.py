@@ -52,7 +52,7 @@ def _source() -> EmotionVectors:
         torch.tensor([1.5, 2.0, 4.0]),
         model_name="org/tiny",
         recommended_layers=BAND,
-        settings={"method": "mean_difference", "pairs": {"joy": 3, "anger": 4}, "note": "é ✓"},
+        settings={"estimator": "mean_difference", "pairs": {"joy": 3, "anger": 4}, "note": "é ✓"},
         placements={"joy": Placement([0, 1], 0.4, instruction="Answer joyfully.")},
         version="0.2.0",
     )

@@ -31,7 +31,7 @@ def _full_bank() -> EmotionVectors:
         torch.tensor([0.5, 1.25, 3.0, 7.5]),
         model_name="org/tiny-model",
         recommended_layers=[1, 2],
-        settings={"method": "mean_difference", "pairs_per_emotion": {"joy": 3, "anger": 4}},
+        settings={"estimator": "mean_difference", "pairs_per_emotion": {"joy": 3, "anger": 4}},
         version="9.9.9",
     )
 

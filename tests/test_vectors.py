@@ -230,7 +230,7 @@ def test_centring_strength_outside_0_1_is_refused(strength: float) -> None:
         bank_norms(),
         model_name="m",
     )
-    with pytest.raises(ValueError, match="strength"):
+    with pytest.raises(ValueError, match="share"):
         bank.center(strength)
 
 
@@ -329,7 +329,7 @@ def test_with_placements_merges_and_without_placements_clears() -> None:
         bank_norms(),
         model_name="m",
         recommended_layers=[1, 2],
-        settings={"method": "x"},
+        settings={"estimator": "x"},
         placements={"joy": Placement([0], 0.3), "anger": Placement([1], 0.4)},
     )
     updated = bank.with_placements({"anger": Placement([2, 3], 1.0), "fear": Placement([3], 0.6)})
@@ -339,11 +339,11 @@ def test_with_placements_merges_and_without_placements_clears() -> None:
         "fear": Placement([3], 0.6),
     }
     assert bank.placements == {"joy": Placement([0], 0.3), "anger": Placement([1], 0.4)}
-    assert updated.recommended_layers == (1, 2) and updated.settings == {"method": "x"}
+    assert updated.recommended_layers == (1, 2) and updated.settings == {"estimator": "x"}
     assert all(torch.equal(updated.vector(e), bank.vector(e)) for e in bank)
     cleared = updated.without_placements()
     assert cleared.placements == {} and len(updated.placements) == 3
-    assert cleared.recommended_layers == (1, 2) and cleared.settings == {"method": "x"}
+    assert cleared.recommended_layers == (1, 2) and cleared.settings == {"estimator": "x"}
     with pytest.raises(ValueError, match="out of range"):
         bank.with_placements({"fear": Placement([L], 0.5)})
 

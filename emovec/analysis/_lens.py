@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from emovec.layers import find_layers, layer_output
+from emovec.layers import find_blocks, layer_output
 from emovec.models import input_device
 
 __all__ = ["LensError", "find_lens"]  # used by emovec.analysis.decode
@@ -84,7 +84,7 @@ def find_lens(model: PreTrainedModel, *, norm: bool = True) -> _Lens:
     head = _head_of(model)
     if not norm:
         return _Lens(head=head, norm=None)
-    last = find_layers(model)[-1]
+    last = find_blocks(model)[-1]
     seen: dict[str, torch.Tensor] = {}
     candidates: list[tuple[nn.Module, object, object]] = []
     excluded = {id(m) for m in last.modules()} | {id(m) for m in head.modules()}

@@ -35,7 +35,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 from emovec._placement import layer_indices
 from emovec._texts import _batches, _collate, _encode, _Item
 from emovec.analysis._lens import LensError, find_lens
-from emovec.layers import find_layers, layer_output
+from emovec.layers import find_blocks, layer_output
 from emovec.models import input_device
 from emovec.vectors import SteeringVector
 
@@ -232,7 +232,7 @@ def decode(
     label, rows, targets = _rows_of(direction, norm)
     flat = isinstance(direction, torch.Tensor) and direction.dim() == 1
     if not flat:
-        blocks = len(find_layers(model))
+        blocks = len(find_blocks(model))
         if rows.shape[0] != blocks:
             raise ValueError(
                 f"The direction has {rows.shape[0]} layers but the model has {blocks} decoder "
@@ -302,7 +302,7 @@ def stimulus_meta_vector(
         raise ValueError("batch_size must be at least 1.")
     items = [_Item(0, slot, 1.0, "", text) for slot, text in enumerate(texts)]
     encoded = _encode(tokenizer, items, "plain", last_token, None)
-    blocks = find_layers(model)
+    blocks = find_blocks(model)
     sums: list[torch.Tensor] = [torch.zeros(())] * len(blocks)
     batch: dict[str, torch.Tensor] = {}
 

@@ -31,7 +31,7 @@ from emovec._texts import _batches, _collate, _encode, _Item
 from emovec.layers import (
     context_length,
     default_layer_band,
-    find_layers,
+    find_blocks,
     hidden_size_of,
     layer_output,
 )
@@ -210,7 +210,7 @@ def read(
         queries: Optionally one query per text: each text is then read as the answer to its
             query (the query fed in the chat template, as generation formats it, but not read).
         batch_size: Texts per forward pass.
-        blocks: The decoder blocks, for models :func:`emovec.layers.find_layers` does not
+        blocks: The decoder blocks, for models :func:`emovec.layers.find_blocks` does not
             understand.
         progress: Show a progress bar.
 
@@ -228,7 +228,7 @@ def read(
         raise ValueError(f"Give one query per text: {len(queries)} for {len(texts)} texts.")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, not {batch_size}.")
-    hooked = find_layers(model, blocks)
+    hooked = find_blocks(model, blocks)
     if len(hooked) != vectors.num_layers:
         raise ValueError(
             f"The bank has {vectors.num_layers} layers but the model has {len(hooked)}: read "

@@ -2,7 +2,7 @@
 
 One band and one strength do not suit every emotion: on SmolLM2-135M-Instruct anger shows
 most at layers 10–14 and takes a dose of 0.42, the others at 12–16 with 0.35, and every
-emotion leaves the topic once its dose passes about 0.45 (README, "Strength"). The
+emotion leaves the topic once its dose passes about 0.45 (docs/strength-and-calibration.md). The
 :func:`calibrate` search answers a set of calibration queries under every candidate setting
 (band × dose, each optionally with the emotion's instruction in the user turn), scores the
 answers like :func:`emovec.evaluation.evaluate` does, and keeps, per emotion, among the

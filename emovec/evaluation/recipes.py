@@ -5,7 +5,7 @@ turn, a steering method), and the conditions of a sweep built from them."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from emovec.chat import Asking
@@ -53,9 +53,9 @@ class Recipe:
             has one.
         positions: ``steer``'s positions (``None``: its default).
         method: ``steer``'s method.
-        guidance: Steered share of each next token's distribution, mixed with a plain
+        plain_guidance: Steered share of each next token's distribution, mixed with a plain
             pass (:class:`emovec.guidance.PlainGuidance`); ``None``: the steered model alone.
-        schedule: ``steer``'s schedule of the strength over generated tokens.
+        schedule: ``steer``'s schedule of the factor on α over generated tokens.
         query_guidance: Amplify what the question contributes to each next token against
             the same prompt without it (:class:`emovec.guidance.QueryGuidance`; ≥ 1);
             ``None``: the placement's where the emotion is raised, else off.
@@ -66,7 +66,7 @@ class Recipe:
     persona: bool | None = None
     positions: Positions | None = None
     method: SteerMethod = "add"
-    guidance: float | None = None
+    plain_guidance: float | None = None
     schedule: Schedule | None = None
     query_guidance: float | None = None
 
@@ -119,6 +119,25 @@ class Recipe:
             query_guidance=self.query_guidance or base.query_guidance,
         )
 
+    @classmethod
+    def from_dict(cls, written: Mapping[str, Any]) -> Recipe:
+        """A recipe from its :meth:`to_dict` (as a report's settings record it).
+
+        Raises:
+            ValueError: For keys a recipe does not have (a report of another emovec).
+        """
+        unknown = set(written) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(
+                f"A recipe with {sorted(unknown)} was written by another emovec; evaluate again."
+            )
+        values = dict(written)
+        if values.get("placement") is not None:
+            values["placement"] = Placement(**values["placement"])
+        if values.get("schedule") is not None:
+            values["schedule"] = Schedule(**values["schedule"])
+        return cls(**values)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "placement": None if self.placement is None else self.placement.to_dict(),
@@ -126,7 +145,7 @@ class Recipe:
             "persona": self.persona,
             "positions": self.positions,
             "method": self.method,
-            "guidance": self.guidance,
+            "plain_guidance": self.plain_guidance,
             "schedule": None if self.schedule is None else self.schedule.to_dict(),
             "query_guidance": self.query_guidance,
         }

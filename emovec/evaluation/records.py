@@ -157,23 +157,19 @@ def _plain_similarities(records: Sequence[Mapping[str, Any]]) -> dict[tuple[str,
 
 
 def _with_retention(records: Sequence[Mapping[str, Any]]) -> list[Record]:
-    """``records`` as typed records: the recipe's name under ``"recipe"`` (reports written
-    before it was renamed call it ``"method"``, the word ``steer`` uses for its rule), and
-    ``retention`` computed where it is missing (older reports).
+    """``records`` as typed records, ``retention`` computed where it is missing (reports
+    written before it was measured).
 
     Raises:
         ValueError: If a record lacks a field every report has.
     """
-    renamed = [
-        {("recipe" if k == "method" and "recipe" not in r else k): v for k, v in r.items()}
-        for r in records
-    ]
-    plain = _plain_similarities(renamed)
-    typed: list[Record] = []
-    for r in renamed:
+    for r in records:
         missing = [k for k in _REQUIRED if k not in r]
         if missing:
             raise ValueError(f"An evaluation record lacks {missing}: {sorted(r)}.")
+    plain = _plain_similarities(records)
+    typed: list[Record] = []
+    for r in records:
         retention = r.get("retention")
         if retention is None:
             retention = topic_retention(

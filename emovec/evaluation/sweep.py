@@ -101,7 +101,13 @@ def _generate_all(
         if steered and recipe is not None and condition.emotion is not None:
             placement = recipe.placement_for(vectors, condition.emotion)
             gamma = _asking(condition, vectors).query_guidance  # only where it is raised
-            key = (placement.positions, recipe.method, placement.schedule, recipe.guidance, gamma)
+            key = (
+                placement.positions,
+                recipe.method,
+                placement.schedule,
+                recipe.plain_guidance,
+                gamma,
+            )
         groups.setdefault(key, []).append(index)
     batches = [
         (key, indices[start : start + batch_size])
@@ -127,7 +133,7 @@ def _generate_all(
             clean=clean,
         )
         if key is not None and any(rows):
-            positions, method, schedule, guidance, _ = key
+            positions, method, schedule, plain_guidance, _ = key
             options = {
                 "layers": layers,
                 "positions": positions,
@@ -136,7 +142,7 @@ def _generate_all(
             }
             # The sweep goes past the dose guard on purpose; the report records each dose.
             with steer(model, vectors, rows=rows, max_dose=math.inf, **options) as steering:
-                texts = answer(steering=steering, guidance=guidance)
+                texts = answer(steering=steering, plain_guidance=plain_guidance)
         else:
             texts = answer()
         for i, text in zip(indices, texts, strict=True):

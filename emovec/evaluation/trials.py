@@ -66,7 +66,7 @@ class Trial:
     (:meth:`~emovec.evaluation.Tolerance.fluent`; retention is scored by the choice, not
     filtered), ``instruction`` the request for the emotion added to each query and
     ``persona`` the system turn (``None``: not used), ``positions`` the positions steered
-    (``None``: ``steer``'s default), ``schedule`` the strength over the answer's tokens
+    (``None``: ``steer``'s default), ``schedule`` the factor on α over the answer's tokens
     (``None``: constant) and ``query_guidance`` how much the question was amplified against
     the prompt without it (``None``: not at all).
     """
