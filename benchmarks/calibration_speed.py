@@ -195,8 +195,7 @@ def old_decide(
         trials += [
             Trial(
                 emotion=r["emotion"],
-                layers=band,
-                dose=r["alpha"] * RELATIVE_DOSE,
+                placement=Placement(band, r["alpha"] * RELATIVE_DOSE),
                 success=r["success"],
                 eps=r["eps"],
                 degenerate=r["degenerate"],

@@ -144,10 +144,10 @@ def test_candidate_bands_reject_width_zero() -> None:
 def test_calibrate_tries_every_emotion_band_and_dose(calibration: Calibration) -> None:
     """One trial per (emotion, band, dose), every band and dose from the candidates."""
     assert len(calibration.trials) == len(EMOTIONS) * len(BANDS) * len(DOSES)
-    tried = {(t.emotion, t.layers, t.dose) for t in calibration.trials}
+    tried = {(t.emotion, t.placement.layers, t.placement.dose) for t in calibration.trials}
     assert tried == {(e, b, d) for e in EMOTIONS for b in BANDS for d in DOSES}
-    assert all(t.instruction is None for t in calibration.trials)  # instructions=(False,)
-    assert [(t.emotion, t.layers, t.dose) for t in calibration.trials] == [
+    assert all(t.placement.instruction is None for t in calibration.trials)  # instructions=(False,)
+    assert [(t.emotion, t.placement.layers, t.placement.dose) for t in calibration.trials] == [
         (e, b, d) for e in EMOTIONS for b in BANDS for d in DOSES
     ]  # per emotion, band by band, dose by dose
     for trial in calibration.trials:
@@ -180,7 +180,7 @@ def test_trials_carry_the_retention_and_offensive_rate_of_their_evaluation(
         (row,) = [
             r
             for r in summary
-            if r["recipe"] == _setting_name(trial.layers, trial.dose, False)
+            if r["recipe"] == _setting_name(trial.placement.layers, trial.placement.dose, False)
             and r["emotion"] == trial.emotion
         ]
         assert row["alpha"] == 1.0 and row["n"] == len(QUERIES)
@@ -264,12 +264,12 @@ def test_apply_stores_the_placements_and_the_record(
             t
             for t in calibration.trials
             if t.emotion == emotion
-            and t.layers == calibration.placements[emotion].layers
-            and t.dose == calibration.placements[emotion].dose
+            and t.placement.layers == calibration.placements[emotion].layers
+            and t.placement.dose == calibration.placements[emotion].dose
         )
         assert chosen == {
-            "layers": list(trial.layers),
-            "dose": trial.dose,
+            "layers": list(trial.placement.layers),
+            "dose": trial.placement.dose,
             "success": trial.success,
             "eps": trial.eps,
             "degenerate": trial.degenerate,
@@ -299,7 +299,7 @@ def test_markdown_and_dict_list_every_trial(calibration: Calibration) -> None:
     payload = json.loads(json.dumps(calibration.to_dict()))
     assert payload["settings"] == json.loads(json.dumps(calibration.settings))
     assert len(payload["trials"]) == len(calibration.trials)
-    assert payload["trials"][0]["layers"] == list(calibration.trials[0].layers)
+    assert payload["trials"][0]["layers"] == list(calibration.trials[0].placement.layers)
     assert payload["placements"] == {e: p.to_dict() for e, p in calibration.placements.items()}
 
 
@@ -337,7 +337,9 @@ def test_ties_go_to_the_most_on_topic_and_unacceptable_emotions_keep_the_default
     assert all(t.acceptable for t in joy) and not any(t.acceptable for t in anger)
     assert {t.eps for t in joy} == {0.6} and {t.eps for t in anger} == {0.3}
     winner = max(joy, key=lambda t: t.retention)  # success ties: the first most on-topic
-    assert calibration.placements == {"joy": Placement(winner.layers, winner.dose)}
+    assert calibration.placements == {
+        "joy": Placement(winner.placement.layers, winner.placement.dose)
+    }
     assert calibration.settings["scorer"] == "ConstantScorer"
 
     applied = calibration.apply(bank)
@@ -349,8 +351,8 @@ def test_ties_go_to_the_most_on_topic_and_unacceptable_emotions_keep_the_default
         steering.deltas()[0], RELATIVE_DOSE * bank.unit_vector("anger")[2], rtol=1e-6, atol=1e-6
     )
     joy_steering = steer(model, applied, joy=1.0, max_dose=math.inf)
-    assert joy_steering.layers == list(winner.layers)
-    assert joy_steering.dose == [pytest.approx(winner.dose, rel=1e-5)]
+    assert joy_steering.layers == list(winner.placement.layers)
+    assert joy_steering.dose == [pytest.approx(winner.placement.dose, rel=1e-5)]
 
 
 def test_apply_drops_a_stale_placement_of_an_emotion_found_too_broken(
@@ -401,8 +403,7 @@ def _trial(
 ) -> Trial:
     return Trial(
         emotion="joy",
-        layers=layers,
-        dose=dose,
+        placement=Placement(layers, dose),
         success=success,
         eps=eps,
         degenerate=0.0,
@@ -799,10 +800,10 @@ def test_rescoring_redecides_from_the_kept_answers(
     assert again.tolerance == first.tolerance  # the custom tolerance is kept: anger stays out
     assert "anger" not in again.placements
     for before, after in zip(first.trials, again.trials, strict=True):
-        assert (before.emotion, before.layers, before.dose) == (
+        assert (before.emotion, before.placement.layers, before.placement.dose) == (
             after.emotion,
-            after.layers,
-            after.dose,
+            after.placement.layers,
+            after.placement.dose,
         )
         assert (before.sim_query, before.degenerate) == (after.sim_query, after.degenerate)
         assert after.success == 0.0
@@ -907,7 +908,7 @@ def test_each_trial_answers_as_its_placement_steered_alone(
     plain = {r["query"]: r["answer"] for r in report.records if r["recipe"] == "plain"}
     changed = 0
     for trial in calibration.trials:
-        name = _setting_name(trial.layers, trial.dose, False)
+        name = _setting_name(trial.placement.layers, trial.placement.dose, False)
         got = {
             r["query"]: r["answer"]
             for r in report.records
@@ -921,11 +922,11 @@ def test_each_trial_answers_as_its_placement_steered_alone(
         banded = steer(
             model,
             bank,
-            layers=list(trial.layers),
+            layers=list(trial.placement.layers),
             max_dose=math.inf,
-            **{trial.emotion: trial.dose / RELATIVE_DOSE},
+            **{trial.emotion: trial.placement.dose / RELATIVE_DOSE},
         )
-        assert steering.layers == banded.layers == list(trial.layers)
+        assert steering.layers == banded.layers == list(trial.placement.layers)
         for mine, old in zip(steering.deltas(), banded.deltas(), strict=True):
             torch.testing.assert_close(mine, old, rtol=1e-6, atol=1e-7)
     assert changed > 0  # steering changed answers: not plain compared with plain
@@ -995,10 +996,14 @@ def test_instructions_try_every_setting_with_and_without_and_store_the_chosen_on
     assert len(result.trials) == 2 * len(EMOTIONS) * len(BANDS) * len(DOSES)
     for emotion in EMOTIONS:
         text = PROMPT_INSTRUCTIONS[emotion]
-        tried = [(t.layers, t.dose, t.instruction) for t in result.trials if t.emotion == emotion]
+        tried = [
+            (t.placement.layers, t.placement.dose, t.placement.instruction)
+            for t in result.trials
+            if t.emotion == emotion
+        ]
         assert tried == [(b, d, i) for b in BANDS for d in DOSES for i in (None, text)]
         mine = [t for t in result.trials if t.emotion == emotion]
-        assert [t.acceptable for t in mine] == [t.instruction is not None for t in mine]
+        assert [t.acceptable for t in mine] == [t.placement.instruction is not None for t in mine]
     assert result.settings["instructions"] == [False, True]
     assert result.settings["instruction_texts"] == {e: PROMPT_INSTRUCTIONS[e] for e in EMOTIONS}
     assert set(result.placements) == set(EMOTIONS)
@@ -1064,7 +1069,12 @@ def test_personas_and_positions_are_searched_and_stored(
     ways = [(None, None), (None, "generated"), ("p", None), ("p", "generated")]
     for emotion in EMOTIONS:
         tried = [
-            (t.layers, t.dose, t.persona and "p", t.positions)
+            (
+                t.placement.layers,
+                t.placement.dose,
+                t.placement.persona and "p",
+                t.placement.positions,
+            )
             for t in result.trials
             if t.emotion == emotion
         ]
@@ -1109,7 +1119,9 @@ def test_query_guidance_is_searched_and_stored(
     assert len(result.trials) == 2 * len(EMOTIONS) * len(BANDS) * len(doses)
     for emotion in EMOTIONS:
         tried = [
-            (t.layers, t.dose, t.query_guidance) for t in result.trials if t.emotion == emotion
+            (t.placement.layers, t.placement.dose, t.placement.query_guidance)
+            for t in result.trials
+            if t.emotion == emotion
         ]
         assert tried == [(b, d, g) for b in BANDS for d in doses for g in (None, 2.0)]
     assert result.settings["query_guidance"] == [None, 2.0]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from itertools import product
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,6 @@ from emovec.evaluation.records import _fmt
 from emovec.evaluation.report import EvaluationReport
 from emovec.evaluation.scoring import EmotionScorer, load_scorer
 from emovec.evaluation.tolerance import Tolerance
-from emovec.steering import Schedule
 from emovec.vectors import EmotionVectors, Placement
 
 __all__ = ["Calibration", "Trial"]
@@ -54,9 +53,9 @@ def _setting_name(
 
 @dataclass(frozen=True)
 class Trial:
-    """One emotion steered at one band and dose (maybe with its instruction in the user
-    turn, its persona as the system turn, or only at some positions), scored over the
-    calibration queries.
+    """One emotion steered at one :class:`~emovec.vectors.Placement` (a band and dose, maybe
+    with its instruction in the user turn, its persona as the system turn, only some
+    positions, query guidance), scored over the calibration queries.
 
     ``retention`` is the topic retention against the plain answers
     (:func:`emovec.evaluation.topic.topic_retention`), ``offensive`` the share of answers the
@@ -64,16 +63,11 @@ class Trial:
     (:func:`~emovec.evaluation.fluency.is_invented`; each ``nan`` if not measured),
     ``acceptable`` whether its fluency stayed within the tolerance
     (:meth:`~emovec.evaluation.Tolerance.fluent`; retention is scored by the choice, not
-    filtered), ``instruction`` the request for the emotion added to each query and
-    ``persona`` the system turn (``None``: not used), ``positions`` the positions steered
-    (``None``: ``steer``'s default), ``schedule`` the factor on α over the answer's tokens
-    (``None``: constant) and ``query_guidance`` how much the question was amplified against
-    the prompt without it (``None``: not at all).
+    filtered). The placement is what :meth:`Calibration.apply` stores when it is chosen.
     """
 
     emotion: str
-    layers: tuple[int, ...]
-    dose: float
+    placement: Placement
     success: float
     eps: float
     degenerate: float
@@ -83,24 +77,11 @@ class Trial:
     median_perplexity: float
     acceptable: bool
     invented: float = math.nan
-    instruction: str | None = None
-    persona: str | None = None
-    positions: str | None = None
-    schedule: Schedule | None = None
-    query_guidance: float | None = None
 
-    @property
-    def placement(self) -> Placement:
-        """This trial's setting as a placement (what :meth:`Calibration.apply` stores)."""
-        return Placement(
-            self.layers,
-            self.dose,
-            instruction=self.instruction,
-            persona=self.persona,
-            positions=self.positions,
-            schedule=self.schedule,
-            query_guidance=self.query_guidance,
-        )
+    def to_dict(self) -> dict[str, Any]:
+        """The trial as one flat record: the emotion, the placement's entries, the scores."""
+        scores = {f.name: getattr(self, f.name) for f in fields(self)[2:]}
+        return {"emotion": self.emotion, **self.placement.to_dict(), **scores}
 
     @property
     def extras(self) -> str:
@@ -108,18 +89,19 @@ class Trial:
         for the emotion, ``" + persona"`` where the system turn did, ``" on generated"``
         where only some positions were steered, ``", query guidance 1.3"`` where the
         question was amplified (empty for the vector alone)."""
+        p = self.placement
         return (
-            (" + instruction" if self.instruction else "")
-            + (" + persona" if self.persona else "")
-            + (f" on {self.positions}" if self.positions else "")
-            + (f", {self.schedule.label}" if self.schedule else "")
-            + (f", query guidance {self.query_guidance:g}" if self.query_guidance else "")
+            (" + instruction" if p.instruction else "")
+            + (" + persona" if p.persona else "")
+            + (f" on {p.positions}" if p.positions else "")
+            + (f", {p.schedule.label}" if p.schedule else "")
+            + (f", query guidance {p.query_guidance:g}" if p.query_guidance else "")
         )
 
     @property
     def label(self) -> str:
         """``"12–16 ×0.35"``, then its :attr:`extras`."""
-        return f"{_band(self.layers, '–')} ×{self.dose:g}{self.extras}"
+        return f"{_band(self.placement.layers, '–')} ×{self.placement.dose:g}{self.extras}"
 
 
 @dataclass
@@ -212,7 +194,7 @@ class Calibration:
             "settings": self.settings,
             "plain": self.plain,
             "placements": {e: p.to_dict() for e, p in self.placements.items()},
-            "trials": [asdict(t) for t in self.trials],
+            "trials": [t.to_dict() for t in self.trials],
         }
 
     @property
@@ -249,9 +231,9 @@ class Calibration:
                     if chosen == t.placement
                     else ("" if t.acceptable else "outside tolerance")
                 )
-                band = _band(t.layers, "–") + t.extras
+                band = _band(t.placement.layers, "–") + t.extras
                 lines.append(
-                    f"| {emotion} | {band} | {t.dose:g} | "
+                    f"| {emotion} | {band} | {t.placement.dose:g} | "
                     f"{t.success:.2f} | {t.eps:.3f} | {_fmt(t.retention, '.2f')} | "
                     f"{_fmt(t.offensive, '.2f')} | {t.degenerate:.2f} | "
                     f"{_fmt(t.invented, '.2f')} | {t.sim_query:.2f} | "
@@ -307,7 +289,7 @@ def _choose(
     """The trial :func:`emovec.evaluation.choice.choose` picks among the fluent ones
     (``acceptable``), or ``None`` if none is; equals go to the earlier trial."""
     fluent = [t for t in trials if t.acceptable]
-    rows = [asdict(t) for t in fluent]
+    rows = [t.to_dict() for t in fluent]
     best = choose(
         rows, plain, tolerance=tolerance, target_success=target_success, assume_fluent=True
     )
@@ -362,8 +344,14 @@ def _decide(
             trials.append(
                 Trial(
                     emotion=emotion,
-                    layers=tuple(band),
-                    dose=float(dose),
+                    placement=Placement(
+                        tuple(band),
+                        float(dose),
+                        instruction=texts[emotion] if instructed else None,
+                        persona=persona_texts[emotion] if persona else None,
+                        positions=positions,
+                        query_guidance=gamma,
+                    ),
                     success=row["success"],
                     eps=row["eps"],
                     degenerate=row["degenerate"],
@@ -373,10 +361,6 @@ def _decide(
                     median_perplexity=row["median_perplexity"],
                     acceptable=tolerance.fluent(row, baseline[emotion]),
                     invented=row["invented"],
-                    instruction=texts[emotion] if instructed else None,
-                    persona=persona_texts[emotion] if persona else None,
-                    positions=positions,
-                    query_guidance=gamma,
                 )
             )
     placements: dict[str, Placement] = {}
