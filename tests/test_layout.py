@@ -6,6 +6,7 @@ checkers only are not edges), so a reviewer's grep is a test."""
 from __future__ import annotations
 
 import ast
+import re
 from functools import cache
 from pathlib import Path
 
@@ -144,3 +145,22 @@ def test_no_deprecated_alias_is_left() -> None:
     """The version was never released: an old name is removed, not kept with a warning."""
     warned = [name for name, path in MODULES.items() if "DeprecationWarning" in path.read_text()]
     assert not warned
+
+
+# Names the unreleased version used and renamed (#23): none may come back as an alias.
+RENAMED = (
+    "find_layers",  # find_blocks: it returns modules
+    "LayerDiscoveryError",  # BlockDiscoveryError
+    "block_layers",  # blocks=
+    "success_margin",  # Tolerance's bars
+    "emotional_answers",  # the one call: steer(..., tokenizer=tok).answer
+    "emotional_prompt",  # SteeredChat.messages
+    "emotional_guidance",  # SteeredChat.generate_kwargs
+    "with_instructions",  # chat.Asking
+)
+
+
+@pytest.mark.parametrize("name", RENAMED)
+def test_a_renamed_name_is_gone(name: str) -> None:
+    pattern = re.compile(rf"\b{name}\b")
+    assert not [module for module, path in MODULES.items() if pattern.search(path.read_text())]
