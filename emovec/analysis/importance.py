@@ -17,19 +17,21 @@ teacher-forced right after the prompt. A *word* is a whitespace-separated run of
 
 from __future__ import annotations
 
+import html
 import math
 import string
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from emovec.analysis._importance_inputs import encode, without_word, word_spans
-from emovec.analysis._importance_passes import evaluating, gradient_norms, losses
-from emovec.analysis._importance_view import heat_map_ansi, heat_map_html
+from emovec.analysis._importance_inputs import Encoded, encode, without_word, word_spans
 
 Method = Literal["gradient", "deletion"]
 _METHODS = ("gradient", "deletion")
@@ -49,6 +51,118 @@ def min_max(values: Iterable[float]) -> list[float]:
     if high == low:
         return [0.0] * len(values)
     return [(v - low) / (high - low) for v in values]
+
+
+# --- the model passes: one forward and backward pass, or batched losses
+
+
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode (no dropout) for the block, its mode restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _embedding(model: nn.Module) -> nn.Module:
+    get = getattr(model, "get_input_embeddings", None)
+    embedding = get() if callable(get) else None
+    if not isinstance(embedding, nn.Module):
+        raise TypeError("The model has no input embeddings: give a Hugging Face causal LM.")
+    return embedding
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(_embedding(model).parameters()).device
+
+
+def _target_nll(
+    logits: torch.Tensor, ids: torch.Tensor, starts: list[int], lengths: list[int]
+) -> torch.Tensor:
+    """Per row, the mean NLL of ``ids[row, start : start + length]`` under ``logits``."""
+    losses = []
+    for row, (start, length) in enumerate(zip(starts, lengths, strict=True)):
+        predicted = logits[row, start - 1 : start + length - 1]
+        predicted = predicted.to(torch.promote_types(predicted.dtype, torch.float32))
+        losses.append(F.cross_entropy(predicted, ids[row, start : start + length]))
+    return torch.stack(losses)
+
+
+def gradient_norms(model: nn.Module, encoded: Encoded, num_words: int) -> tuple[list[float], float]:
+    """Each word's summed-gradient norm, and the loss."""
+    ids = torch.tensor([encoded.context + encoded.target], device=_device(model))
+    with torch.enable_grad():
+        embeds = _embedding(model)(ids).detach().requires_grad_(True)
+        logits = model(
+            inputs_embeds=embeds, attention_mask=torch.ones_like(ids), use_cache=False
+        ).logits
+        loss = _target_nll(logits, ids, [len(encoded.context)], [len(encoded.target)])[0]
+        (grad,) = torch.autograd.grad(loss, embeds)
+    grad = grad[0, : len(encoded.context)].double()
+    owners = torch.tensor(encoded.token_words, device=grad.device)
+    sums = torch.zeros(num_words, grad.shape[-1], dtype=grad.dtype, device=grad.device)
+    sums.index_add_(0, owners[owners >= 0], grad[owners >= 0])
+    return sums.norm(dim=-1).tolist(), float(loss.detach())
+
+
+@torch.no_grad()
+def losses(model: nn.Module, batch: list[Encoded]) -> list[float]:
+    """The target loss of each encoded prompt, in one right-padded forward pass."""
+    rows = [e.context + e.target for e in batch]
+    width = max(len(r) for r in rows)
+    device = _device(model)
+    ids = torch.zeros(len(rows), width, dtype=torch.long, device=device)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, device=device)
+        mask[i, : len(row)] = 1
+    logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+    starts, lengths = [len(e.context) for e in batch], [len(e.target) for e in batch]
+    return _target_nll(logits, ids, starts, lengths).tolist()
+
+
+# --- how it looks: an HTML heat-map for notebooks, coloured text for a terminal
+
+# The colour of importance 1; importance 0 is white.
+_HOT = (220, 38, 38)
+
+
+def _shade(score: float) -> tuple[int, int, int]:
+    """White at 0 to ``_HOT`` at 1 (clamped)."""
+    t = min(max(score, 0.0), 1.0)
+    return tuple(round(255 + (hot - 255) * t) for hot in _HOT)  # type: ignore[return-value]
+
+
+def heat_map_html(words: Sequence[str], scores: Sequence[float], caption: str) -> str:
+    """The words as ``<span>`` s whose background deepens with their score; all text escaped.
+
+    Each span's tooltip (``title``) gives the score to three decimals.
+    """
+    spans = []
+    for word, score in zip(words, scores, strict=True):
+        red, green, blue = _shade(score)
+        spans.append(
+            f'<span style="background-color: rgb({red}, {green}, {blue}); color: #111; '
+            f'padding: 1px 3px; border-radius: 3px" title="{score:.3f}">'
+            f"{html.escape(word)}</span>"
+        )
+    return (
+        '<div class="emovec-importance" style="line-height: 1.9; font-family: sans-serif">'
+        f'<div style="font-size: smaller; color: #555">{html.escape(caption)}</div>'
+        f"{' '.join(spans)}</div>"
+    )
+
+
+def heat_map_ansi(words: Sequence[str], scores: Sequence[float]) -> str:
+    """The words on 24-bit ANSI backgrounds that deepen with their score, black text."""
+    out = []
+    for word, score in zip(words, scores, strict=True):
+        red, green, blue = _shade(score)
+        out.append(f"\x1b[38;2;0;0;0;48;2;{red};{green};{blue}m{word}\x1b[0m")
+    return " ".join(out)
 
 
 @dataclass(frozen=True)
