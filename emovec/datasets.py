@@ -27,6 +27,7 @@ __all__ = [
     "Pairs",
     "PromptPair",
     "ResponsePair",
+    "UserMessage",
     "available_emotions",
     "default_answer_pairs",
     "default_calibration_queries",
@@ -34,6 +35,7 @@ __all__ = [
     "default_instructions",
     "default_pairs",
     "default_queries",
+    "default_user_messages",
     "read_pairs",
     "read_queries",
     "validate_pairs",
@@ -208,6 +210,41 @@ def default_instructions() -> dict[str, str]:
     under the key ``"neutral"``."""
     text = (resources.files("emovec") / "data" / "instructions.json").read_text(encoding="utf-8")
     return dict(json.loads(text))
+
+
+class UserMessage(NamedTuple):
+    """A user's message to an assistant, labelled with the emotion it carries.
+
+    Attributes:
+        text: The message.
+        emotion: One of the five basic emotions, or ``"neutral"``.
+        context: ``"support"``, ``"tutor"`` or ``"companion"``.
+        explicit: Whether the message names its emotion (else only the situation implies it).
+    """
+
+    text: str
+    emotion: str
+    context: str
+    explicit: bool
+
+
+def default_user_messages(split: str = "heldout") -> list[UserMessage]:
+    """The shipped hand-labelled user messages of ``split`` (``"calibration"``: 12 per label,
+    for fitting; ``"heldout"``: 24 per label, for measuring), six labels: the five basic
+    emotions and ``"neutral"``, a third each to a support desk, a tutor and a companion.
+
+    Raises:
+        ValueError: For another split.
+    """
+    if split not in ("calibration", "heldout"):
+        raise ValueError(f"split must be 'calibration' or 'heldout', not {split!r}.")
+    text = (resources.files("emovec") / "data" / "user_messages.jsonl").read_text("utf-8")
+    records = [json.loads(line) for line in text.splitlines() if line.strip()]
+    return [
+        UserMessage(r["text"], r["emotion"], r["context"], bool(r["explicit"]))
+        for r in records
+        if r["split"] == split
+    ]
 
 
 def _query_lines(name: str) -> list[str]:
