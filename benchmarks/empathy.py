@@ -5,14 +5,16 @@ Recognition: the shipped labelled user messages (``emovec/data/user_messages.jso
 labels, the five basic emotions and neutral; 12 per label to fit, 24 per label held out). The
 policy's probe is fitted on (a) the calibration messages (the library's default), (b) the
 shipped hand-written answers (60 emotional answers per emotion, 60 neutral answers as
-"neutral"), (c) both, and scored on the held-out messages: per label, and for messages that name their
-emotion (explicit) or only imply it. The offline judges (``nade``, the prototype judge) name
-one of the five emotions for the emotional held-out messages, as a reference.
+"neutral"), (c) both, and scored on the held-out messages: per label, and for messages that
+name their emotion (explicit) or only imply it. The offline judges (``nade``, the prototype
+judge) name one of the five emotions for the emotional held-out messages, as a reference.
 
 Replies (``--replies``): every held-out message answered plain and by the policy's mix through
 the one call (the shipped bank, greedy, 48 tokens, its repetition penalty, clean decoding);
 both judges name each reply's emotion. Reported per true label: the share of replies judged
-joy (the table's warmth) and judged as the user's own emotion (mirrored), plain vs policy.
+joy (the table's warmth) and judged as the user's own emotion (mirrored), plain vs policy;
+the share of degenerate replies and of replies with invented words; example replies.
+``--table sympathy`` compares another table (see ``TABLES``).
 
     OMP_NUM_THREADS=1 python benchmarks/empathy.py [--replies]
 """
@@ -27,10 +29,34 @@ import numpy as np
 
 from emovec import EmotionVectors, load_model, steer
 from emovec.datasets import BASIC_EMOTIONS, UserMessage, default_answer_pairs, default_user_messages
-from emovec.empathy import EmpathicPolicy
+from emovec.empathy import REPLIES, EmpathicPolicy
+from emovec.evaluation.fluency import is_invented
+from emovec.evaluation.metrics import is_degenerate
 from emovec.evaluation.scoring import NadeScorer, PrototypeScorer
 
 LABELS = (*BASIC_EMOTIONS, "neutral")
+# The tables compared: the default (REPLIES); "warm", which met anger, fear and disgust with
+# their own vector suppressed and some joy, and sadness with joy; "sympathy", which meets
+# sadness with a little of its own and the others by suppressing the user's emotion alone.
+TABLES = {
+    "default": REPLIES,
+    "warm": {
+        "joy": {"joy": 0.8},
+        "sadness": {"joy": 0.5},
+        "anger": {"anger": -0.5, "joy": 0.4},
+        "fear": {"fear": -0.5, "joy": 0.4},
+        "disgust": {"disgust": -0.5, "joy": 0.3},
+        "neutral": {},
+    },
+    "sympathy": {
+        "joy": {"joy": 0.8},
+        "sadness": {"sadness": 0.4},
+        "anger": {"anger": -0.5},
+        "fear": {"fear": -0.5},
+        "disgust": {"disgust": -0.5},
+        "neutral": {},
+    },
+}
 PER_LABEL = 60  # answers per label in the answers training set
 
 
@@ -71,6 +97,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--replies", action="store_true", help="also generate and judge replies")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--table", choices=sorted(TABLES), default="default")
+    parser.add_argument("--examples", type=int, default=2, help="replies shown per label")
     args = parser.parse_args()
 
     model, tokenizer = load_model()
@@ -123,7 +151,8 @@ def main() -> None:
     if not args.replies:
         return
 
-    policy = policies["calibration messages (default)"]
+    fitted = policies["calibration messages (default)"]
+    policy = EmpathicPolicy(fitted.classifier, TABLES[args.table])
     recognitions = policy.recognise([m.text for m in held])
     mixes = [policy.mix_for(r) for r in recognitions]
     texts = [m.text for m in held]
@@ -162,12 +191,16 @@ def main() -> None:
                 + " | ".join(shares)
                 + " |"
             )
+    for way, answers in replies.items():
+        degenerate = np.mean([is_degenerate(a) for a in answers])
+        invented = np.mean([is_invented(a) for a in answers])
+        print(f"\n{way}: degenerate {degenerate:.2f}, invented words {invented:.2f}")
     for label in LABELS:
-        i = next(i for i, m in enumerate(held) if m.emotion == label)
-        print(
-            f"\n[{label}] {texts[i]}\n  plain:  {replies['plain'][i]}\n"
-            f"  policy ({mixes[i]}): {replies['policy'][i]}"
-        )
+        for i in [i for i, m in enumerate(held) if m.emotion == label][: args.examples]:
+            print(
+                f"\n[{label}] {texts[i]}\n  plain:  {replies['plain'][i]}\n"
+                f"  policy ({mixes[i]}): {replies['policy'][i]}"
+            )
 
 
 if __name__ == "__main__":

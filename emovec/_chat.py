@@ -1,16 +1,18 @@
-"""The chat prompt: queries rendered in the model's chat template (or ``Q: … A:``), tokenised
-and padded for ``generate``, and checked against the model's context.
+"""The chat prompt: conversations (or single queries, a conversation of one user turn)
+rendered in the model's chat template (or ``Q: … A:``), tokenised and padded for
+``generate``, and checked against the model's context.
 
 Text from outside the program (a command line argument, an HTTP request) may contain the
 template's own control tokens (``<|im_end|>``, ``<|im_start|>system``). Tokenised with the
 prompt, they would open and close turns: a user could write the system turn. With
-``parse_special=False`` the queries' text is tokenised apart from the template, special
+``parse_special=False`` each message's text is tokenised apart from the template, special
 tokens split as the plain text they are; prompts without any are tokenised as before.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 
 import torch
 from transformers import PreTrainedModel
@@ -18,9 +20,13 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from emovec.layers import context_length
 
-# Stand-ins for the query while the template is rendered (Unicode private use: no text and
-# no template writes them).
-_QUERY_MARK = "\ue000"
+# A message's text is marked while the template is rendered as OPEN, its index, CLOSE
+# (Unicode private use: no template writes them; a message that does is itself kept as text,
+# so a marker in the rendered prompt is always one of ours).
+_OPEN, _CLOSE = "\ue000", "\ue001"
+_MARKER = re.compile(f"{_OPEN}(\\d+){_CLOSE}")
+
+Conversation = Sequence[Mapping[str, str]]
 
 
 def _bos_prefix(tokenizer: PreTrainedTokenizerBase) -> str:
@@ -53,40 +59,100 @@ def asked(query: str, *instructions: str | None) -> str:
     return " ".join([query, *(text for text in instructions if text)])
 
 
+def conversation_of(messages: Conversation) -> list[dict[str, str]]:
+    """``messages`` checked and copied: a non-empty list of ``{"role": str, "content": str}``
+    (other keys are dropped).
+
+    Raises:
+        TypeError: For a message that is not a mapping, or a role or content that is not
+            text (one string for the whole conversation included).
+        ValueError: For no messages, or a message without a role or content.
+    """
+    if isinstance(messages, (str, Mapping)):
+        raise TypeError(
+            "A conversation is a list of messages ({'role': ..., 'content': ...}), not "
+            f"{type(messages).__name__}."
+        )
+    checked: list[dict[str, str]] = []
+    for index, message in enumerate(messages):
+        if not isinstance(message, Mapping):
+            raise TypeError(f"Message {index} is {type(message).__name__}, not a mapping.")
+        missing = [key for key in ("role", "content") if key not in message]
+        if missing:
+            raise ValueError(f"Message {index} has no {missing[0]}.")
+        role, content = message["role"], message["content"]
+        if not isinstance(role, str) or not isinstance(content, str):
+            wrong = "role" if not isinstance(role, str) else "content"
+            raise TypeError(
+                f"Message {index}'s {wrong} must be text, not {type(message[wrong]).__name__}."
+            )
+        checked.append({"role": role, "content": content})
+    if not checked:
+        raise ValueError("The conversation has no messages.")
+    return checked
+
+
+def _single(query: str, system: str | None) -> list[dict[str, str]]:
+    """One query as a conversation: the system turn (if any) and the user turn."""
+    return [*([{"role": "system", "content": system}] if system else []), _user(query)]
+
+
+def _user(text: str) -> dict[str, str]:
+    return {"role": "user", "content": text}
+
+
+def format_conversations(
+    tokenizer: PreTrainedTokenizerBase, conversations: Sequence[Conversation]
+) -> list[str]:
+    """Each conversation in the chat template, ready for the assistant's next turn; without a
+    chat template, system turns as lines of their own, user turns as ``Q: …``, assistant turns
+    as ``A: …``, then ``A:``.
+
+    The prompts carry their own special tokens and are tokenised with
+    ``add_special_tokens=False``: a chat template writes them itself; without one, the BOS
+    token leads when the tokenizer would add it (base models such as Gemma 3 degenerate
+    without it: "A\nA\nA…").
+
+    Raises:
+        TypeError, ValueError: For a conversation that is not a list of messages
+            (:func:`conversation_of`).
+    """
+    checked = [conversation_of(c) for c in conversations]
+    if getattr(tokenizer, "chat_template", None):
+        return [
+            str(tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True))
+            for c in checked
+        ]
+    bos = _bos_prefix(tokenizer)
+    lead = {"user": "Q: ", "assistant": "A: "}
+    return [
+        bos + "".join(f"{lead.get(m['role'], '')}{m['content']}\n" for m in c) + "A:"
+        for c in checked
+    ]
+
+
 def format_prompts(
     tokenizer: PreTrainedTokenizerBase,
     queries: Sequence[str],
     systems: Sequence[str | None] | None = None,
 ) -> list[str]:
-    """Wrap queries as a user turn in the chat template, or as ``Q: … A:`` without one.
+    """Wrap queries as a user turn in the chat template, or as ``Q: … A:`` without one
+    (:func:`format_conversations` of one user turn each).
 
-    The prompts carry their own special tokens and are tokenised with
-    ``add_special_tokens=False``: a chat template writes them itself; without one, the BOS
-    token leads when the tokenizer would add it (base models such as Gemma 3 degenerate
-    without it: "A\nA\nA…"). ``systems`` gives a system turn per query (``None``: the
-    template's default); without a chat template it leads the prompt as a line of its own.
+    ``systems`` gives a system turn per query (``None``: the template's default); without a
+    chat template it leads the prompt as a line of its own.
     """
+    return format_conversations(tokenizer, _conversations(queries, systems))
+
+
+def _conversations(
+    queries: Sequence[str], systems: Sequence[str | None] | None
+) -> list[list[dict[str, str]]]:
     queries = _query_list(queries)
     systems = list(systems) if systems is not None else [None] * len(queries)
     if len(systems) != len(queries):
         raise ValueError(f"Give one system turn per query: {len(systems)} for {len(queries)}.")
-    if getattr(tokenizer, "chat_template", None):
-        return [
-            str(
-                tokenizer.apply_chat_template(
-                    [
-                        *([{"role": "system", "content": system}] if system else []),
-                        {"role": "user", "content": q},
-                    ],
-                    tokenize=False,
-                    add_generation_prompt=True,
-                )
-            )
-            for q, system in zip(queries, systems, strict=True)
-        ]
-    bos = _bos_prefix(tokenizer)
-    lead = [f"{system}\n" if system else "" for system in systems]
-    return [f"{bos}{first}Q: {q}\nA:" for q, first in zip(queries, lead, strict=True)]
+    return [_single(q, system) for q, system in zip(queries, systems, strict=True)]
 
 
 def _special_texts(tokenizer: PreTrainedTokenizerBase) -> list[str]:
@@ -100,22 +166,58 @@ def _special_texts(tokenizer: PreTrainedTokenizerBase) -> list[str]:
 def _ids(
     tokenizer: PreTrainedTokenizerBase, text: str, *, split_special: bool = False
 ) -> list[int]:
+    if not text:
+        return []
     options = {"split_special_tokens": True} if split_special else {}
     return list(tokenizer(text, add_special_tokens=False, **options)["input_ids"])
 
 
-def _literal_ids(tokenizer: PreTrainedTokenizerBase, query: str, system: str | None) -> list[int]:
-    """The prompt of ``query`` with the template's tokens parsed and the query's text kept
-    as text (its special tokens split into ordinary ones)."""
-    rendered = format_prompts(tokenizer, [_QUERY_MARK], [system])[0]
-    if rendered.count(_QUERY_MARK) != 1:
-        raise ValueError("The chat template does not write the user's text as given.")
-    before, after = rendered.split(_QUERY_MARK)
-    return (
-        _ids(tokenizer, before)
-        + _ids(tokenizer, query, split_special=True)
-        + _ids(tokenizer, after)
-    )
+def _literal_ids(
+    tokenizer: PreTrainedTokenizerBase, conversation: list[dict[str, str]], literal: set[int]
+) -> list[int]:
+    """The prompt of ``conversation`` with the template's tokens parsed and the text of the
+    messages in ``literal`` kept as text (their special tokens split into ordinary ones)."""
+    marked = [
+        {**m, "content": f"{_OPEN}{k}{_CLOSE}"} if k in literal else m
+        for k, m in enumerate(conversation)
+    ]
+    pieces = _MARKER.split(format_conversations(tokenizer, [marked])[0])
+    found = [int(k) for k in pieces[1::2]]
+    if sorted(found) != sorted(literal):
+        raise ValueError("The chat template does not write the messages' text as given.")
+    ids = _ids(tokenizer, pieces[0])
+    for k, after in zip(found, pieces[2::2], strict=True):
+        ids += _ids(tokenizer, conversation[k]["content"], split_special=True)
+        ids += _ids(tokenizer, after)
+    return ids
+
+
+def encode_conversations(
+    tokenizer: PreTrainedTokenizerBase,
+    conversations: Sequence[Conversation],
+    *,
+    parse_special: bool = True,
+) -> list[list[int]]:
+    """Each conversation's prompt (:func:`format_conversations`) as token ids.
+
+    ``parse_special=False`` keeps special tokens written in any message as text (see the
+    module docstring); prompts of conversations without any are the same ids either way.
+    """
+    checked = [conversation_of(c) for c in conversations]
+    if not checked:
+        return []
+    prompts = format_conversations(tokenizer, checked)
+    encoded = [list(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    if parse_special:
+        return encoded
+    specials = [*_special_texts(tokenizer), _OPEN, _CLOSE]
+    for row, conversation in enumerate(checked):
+        literal = {
+            k for k, m in enumerate(conversation) if any(t in m["content"] for t in specials)
+        }
+        if literal:
+            encoded[row] = _literal_ids(tokenizer, conversation, literal)
+    return encoded
 
 
 def encode_prompts(
@@ -125,22 +227,15 @@ def encode_prompts(
     *,
     parse_special: bool = True,
 ) -> list[list[int]]:
-    """Each query's prompt (:func:`format_prompts`) as token ids.
+    """Each query's prompt (:func:`format_prompts`) as token ids
+    (:func:`encode_conversations` of one user turn each).
 
     ``parse_special=False`` keeps special tokens written in a query as text (see the module
     docstring); prompts of queries without any are the same ids either way.
     """
-    queries = _query_list(queries)
-    prompts = format_prompts(tokenizer, queries, systems)
-    encoded = [list(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
-    if parse_special:
-        return encoded
-    specials = _special_texts(tokenizer)
-    turns = list(systems) if systems is not None else [None] * len(queries)
-    for row, (query, system) in enumerate(zip(queries, turns, strict=True)):
-        if any(special in query for special in specials):
-            encoded[row] = _literal_ids(tokenizer, query, system)
-    return encoded
+    return encode_conversations(
+        tokenizer, _conversations(queries, systems), parse_special=parse_special
+    )
 
 
 def check_context(

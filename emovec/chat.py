@@ -17,6 +17,11 @@ messages. Suppressed emotions (α ≤ 0) ask nothing of the prompt; a bank witho
 placements (every shipped one is trained: vectors alone) asks nothing either, and the one call
 then adds the decoding and clean filter to the vectors. With ``layers=`` the placements are
 not applied, so neither are their prompts.
+
+A whole conversation (system, user and assistant turns, as ``emovec serve`` receives it) is
+asked the same way (:meth:`Asking.conversation`: the persona before its system turn, the
+instructions after its last user turn), and ``generate_kwargs(conversations=...)`` guides it
+against the same conversation without its question.
 """
 
 from __future__ import annotations
@@ -33,7 +38,16 @@ from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStr
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from emovec import _scope
-from emovec._chat import _query_list, asked, check_context, encode_prompts, padded
+from emovec._chat import (
+    Conversation,
+    _query_list,
+    asked,
+    check_context,
+    conversation_of,
+    encode_conversations,
+    encode_prompts,
+    padded,
+)
 from emovec.generation import Decoding, generate_answers, generate_kwargs, seeded
 from emovec.guidance import BatchQueryGuidance
 from emovec.hooks import Steering
@@ -80,8 +94,48 @@ class Asking:
 
     def messages(self, query: str) -> list[dict[str, str]]:
         """The chat: the persona's system turn (if any) and the user turn."""
-        system = [{"role": "system", "content": self.persona}] if self.persona else []
-        return [*system, {"role": "user", "content": self.user_turn(query)}]
+        return self.conversation([{"role": "user", "content": query}])
+
+    def conversation(self, messages: Conversation) -> list[dict[str, str]]:
+        """``messages`` (a chat of system, user and assistant turns) as asked: the persona
+        joined before the conversation's leading system turn (a blank line apart), or as a
+        system turn of its own when it has none; the instructions appended to the last user
+        turn (:meth:`user_turn`). A mix that asks nothing leaves the messages as they are.
+
+        Raises:
+            TypeError, ValueError: For messages that are not a list of ``{"role": str,
+                "content": str}`` (:func:`~emovec._chat.conversation_of`), or without a user
+                turn.
+        """
+        chat = conversation_of(messages)
+        last = _last_user_turn(chat)
+        chat[last] = {**chat[last], "content": self.user_turn(chat[last]["content"])}
+        return self._with_persona(chat)
+
+    def query_free_conversation(self, messages: Conversation) -> list[dict[str, str]]:
+        """:meth:`conversation` without its question: the last user turn holds the
+        instructions alone (:meth:`query_free_turn`), the rest of the conversation stays;
+        what query guidance's second pass reads."""
+        chat = conversation_of(messages)
+        last = _last_user_turn(chat)
+        chat[last] = {**chat[last], "content": self.query_free_turn()}
+        return self._with_persona(chat)
+
+    def _with_persona(self, chat: list[dict[str, str]]) -> list[dict[str, str]]:
+        if not self.persona:
+            return chat
+        if chat[0]["role"] == "system":
+            joined = "\n\n".join(text for text in (self.persona, chat[0]["content"]) if text)
+            return [{**chat[0], "content": joined}, *chat[1:]]
+        return [{"role": "system", "content": self.persona}, *chat]
+
+
+def _last_user_turn(chat: Sequence[Mapping[str, str]]) -> int:
+    """The index of the conversation's last user turn (where the instructions go)."""
+    users = [index for index, message in enumerate(chat) if message["role"] == "user"]
+    if not users:
+        raise ValueError("The conversation has no user turn to answer.")
+    return users[-1]
 
 
 def ask(
@@ -191,11 +245,20 @@ class SteeredChat(Steering):
         ``query``, for ``tokenizer.apply_chat_template`` or a ``pipeline``."""
         return self._one("messages()").messages(query)
 
+    def conversation(self, messages: Conversation) -> list[dict[str, str]]:
+        """The chat to generate from for a conversation (system, user and assistant turns):
+        the calibrated persona before its system turn, the instructions after its last user
+        turn (:meth:`Asking.conversation`); for ``apply_chat_template`` or a ``pipeline``,
+        with :meth:`generate_kwargs` given the same ``conversations``."""
+        return self._one("conversation()").conversation(messages)
+
     def generate_kwargs(
         self,
         *,
         clean: bool = True,
         attention_mask: torch.Tensor | None = None,
+        conversations: Sequence[Conversation] | None = None,
+        parse_special: bool = True,
         **changes: Any,
     ) -> dict[str, Any]:
         """The keywords for ``model.generate`` (or a text-generation ``pipeline``) that
@@ -204,6 +267,12 @@ class SteeredChat(Steering):
         reads the prompt rows it meets (their left padding, or ``attention_mask`` when
         given). Make them anew for each call; several sequences per prompt work, beam search
         with query guidance is refused.
+
+        The query guidance's second pass reads each row's prompt without its question: by
+        default the persona and instructions alone (the prompts of :meth:`messages`); for
+        prompts of :meth:`conversation`, give each row's ``conversations`` as sent (one per
+        row; the rest of the conversation stays in the second pass), with
+        ``parse_special=False`` for text from strangers.
 
         Example::
 
@@ -218,7 +287,7 @@ class SteeredChat(Steering):
             processors.append(
                 BatchQueryGuidance(
                     self._model,
-                    self._query_free(self.asking),
+                    self._query_free(conversations, parse_special),
                     self._query_guidance,
                     pad_token_id=self.tokenizer.pad_token_id,
                     repetition_penalty=decoding.repetition_penalty,
@@ -228,9 +297,21 @@ class SteeredChat(Steering):
             )
         return generate_kwargs(self.tokenizer, decoding, clean=clean, processors=processors)
 
-    def _query_free(self, asking: Sequence[Asking]) -> list[list[int]]:
-        turns = [a.query_free_turn() for a in asking]
-        return encode_prompts(self.tokenizer, turns, [a.persona for a in asking])
+    def _query_free(
+        self, conversations: Sequence[Conversation] | None, parse_special: bool
+    ) -> list[list[int]]:
+        """Each row's prompt without its question (one row for every row without ``rows=``
+        and conversations)."""
+        if conversations is None:
+            conversations = [[{"role": "user", "content": ""}]] * len(self.asking)
+        conversations = list(conversations)
+        asking = self.asking if self._rows else self.asking * len(conversations)
+        if len(asking) != len(conversations):
+            raise ValueError(
+                f"Give one conversation per row: {len(conversations)} for {len(asking)} rows."
+            )
+        free = [a.query_free_conversation(c) for a, c in zip(asking, conversations, strict=True)]
+        return encode_conversations(self.tokenizer, free, parse_special=parse_special)
 
     def _applied_here(self) -> bool:
         """Whether this steering acts in the calling context; refused when it is applied in

@@ -1,5 +1,5 @@
-"""The ``emovec`` command line: demo, generate, eval, rescore, extract, train, calibrate, and
-the research tools' decode and stimuli."""
+"""The ``emovec`` command line: demo, generate, eval, rescore, extract, train, calibrate, serve,
+and the research tools' decode and stimuli."""
 
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ from emovec._cli_options import (
     _probability,
     _share,
 )
+from emovec._cli_serve import add_serve_parser
 from emovec._train_cli import add_train_parser
 from emovec.evaluation import evaluate
 from emovec.evaluation.calibration import (
@@ -294,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
         "answer (answers.json) here",
     )
     cal.set_defaults(run=_calibrate)
+    add_serve_parser(commands)
     # The research tools' commands (emovec.analysis), imported here: the CLI is on top.
     from emovec.analysis._decode_cli import add_decode_parser
     from emovec.analysis.experiment import add_stimuli_parser

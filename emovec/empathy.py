@@ -8,14 +8,15 @@ no second model) and maps the emotion it recognises to a mix ``steer`` takes, by
 :data:`REPLIES` or a table of your own::
 
     policy = EmpathicPolicy.fit(model, tok, vecs)          # the shipped labelled messages
-    message = "This is the third time my order is late and nobody answers!"
-    mix = policy.mix(message)                              # {"anger": -0.5, "joy": 0.4}
+    message = "I passed my driving test on the first try!"
+    mix = policy.mix(message)                              # {"joy": 0.8}
     steer(model, vecs, mix, tokenizer=tok).answer(message)
 
-The default table answers anger, fear and disgust calmly (their own vector suppressed, a
-little warmth), sadness warmly, joy in kind, and a neutral message plainly. Recognition below
-``min_probability`` also answers plainly. The measured accuracy and the judged replies are in
-``docs/serving.md`` (``benchmarks/empathy.py``).
+The default table (:data:`REPLIES`) shares joy and answers every other message plainly: on
+SmolLM2 the alternatives measured worse (a suppressed emotion breaks the trained vectors'
+fluency; joy offered to a sad or angry user reads as tone-deaf). Give a table of your own,
+e.g. with a "calm" vector trained from your triples. Recognition below ``min_probability``
+also answers plainly. The measurements are in ``docs/serving.md`` (``benchmarks/empathy.py``).
 """
 
 from __future__ import annotations
@@ -35,15 +36,18 @@ from emovec.vectors import EmotionVectors
 
 __all__ = ["REPLIES", "EmpathicPolicy", "Recognition"]
 
-# Recognised emotion -> the reply's mix. Calm for anger, fear and disgust (the user's emotion
-# not mirrored back, some warmth), warmth for sadness, joy shared, a neutral message plain.
+# Recognised emotion -> the reply's mix. Joy is shared; every other message is answered plainly.
+# Measured on SmolLM2 (docs/serving.md, benchmarks/empathy.py): suppressing the user's emotion
+# (a negative α) breaks the trained vectors' fluency, and joy met with sadness or anger reads
+# as tone-deaf; a calm or compassionate reply needs a vector of its own (train one with
+# `emovec train` from your triples) and a table that names it.
 REPLIES: Mapping[str, Mapping[str, float]] = MappingProxyType(
     {
         "joy": MappingProxyType({"joy": 0.8}),
-        "sadness": MappingProxyType({"joy": 0.5}),
-        "anger": MappingProxyType({"anger": -0.5, "joy": 0.4}),
-        "fear": MappingProxyType({"fear": -0.5, "joy": 0.4}),
-        "disgust": MappingProxyType({"disgust": -0.5, "joy": 0.3}),
+        "sadness": MappingProxyType({}),
+        "anger": MappingProxyType({}),
+        "fear": MappingProxyType({}),
+        "disgust": MappingProxyType({}),
         "neutral": MappingProxyType({}),
     }
 )
