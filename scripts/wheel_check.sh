@@ -48,3 +48,9 @@ assert not torch.equal(plain, steered), "steering changed nothing"
 assert torch.equal(plain, model.generate(ids, **options)), "the hooks stayed"
 print("a steered generation with the declared dependencies only: ok")
 EOF
+# Without the [serve] extra, `emovec serve` says how to install it, in one line, status 2.
+status=0
+venv/bin/emovec serve --port 0 > serve.out 2>&1 || status=$?
+[ "$status" = 2 ] && [ "$(wc -l < serve.out)" = 1 ] && grep -q "pip install 'emovec\[serve\]'" serve.out \
+    || { echo "wheel_check: emovec serve without the extra printed (status $status):" >&2; cat serve.out >&2; exit 1; }
+echo "emovec serve without the [serve] extra: one line, status 2"
