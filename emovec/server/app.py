@@ -1,10 +1,12 @@
-"""The HTTP app: ``POST /v1/chat/completions`` (plain or server-sent events) and
-``GET /v1/models``, OpenAI's error body for every refusal, and the batching scheduler's life
-(started with the app, drained and stopped with it)."""
+"""The HTTP app: ``POST /v1/chat/completions`` (plain or server-sent events),
+``GET /v1/models`` and the playground page at ``GET /``, OpenAI's error body for every
+refusal, and the batching scheduler's life (started with the app, drained and stopped with
+it)."""
 
 from __future__ import annotations
 
 import asyncio
+import importlib.resources
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -12,7 +14,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from torch import nn
@@ -36,6 +38,15 @@ from emovec.vectors import EmotionVectors
 __all__ = ["create_app"]
 
 _log = logging.getLogger("emovec.server")
+
+# The playground: one static file, no external requests (its own origin only).
+_PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+        "connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'"
+    ),
+    "Cache-Control": "no-cache",
+}
 
 
 def create_app(
@@ -65,6 +76,9 @@ def create_app(
             ``None``: such requests are refused. The chosen mix and the recognised emotion
             come back under ``"emovec"`` in the completion (the first chunk when streaming).
 
+    ``GET /`` serves the playground (``emovec/server/page.html``): a slider per emotion of
+    the bank, and the plain and steered answers to a message streamed side by side.
+
     Returns:
         The app; ``app.state.scheduler`` is its :class:`~emovec.server.batching.Scheduler`.
     """
@@ -72,6 +86,7 @@ def create_app(
     engine = Engine(model, tokenizer, bank, options)
     recognising = asyncio.Lock()  # one recognition at a time: the policy's tokenizer
     scheduler = Scheduler(engine.run, options)
+    page = importlib.resources.files("emovec.server").joinpath("page.html").read_text("utf-8")
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -102,6 +117,10 @@ def create_app(
         _log.exception("request failed")
         body = APIError(500, f"Internal error: {error}", type="server_error").body()
         return JSONResponse(body, status_code=500)
+
+    @app.get("/", include_in_schema=False)
+    async def playground() -> HTMLResponse:
+        return HTMLResponse(page, headers=_PAGE_HEADERS)
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
