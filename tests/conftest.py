@@ -117,6 +117,17 @@ def build_tokenizer(*, bos: bool = True) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
+def build_chatml_tokenizer() -> PreTrainedTokenizerFast:
+    """The tiny tokenizer (no BOS) with ChatML's control tokens and template."""
+    tokenizer = build_tokenizer(bos=False)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tokenizer.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+        "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    return tokenizer
+
+
 @pytest.fixture(scope="session")
 def tokenizer() -> PreTrainedTokenizerFast:
     return build_tokenizer(bos=True)

@@ -31,7 +31,12 @@ if any(importlib.util.find_spec(m) is None for m in _NEEDED):
 import httpx  # noqa: E402
 import openai  # noqa: E402
 import torch  # noqa: E402
-from conftest import MODEL_VOCAB_SIZE, build_model, build_tokenizer, random_bank  # noqa: E402
+from conftest import (  # noqa: E402
+    MODEL_VOCAB_SIZE,
+    build_chatml_tokenizer,
+    build_model,
+    random_bank,
+)
 from fastapi import FastAPI  # noqa: E402
 from torch import nn  # noqa: E402
 from transformers import PreTrainedTokenizerFast  # noqa: E402
@@ -67,12 +72,7 @@ def llama() -> nn.Module:
 @pytest.fixture(scope="module")
 def tok() -> PreTrainedTokenizerFast:
     """ChatML's control tokens and template; every id the model writes reads as a word."""
-    tokenizer = build_tokenizer(bos=False)
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
-    tokenizer.chat_template = (
-        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-        "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-    )
+    tokenizer = build_chatml_tokenizer()
     tokenizer.add_tokens([f"w{i}" for i in range(len(tokenizer), MODEL_VOCAB_SIZE)])
     # No token_type_ids (transformers before 5 returns them, and generate refuses them).
     tokenizer.model_input_names = ["input_ids", "attention_mask"]
