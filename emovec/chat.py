@@ -152,7 +152,7 @@ def ask(
     against the instructions alone. :meth:`SteeredChat.answer` answers with it, and so does
     evaluation, whose recipes make each row's asking; ``options`` go to
     :func:`~emovec.generation.generate_answers` (``decoding``, ``batch_size``, ``clean``,
-    ``guidance``, ``parse_special``...).
+    ``plain_guidance``, ``parse_special``...).
 
     Raises:
         ValueError: For a number of askings other than of queries, or askings of one batch
