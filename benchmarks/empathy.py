@@ -135,8 +135,9 @@ def main() -> None:
         policies[name] = policy
         print(f"{name}: fitted and scored in {time.perf_counter() - started:.0f} s")
     emotional = [m for m in held if m.emotion != "neutral"]
+    judged: dict[str, list[str]] = {}
     for name, judge in (("nade", NadeScorer()), ("prototype judge", PrototypeScorer())):
-        named = _judged(judge, [m.text for m in emotional])
+        named = judged[name] = _judged(judge, [m.text for m in emotional])
         per_label = [
             _accuracy(named, emotional, lambda m, e=e: m.emotion == e) for e in BASIC_EMOTIONS
         ]
@@ -148,6 +149,24 @@ def main() -> None:
         )
     print("\n## Recognition on held-out user messages\n")
     print("\n".join(lines))
+    # The judges' agreement as the label: the messages both judges name alike.
+    agreed = [
+        (i, a)
+        for i, (a, b) in enumerate(zip(judged["nade"], judged["prototype judge"], strict=True))
+        if a == b
+    ]
+    default = policies["calibration messages (default)"]
+    probe = [r.emotion for r in default.recognise([emotional[i].text for i, _ in agreed])]
+    rows = [(p, a, emotional[i].emotion) for p, (i, a) in zip(probe, agreed, strict=True)]
+    print(
+        f"\nBoth judges agree on {len(agreed)} of {len(emotional)} emotional messages (their "
+        f"label is the hand label for {np.mean([a == h for _, a, h in rows]):.2f}); the "
+        f"default probe names their label for {np.mean([p == a for p, a, _ in rows]):.2f}:"
+    )
+    for emotion in BASIC_EMOTIONS:
+        mine = [(p, a) for p, a, _ in rows if a == emotion]
+        share = f"{np.mean([p == a for p, a in mine]):.2f}" if mine else "–"
+        print(f"  {emotion}: {share} of {len(mine)}")
     if not args.replies:
         return
 
