@@ -169,9 +169,9 @@ def guard_factors(doses: torch.Tensor, limits: torch.Tensor, guard: str) -> torc
     if guard == "raise":
         raise DoseError(message)
     if guard == "clamp":
-        warnings.warn(message + f" Clamped to {limit:g}.", DoseWarning, stacklevel=3)
+        warnings.warn(message + f" Clamped to {limit:g}.", DoseWarning, stacklevel=4)
         return torch.where(over, limits / doses, ones)
-    warnings.warn(message, DoseWarning, stacklevel=3)
+    warnings.warn(message, DoseWarning, stacklevel=4)
     return ones
 
 

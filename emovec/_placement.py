@@ -158,6 +158,23 @@ class Placement:
             written["weights"] = list(self.weights)
         return written
 
+    @classmethod
+    def exact(
+        cls, vectors: torch.Tensor, hidden_norms: torch.Tensor, layers: Iterable[int]
+    ) -> Placement:
+        """The placement under which α = 1 adds exactly ``vectors`` (``[len(layers), hidden]``)
+        at ``layers``, ``hidden_norms`` being the bank's at those layers: the dose is
+        ``Σ_l ‖v_l‖ / ‖h_l‖`` and each layer's weight its share. Trained banks and imported
+        control vectors are placed so.
+
+        Raises:
+            ValueError: If every vector is zero.
+        """
+        ratios = (vectors.double().norm(dim=1) / hidden_norms.double()).tolist()
+        if not any(r > 0 for r in ratios):
+            raise ValueError("Every vector is zero: there is nothing to steer with.")
+        return cls(layers=tuple(layers), dose=math.fsum(ratios), weights=tuple(ratios))
+
     def layer_weights(self) -> dict[int, float]:
         """Each layer's share of the dose, ``{layer: weight}`` (weights averaging 1)."""
         weights = self.weights or (1.0,) * len(self.layers)

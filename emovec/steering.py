@@ -81,6 +81,7 @@ __all__ = [
     "Schedule",
     "Steering",
     "VectorModelMismatchError",
+    "added",
     "steer",
 ]
 
@@ -326,13 +327,7 @@ def steer(
     found = find_blocks(model, blocks)
     _check_fits(bank, model, found)
     explicit = None if layers is None else layer_weights(bank.num_layers, layers)
-    per_layer = torch.stack([_placed(mix, scale, explicit) for mix in mixes])  # [rows, L, H]
-    chosen = [i for i in range(bank.num_layers) if bool(per_layer[:, i].any())]
-    doses = doses_of(per_layer[:, chosen], bank.hidden_norms[chosen])
-    limits = torch.tensor([_limit(mix, max_dose, explicit is None) for mix in mixes])
-    factors = guard_factors(doses, limits, guard)
-    if bool((factors != 1).any()):  # clamped rows: scale in float64, then back
-        per_layer = (per_layer.double() * factors[:, None, None]).float()
+    per_layer, chosen, doses = _guarded(bank, mixes, scale, explicit, max_dose, guard)
     deltas = {
         layer: per_layer[:, layer] if rows is not None else per_layer[0, layer] for layer in chosen
     }
@@ -341,7 +336,7 @@ def steer(
         "method": method,
         "schedule": schedule,
         "hidden_norms": {layer: float(bank.hidden_norms[layer]) for layer in chosen},
-        "dose": (doses * factors).tolist(),
+        "dose": doses.tolist(),
     }
     if tokenizer is None:
         return Steering(model, found, deltas, **options)
@@ -360,6 +355,60 @@ def steer(
         rows=rows is not None,
         **options,
     )
+
+
+def added(
+    vectors: EmotionVectors | SteeringVector,
+    strengths: Mapping[str, float] | None = None,
+    /,
+    *,
+    layers: Layers | str | None = None,
+    scale: Scale = "relative",
+    max_dose: float | None = None,
+    guard: DoseGuard = "warn",
+    **alphas: float,
+) -> torch.Tensor:
+    """What :func:`steer` adds at each layer for one mix, without a model.
+
+    The same rule as ``steer`` (placements, scale, the dose guard), so the non-zero rows are
+    ``steer(model, vectors, ..., method="add").deltas()``: what a file for another engine
+    (:mod:`emovec.control_vectors`) must hold to steer as emovec does.
+
+    Args:
+        vectors, strengths, layers, scale, max_dose, guard, **alphas: As for :func:`steer`.
+
+    Returns:
+        ``[num_layers, hidden_size]`` float32, zero at the layers not steered.
+
+    Raises:
+        KeyError, TypeError, DoseError: As :func:`steer` raises them.
+    """
+    if scale not in ("relative", "raw"):
+        raise ValueError(f"scale must be 'relative' or 'raw', not {scale!r}.")
+    limit = None if max_dose is None else max_dose_of(max_dose)
+    bank, mixes = _mixes(vectors, strengths, alphas, None)
+    explicit = None if layers is None else layer_weights(bank.num_layers, layers)
+    return _guarded(bank, mixes, scale, explicit, limit, guard)[0][0]
+
+
+def _guarded(
+    bank: EmotionVectors,
+    mixes: Sequence[SteeringVector],
+    scale: Scale,
+    explicit: Mapping[int, float] | None,
+    max_dose: float | None,
+    guard: DoseGuard,
+) -> tuple[torch.Tensor, list[int], torch.Tensor]:
+    """Each row's additions ``[rows, L, H]`` after the dose guard, the layers any row
+    steers, and each row's dose (float64)."""
+    per_layer = torch.stack([_placed(mix, scale, explicit) for mix in mixes])
+    chosen = [i for i in range(bank.num_layers) if bool(per_layer[:, i].any())]
+    doses = doses_of(per_layer[:, chosen], bank.hidden_norms[chosen])
+    limits = torch.tensor([_limit(mix, max_dose, explicit is None) for mix in mixes])
+    factors = guard_factors(doses, limits, guard)
+    if bool((factors != 1).any()):  # clamped rows: scale in float64, then back
+        per_layer = (per_layer.double() * factors[:, None, None]).float()
+    return per_layer, chosen, doses * factors
 
 
 def _limit(mix: SteeringVector, max_dose: float | None, placed: bool) -> float:

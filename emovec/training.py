@@ -674,12 +674,10 @@ def _summed(value: float) -> float:
 
 
 def _placement(vectors: torch.Tensor, norms: torch.Tensor, band: list[int]) -> Placement:
-    """The placement under which α = 1 adds exactly ``vectors`` at ``band``: the dose is
-    ``Σ_l ‖v_l‖ / ‖h_l‖`` and each layer's weight its share."""
-    ratios = (vectors.double().norm(dim=1) / norms.double()).tolist()
-    if not any(r > 0 for r in ratios):
+    """The placement under which α = 1 adds exactly the trained ``vectors`` at ``band``."""
+    if not bool(vectors.any()):
         raise ValueError(
             "Training left every vector at zero (no step improved the held-out loss); raise "
             "the learning rate or the steps, or give more triples."
         )
-    return Placement(layers=tuple(band), dose=math.fsum(ratios), weights=tuple(ratios))
+    return Placement.exact(vectors, norms, band)
