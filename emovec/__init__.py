@@ -8,6 +8,7 @@
 """
 
 from emovec._version import __version__
+from emovec.control_vectors import export_control_vector, load_control_vector
 from emovec.datasets import BASIC_EMOTIONS, PromptPair, default_pairs, read_pairs
 from emovec.extraction import extract
 from emovec.layers import BlockDiscoveryError, find_blocks
@@ -29,8 +30,10 @@ __all__ = [
     "VectorModelMismatchError",
     "__version__",
     "default_pairs",
+    "export_control_vector",
     "extract",
     "find_blocks",
+    "load_control_vector",
     "load_model",
     "read_pairs",
     "steer",

@@ -1,5 +1,5 @@
 """The ``emovec`` command line: demo, generate, eval, rescore, extract, train, calibrate, serve,
-and the research tools' decode and stimuli."""
+export, and the research tools' decode and stimuli."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from emovec._cli_commands import (
     _generate,
     _rescore,
 )
+from emovec._cli_export import add_export_parser
 from emovec._cli_options import (
     _SCORER_HELP,
     _add_clean_option,
@@ -296,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cal.set_defaults(run=_calibrate)
     add_serve_parser(commands)
+    add_export_parser(commands)
     # The research tools' commands (emovec.analysis), imported here: the CLI is on top.
     from emovec.analysis._decode_cli import add_decode_parser
     from emovec.analysis.experiment import add_stimuli_parser

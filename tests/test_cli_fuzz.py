@@ -89,6 +89,7 @@ COMMANDS = (
     "calibrate",
     "decode",
     "stimuli",
+    "export",
 )
 OPTIONS = {command: _options(command) for command in COMMANDS}
 
@@ -250,6 +251,15 @@ def _base(command: str, w: dict[str, Path], out: Path) -> list[str]:
             "EP02",
             "--out",
             str(out / "stimuli"),
+        ],
+        "export": [
+            "export",
+            "--vectors",
+            str(bank),
+            "--emotion",
+            "joy=0.5",
+            "--out",
+            str(out / "joy.gguf"),
         ],
     }[command]
 
