@@ -47,9 +47,10 @@ def _hub_reachable(endpoint: str) -> bool:
         return False
 
 
-def _cached(name: str, options: Mapping[str, Any]) -> bool:
-    """Whether the model's config (or GGUF file) is in the local Hugging Face cache."""
-    filename = str(options.get("gguf_file") or "config.json")
+def _cached(name: str, options: Mapping[str, Any], filename: str | None = None) -> bool:
+    """Whether ``filename`` (default: the model's config, or its GGUF file) is in the local
+    Hugging Face cache."""
+    filename = filename or str(options.get("gguf_file") or "config.json")
     if options.get("subfolder"):
         filename = f"{options['subfolder']}/{filename}"
     try:
@@ -61,12 +62,22 @@ def _cached(name: str, options: Mapping[str, Any]) -> bool:
     return isinstance(found, str)
 
 
-def hub_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
+def hub_options(
+    name: str, options: Mapping[str, Any], *, filename: str | None = None
+) -> dict[str, Any]:
     """Extra ``from_pretrained`` keywords for loading ``name`` (a local path or hub id).
 
     A local folder, or a load already told ``local_files_only``, needs none. When the hub
     cannot be reached (offline mode, or no answer within two seconds), a cached model loads
     from the cache (``{"local_files_only": True}``) and anything else fails at once.
+
+    Args:
+        name: A local path or a hub repository id.
+        options: The load's keywords (``cache_dir``, ``revision``, ``subfolder``,
+            ``gguf_file``, ``local_files_only`` are read).
+        filename: The one file of the repository to be downloaded (e.g. a vector bank's),
+            looked for in the cache instead of the model's ``config.json``; also named in
+            the error.
 
     Raises:
         OSError: If ``name`` is neither a local folder nor cached while the hub cannot be
@@ -74,7 +85,7 @@ def hub_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
     """
     if Path(name).expanduser().exists() or options.get("local_files_only"):
         return {}
-    cached = _cached(name, options)
+    cached = _cached(name, options, filename)
     offline = _offline()
     if not offline and _hub_reachable(constants.ENDPOINT):
         return {}
@@ -85,9 +96,14 @@ def hub_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
         if offline
         else f"{constants.ENDPOINT} cannot be reached"
     )
+    what, saved, download = (
+        (f"the model {name!r}", "model", name)
+        if filename is None
+        else (f"{filename} of {name!r}", "copy", f"{name} {filename}")
+    )
     raise OSError(
-        f"Cannot load the model {name!r}: it is not a local folder, not in the Hugging Face "
-        f"cache, and {why}. Pass the path of a saved model (a folder written by "
+        f"Cannot load {what}: it is not a local folder, not in the Hugging Face "
+        f"cache, and {why}. Pass the path of a saved {saved} (a folder written by "
         f"save_pretrained), or download it once where the hub can be reached "
-        f"(`hf download {name}`, into the cache that HF_HOME points to) and run again."
+        f"(`hf download {download}`, into the cache that HF_HOME points to) and run again."
     )

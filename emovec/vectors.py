@@ -397,3 +397,47 @@ class EmotionVectors(Mapping[str, "SteeringVector"]):
             )
         except (ValueError, TypeError) as err:
             raise VectorFileError(path, f"does not hold a valid bank: {err}") from err
+
+    def save_pretrained(
+        self,
+        directory: str | Path,
+        *,
+        results: Mapping[str, Mapping[str, float]] | None = None,
+        license: str | None = None,
+    ) -> Path:
+        """Write the bank in the hub's layout: ``directory`` gets ``emotion_vectors.safetensors``
+        and ``README.md`` (a model card rendered from the bank), together; other files there
+        are left alone. Push it with ``HfApi().upload_folder(folder_path=directory, ...)``.
+
+        Args:
+            directory: The folder (created if needed).
+            results: Held-out scores the caller measured (emotion → metric → number), shown
+                on the card as the caller's.
+            license: The card's ``license`` (e.g. ``"mit"``); omitted when ``None``.
+
+        Raises:
+            FileExistsError: If ``directory`` is a file.
+            ValueError: If ``results`` or ``license`` are malformed.
+        """
+        from emovec import _pretrained
+
+        return _pretrained.save(self, directory, results=results, license=license)
+
+    @classmethod
+    def from_pretrained(
+        cls, name: str | Path, *, revision: str | None = None, cache_dir: str | Path | None = None
+    ) -> EmotionVectors:
+        """Read a bank (strictly, as :meth:`load`) from a folder written by
+        :meth:`save_pretrained`, a vector file, or a hub repo id (``revision``, ``cache_dir``:
+        as for ``hf_hub_download``).
+
+        Raises:
+            FileNotFoundError: If the folder or repo holds no bank file.
+            ValueError: If ``name`` is neither a path nor a valid repo id.
+            OSError: If the hub cannot be reached (or is offline) and the bank is not cached,
+                at once, saying what to do.
+            VectorFileError: If the file is not an intact, valid emovec vector file.
+        """
+        from emovec import _pretrained
+
+        return cls.load(_pretrained.locate(name, revision=revision, cache_dir=cache_dir))
