@@ -115,10 +115,14 @@ def test_choose_keeps_only_candidates_on_or_above_the_reference_front() -> None:
     assert choose([*reference, under], PLAIN, reference=reference) is reference[0]
 
 
-def test_choose_ties_go_to_success_then_retention_then_the_first() -> None:
+def test_choose_ties_go_to_the_widest_margin_then_success_then_retention_then_the_first() -> None:
     capped = _row(1.0, 0.8)
     exact = _row(0.8, 0.7)
     assert choose([exact, capped], PLAIN) is capped
+    edge = _row(1.0, 0.72)  # meets both bars, 0.02 above the retention bar
+    centred = _row(0.9, 0.8)  # 0.1 above each
+    assert choose([edge, centred], PLAIN) is centred
+    assert choose([_row(0.9, 0.75), _row(0.85, 0.75)], PLAIN)["success"] == 0.9  # equal margins
     more_topic = _row(1.0, 0.9)
     assert choose([capped, more_topic], PLAIN) is more_topic
     twin = _row(1.0, 0.9)
