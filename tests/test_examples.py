@@ -66,6 +66,16 @@ def test_custom_emotion(tmp_path: Path) -> None:
         assert row["calm"] and row["calm"] != row["plain"], row
 
 
+def test_share_and_export(tmp_path: Path) -> None:
+    output = _run("share_and_export.py", tmp_path)
+    assert "saved ['README.md', 'emotion_vectors.safetensors']" in output
+    assert "library_name: emovec" in output
+    assert "adds what the mix adds at layers [10, 11, 12, 13, 14, 15, 16, 17, 18]: True" in output
+    (row,) = _answers(output).values()
+    assert set(row) == {"plain", "mix", "imported"}
+    assert row["imported"] == row["mix"] != row["plain"], row
+
+
 def test_evaluate_and_calibrate(tmp_path: Path) -> None:
     require_packages(*EVALUATION_DATA)
     output = _run("evaluate_and_calibrate.py", tmp_path)
