@@ -125,6 +125,11 @@ def _how_made(settings: Mapping[str, Any]) -> str:
             "Trained with `emovec.train`: per emotion, vectors learned by gradient descent with "
             "the model frozen."
         )
+    if estimator == "imported":
+        return (
+            "Imported from a GGUF control vector with `emovec.load_control_vector`: the file's "
+            "directions, added exactly at α = 1."
+        )
     return (
         f"Extracted with `emovec.extract` (estimator {_code(str(estimator))}): per layer, from "
         "hidden states of paired emotional and neutral texts."

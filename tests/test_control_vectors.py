@@ -187,6 +187,8 @@ def test_a_repeng_file_imports(
         torch.testing.assert_close(got[n], torch.from_numpy(directions[f"direction.{n}"]))
     saved = EmotionVectors.load(bank.save(tmp_path / "bank.safetensors"))
     torch.testing.assert_close(_deltas(model, saved, control=1.0)[4], got[4])
+    card = (bank.save_pretrained(tmp_path / "hub") / "README.md").read_text()
+    assert "Imported from a GGUF control vector" in card
 
 
 def _hostile(hidden: int) -> dict[str, tuple[dict[str, np.ndarray], str, str]]:
