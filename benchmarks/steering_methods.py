@@ -87,6 +87,8 @@ RECIPES: dict[str, tuple[float, Recipe]] = {  # name: (α, recipe)
     "vector-only-1.75": (1.75, Recipe(instruct=False)),
     # Round 10: a finer grid around the shipped strengths, on all 80 calibration queries.
     "vector-only-0.9": (0.9, Recipe(instruct=False)),
+    "vector-only-1.05": (1.05, Recipe(instruct=False)),
+    "vector-only-1.15": (1.15, Recipe(instruct=False)),
     "vector-only-1.2": (1.2, Recipe(instruct=False)),
     "vector-only-1.3": (1.3, Recipe(instruct=False)),
     "hybrid-0.5": (0.5, Recipe(instruct=True)),
