@@ -96,6 +96,12 @@ def placement_of(
     return replace(placed, dose=round(old.dose * alpha, 6))  # 0.2625, not 0.26249999999999996
 
 
+def _chosen_alpha(vectors: EmotionVectors, emotion: str) -> float:
+    """The α the bank's own calibration record chose ``emotion`` at (1 if none)."""
+    record = vectors.settings.get("calibration") or {}
+    return float((record.get("chosen") or {}).get(emotion, {}).get("alpha", 1.0))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("reports", nargs="+", help="reports over the same queries (PATH[:RECIPES])")
@@ -172,7 +178,10 @@ def main() -> None:
         )
         chosen[emotion] = {
             "recipe": best["recipe"],
-            "alpha": best["alpha"],
+            # α on the placement as the bank was made: the recipe's α times the one the
+            # input bank was already chosen at (a bank chosen again from a chosen one).
+            "alpha": round(best["alpha"] * _chosen_alpha(vectors, emotion), 6),
+            "recipe_alpha": best["alpha"],
             "success": best["success"],
             "retention": best["retention"],
             "degenerate": best["degenerate"],
