@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from emovec._scope import reads_here, scoped_reading
 from emovec._texts import Reading, Template, _batches, _collate, _encode, _items
 from emovec.datasets import Pair, ResponsePair, default_answer_pairs, default_pairs, validate_pairs
 from emovec.layers import context_length, find_blocks, hidden_size_of, layer_output
@@ -97,8 +98,10 @@ class _Accumulator:
         )
 
 
-def _hook(accumulator: _Accumulator, layer: int, last: bool) -> Any:
+def _hook(accumulator: _Accumulator, layer: int, last: bool, key: object) -> Any:
     def hook(_module: nn.Module, _args: Any, output: Any) -> None:
+        if not reads_here(key):  # another thread's forward pass: not this reading's
+            return
         accumulator.add(layer, layer_output(output))
         if last:
             raise _StopForward
@@ -218,13 +221,14 @@ def _read(
     rank, world = _distributed()
     batches = _batches(encoded, batch_size)[rank::world]
     device = input_device(model)
+    key = object()
     handles = [
-        block.register_forward_hook(_hook(accumulator, i, last=i == len(hooked) - 1))
+        block.register_forward_hook(_hook(accumulator, i, last=i == len(hooked) - 1, key=key))
         for i, block in enumerate(hooked)
     ]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), scoped_reading(key):
             for batch in tqdm(
                 batches, desc="extracting", disable=not progress or rank > 0, unit="batch"
             ):

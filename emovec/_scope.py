@@ -10,11 +10,17 @@ creates it, so tasks created inside ``with steer(...)`` are.
 Each active key also holds its :class:`Call`: where the current forward call's positions
 sit in the sequence (prompt vs generated). It lives in the context too, so two threads or
 tasks steering at once keep separate counts. Values are never mutated, only replaced.
+
+Hooks that *read* the model (extraction, the read-out behind emotion recognition) are scoped
+the same way (:func:`scoped_reading`, :func:`reads_here`): while one thread reads hidden states, a
+``generate`` in another thread (a server answering while it recognises the next message)
+passes the reading's hooks by, neither feeding them nor stopped by them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -61,6 +67,25 @@ def drop(key: object) -> None:
     active = _ACTIVE.get()
     if key in active:
         _ACTIVE.set({k: v for k, v in active.items() if k is not key})
+
+
+# Per context: the readings under way (their keys). Set anew on entry, reset on exit.
+_READING: ContextVar[frozenset[object]] = ContextVar("emovec_reading", default=frozenset())
+
+
+@contextmanager
+def scoped_reading(key: object) -> Iterator[None]:
+    """Within the block, the hooks of the reading ``key`` act in this context only."""
+    token = _READING.set(_READING.get() | {key})
+    try:
+        yield
+    finally:
+        _READING.reset(token)
+
+
+def reads_here(key: object) -> bool:
+    """Whether the reading ``key`` is under way in the current context."""
+    return key in _READING.get()
 
 
 def past_length(kwargs: Mapping[str, Any]) -> int:

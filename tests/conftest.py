@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import random
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -434,6 +435,38 @@ def recording(block: nn.Module) -> Iterator[list[torch.Tensor]]:
     handle = block.register_forward_hook(hook)
     try:
         yield calls
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def another_thread_meanwhile(model: nn.Module, block: nn.Module) -> Iterator[dict[str, object]]:
+    """While the block runs, the first forward call through ``block`` pauses until another
+    thread has run a whole forward pass of ``model`` (on a few fixed tokens): what that
+    pass returned (``"logits"``) or raised (``"error"``) is recorded, beside what the same
+    pass gives alone (``"alone"``)."""
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.inference_mode():
+        seen: dict[str, object] = {"alone": model(ids).logits}
+
+    def other() -> None:
+        try:
+            with torch.inference_mode():
+                seen["logits"] = model(ids).logits
+        except BaseException as err:
+            seen["error"] = err
+
+    def pre_hook(_module: nn.Module, _args: object) -> None:
+        if "started" in seen:
+            return
+        seen["started"] = True
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join(timeout=60)
+
+    handle = block.register_forward_pre_hook(pre_hook)
+    try:
+        yield seen
     finally:
         handle.remove()
 

@@ -13,12 +13,20 @@ import random
 import numpy as np
 import pytest
 import torch
-from conftest import EMOTION_WORDS, FILLER_WORDS, VOCAB, build_model, build_tokenizer, random_bank
+from conftest import (
+    EMOTION_WORDS,
+    FILLER_WORDS,
+    VOCAB,
+    another_thread_meanwhile,
+    build_model,
+    build_tokenizer,
+    random_bank,
+)
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import NotFittedError
 from transformers import PreTrainedTokenizerFast
 
-from emovec import EmotionVectors
+from emovec import EmotionVectors, find_blocks
 from emovec.analysis.classifier import EmotionClassifier, confusion_matrix
 from emovec.analysis.readout import ReadOut, read
 from emovec.evaluation.scoring import EmotionScorer, recognition_rates
@@ -90,6 +98,23 @@ def test_read_matches_block_outputs_by_hand(tok: PreTrainedTokenizerFast) -> Non
         assert not out.content[row][0] and out.content[row][1:].all()
         assert len(out.tokens[row]) == ids["input_ids"].shape[1] == len(out.token_projections[row])
     np.testing.assert_allclose(out.text_projections, out.layer_projections.mean(axis=1))
+
+
+def test_a_reading_leaves_another_threads_forward_pass_alone(
+    tok: PreTrainedTokenizerFast,
+) -> None:
+    """A server recognises one message while it generates another answer on the same model:
+    the reading's hooks neither stop nor feed on the other thread's forward pass."""
+    model = build_model("llama", num_layers=LAYERS)
+    bank = random_bank(LAYERS, model.config.hidden_size, EMOTIONS, seed=3)
+    texts = ["i was happy at home today", "the dog ran to the park and then it ate"]
+    alone = read(model, tok, texts, bank, layers=[1, 2], progress=False)
+    blocks = find_blocks(model)
+    with another_thread_meanwhile(model, blocks[1]) as seen:  # mid-reading, hooks in place
+        meanwhile = read(model, tok, texts, bank, layers=[1, 2], progress=False)
+    assert "error" not in seen, seen.get("error")
+    torch.testing.assert_close(seen["logits"], seen["alone"], rtol=0, atol=0)
+    np.testing.assert_array_equal(meanwhile.layer_projections, alone.layer_projections)
 
 
 def test_default_band_is_the_banks_recommended_layers(tok: PreTrainedTokenizerFast) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import UNK_ID, build_tokenizer, make_text_pairs
+from conftest import UNK_ID, another_thread_meanwhile, build_tokenizer, make_text_pairs
 from conftest import build_model as _build_model
 from torch import nn
 from transformers import PreTrainedTokenizerFast
@@ -161,6 +161,20 @@ def test_the_exclusions_are_observable(bos: bool, wrong: dict[str, bool]) -> Non
     bank = extract(model, tokenizer, PAIRS, progress=False)
     vectors, _ = reference(model, tokenizer, PAIRS, **wrong)
     assert float((bank.vector("joy") - vectors["joy"].float()).abs().max()) > 1e-3
+
+
+def test_extraction_leaves_another_threads_forward_pass_alone(tokenizer) -> None:
+    """Another thread's forward pass through the model while extraction reads it is not
+    read, and is not stopped at the deepest block."""
+    model = _build_model("llama")
+    pairs = {"joy": make_text_pairs("joy", 6)}
+    alone = extract(model, tokenizer, pairs, progress=False)
+    with another_thread_meanwhile(model, find_blocks(model)[0]) as seen:
+        meanwhile = extract(model, tokenizer, pairs, progress=False)
+    assert "error" not in seen, seen.get("error")
+    torch.testing.assert_close(seen["logits"], seen["alone"], rtol=0, atol=0)
+    assert torch.equal(meanwhile.vector("joy"), alone.vector("joy"))
+    assert torch.equal(meanwhile.hidden_norms, alone.hidden_norms)
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from emovec._scope import reads_here, scoped_reading
 from emovec._texts import _batches, _collate, _encode, _Item
 from emovec.layers import (
     context_length,
@@ -176,8 +177,12 @@ def _directions(vectors: EmotionVectors, band: Sequence[int]) -> torch.Tensor:
     return raw / norms / vectors.hidden_norms[band][:, None, None]
 
 
-def _hook(store: dict[int, torch.Tensor], directions: torch.Tensor, index: int, last: bool) -> Any:
+def _hook(
+    store: dict[int, torch.Tensor], directions: torch.Tensor, index: int, last: bool, key: object
+) -> Any:
     def hook(_module: nn.Module, _args: Any, output: Any) -> None:
+        if not reads_here(key):  # another thread's forward pass: not this reading's
+            return
         hidden = layer_output(output).float()
         store[index] = torch.einsum("bth,eh->bte", hidden, directions.to(hidden.device)).cpu()
         if last:
@@ -246,8 +251,11 @@ def read(
     items = [_Item(0, i, 1.0, c, t) for i, (c, t) in enumerate(zip(contexts, texts, strict=True))]
     encoded = _encode(tokenizer, items, "plain", False, context_length(model))
     store: dict[int, torch.Tensor] = {}
+    key = object()
     handles = [
-        hooked[layer].register_forward_hook(_hook(store, directions[b], b, last=b == len(band) - 1))
+        hooked[layer].register_forward_hook(
+            _hook(store, directions[b], b, last=b == len(band) - 1, key=key)
+        )
         for b, layer in enumerate(band)
     ]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -255,7 +263,7 @@ def read(
     per_token: list[np.ndarray | None] = [None] * len(texts)
     per_layer = np.zeros((len(texts), len(band), len(vectors)), dtype=np.float64)
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), scoped_reading(key):
             for batch in tqdm(_batches(encoded, batch_size), desc="reading", disable=not progress):
                 inputs = _collate(batch, pad_id, device)
                 store.clear()
