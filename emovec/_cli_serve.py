@@ -1,5 +1,6 @@
 """``emovec serve``: its options and the command (FastAPI and uvicorn are imported only when
-it runs: ``emovec --help`` and every other command work without the ``serve`` extra)."""
+it runs: ``emovec --help`` and every other command work without the ``serve`` extra). The
+defaults are :class:`~emovec.server.options.ServerOptions`'s own."""
 
 from __future__ import annotations
 
@@ -17,10 +18,12 @@ from emovec._cli_options import (
     _positive_int,
 )
 from emovec.models import DEFAULT_MODEL
+from emovec.server.options import DRAIN_TIMEOUT, ServerOptions
 
 _count = _checked(int, lambda v: v >= 0, "a count, 0 or more")
 _port = _checked(int, lambda v: 0 <= v < 65536, "a port from 0 to 65535 (0: any free port)")
 _milliseconds = _checked(float, lambda v: 0 <= v < float("inf"), "milliseconds, 0 or more")
+_DEFAULTS = ServerOptions()
 
 
 def add_serve_parser(commands: Any) -> None:
@@ -44,35 +47,38 @@ def add_serve_parser(commands: Any) -> None:
     serve.add_argument(
         "--batch-window-ms",
         type=_milliseconds,
-        default=10.0,
+        default=_DEFAULTS.batch_window * 1000,
         help="how long a request waits for others to share its batch (default: %(default)s)",
     )
     serve.add_argument(
-        "--max-batch", type=_positive_int, default=8, help="most rows per batch (default: 8)"
+        "--max-batch",
+        type=_positive_int,
+        default=_DEFAULTS.max_batch,
+        help="most rows per batch (default: %(default)s)",
     )
     serve.add_argument(
         "--max-queue",
         type=_positive_int,
-        default=64,
-        help="most requests in hand (generating or waiting); more get 429 (default: 64)",
+        default=_DEFAULTS.max_queue,
+        help="most requests in hand (generating or waiting); more get 429 (default: %(default)s)",
     )
     serve.add_argument(
         "--max-tokens",
         type=_positive_int,
-        default=1024,
-        help="most new tokens a request may ask for (default: 1024)",
+        default=_DEFAULTS.max_tokens,
+        help="most new tokens a request may ask for (default: %(default)s)",
     )
     serve.add_argument(
         "--default-tokens",
         type=_positive_int,
-        default=256,
-        help="new tokens for a request without max_tokens (default: 256)",
+        default=_DEFAULTS.default_tokens,
+        help="new tokens for a request without max_tokens (default: %(default)s)",
     )
     serve.add_argument(
         "--max-strength",
         type=_positive_float,
-        default=5.0,
-        help="largest |alpha| of one emotion (default: 5)",
+        default=_DEFAULTS.max_strength,
+        help="largest |alpha| of one emotion (default: %(default)s)",
     )
     serve.add_argument(
         "--max-dose",
@@ -80,13 +86,17 @@ def add_serve_parser(commands: Any) -> None:
         help="largest dose of a request's mix (default: the bank's limit for each mix)",
     )
     serve.add_argument(
-        "--max-stop", type=_count, default=4, help="most stop strings a request may give"
+        "--max-stop",
+        type=_count,
+        default=_DEFAULTS.max_stop,
+        help="most stop strings a request may give (default: %(default)s)",
     )
     serve.add_argument(
         "--drain-timeout",
         type=_positive_float,
-        default=30.0,
-        help="seconds a shutdown (SIGTERM, Ctrl-C) waits for requests in flight (default: 30)",
+        default=DRAIN_TIMEOUT,
+        help="seconds a shutdown (SIGTERM, Ctrl-C) waits for requests in flight "
+        "(default: %(default)s)",
     )
     serve.add_argument(
         "--log-level",
@@ -118,10 +128,27 @@ def _serve(args: argparse.Namespace) -> None:
             f"emovec serve needs FastAPI and uvicorn ({err.name} is missing): "
             "pip install 'emovec[serve]'"
         ) from None
-    from emovec.server import ServerOptions, create_app, serve
+    from emovec.server import create_app, serve
     from emovec.server.run import listening_socket
 
-    options = ServerOptions(  # refused before the model loads
+    options = server_options(args)  # refused before the model loads
+    listening_socket(args.host, args.port).close()  # a taken port fails now, not after loading
+    model, tokenizer, bank = _load(args)
+    policy = _policy(model, tokenizer, bank) if args.empathy else None
+    app = create_app(model, tokenizer, bank, options, policy=policy)
+    if not serve(
+        app, args.host, args.port, log_level=args.log_level, drain_timeout=args.drain_timeout
+    ):
+        raise ValueError("the server did not start (uvicorn said why above)")
+
+
+def server_options(args: argparse.Namespace) -> ServerOptions:
+    """The server's limits from ``emovec serve``'s arguments.
+
+    Raises:
+        ValueError: For a limit :class:`ServerOptions` refuses.
+    """
+    return ServerOptions(
         model_name=args.name or args.model or DEFAULT_MODEL,
         batch_window=args.batch_window_ms / 1000,
         max_batch=args.max_batch,
@@ -133,14 +160,6 @@ def _serve(args: argparse.Namespace) -> None:
         clean=args.clean,
         max_stop=args.max_stop,
     )
-    listening_socket(args.host, args.port).close()  # a taken port fails now, not after loading
-    model, tokenizer, bank = _load(args)
-    policy = _policy(model, tokenizer, bank) if args.empathy else None
-    app = create_app(model, tokenizer, bank, options, policy=policy)
-    if not serve(
-        app, args.host, args.port, log_level=args.log_level, drain_timeout=args.drain_timeout
-    ):
-        raise ValueError("the server did not start (uvicorn said why above)")
 
 
 def _policy(model: Any, tokenizer: Any, bank: Any) -> Any:

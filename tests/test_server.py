@@ -41,10 +41,12 @@ from fastapi import FastAPI  # noqa: E402
 from torch import nn  # noqa: E402
 from transformers import PreTrainedTokenizerFast  # noqa: E402
 
+import emovec.server  # noqa: E402
 from emovec import steer  # noqa: E402
 from emovec._chat import encode_conversations  # noqa: E402
 from emovec.analysis.classifier import EmotionClassifier  # noqa: E402
 from emovec.empathy import EmpathicPolicy  # noqa: E402
+from emovec.models import DEFAULT_MODEL  # noqa: E402
 from emovec.server import ServerOptions, create_app  # noqa: E402
 from emovec.server.run import address_of, listening_socket, make_server  # noqa: E402
 from emovec.vectors import EmotionVectors, Placement  # noqa: E402
@@ -628,10 +630,22 @@ def test_emovec_serve_prints_its_address_and_drains_on_sigterm(
             process.wait(WAIT)
     check = (
         "import sys, emovec, emovec.cli; emovec.cli.build_parser(); "
-        "print(sorted({'fastapi', 'uvicorn', 'emovec.server'} & set(sys.modules)))"
+        "print(sorted({'fastapi', 'uvicorn', 'emovec.server.app'} & set(sys.modules)))"
     )
     out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_the_command_line_defaults_are_the_servers() -> None:
+    from emovec._cli_serve import server_options
+    from emovec.cli import build_parser
+
+    given = server_options(build_parser().parse_args(["serve"]))
+    assert given == ServerOptions(model_name=DEFAULT_MODEL)
+    given = server_options(build_parser().parse_args(["serve", "--batch-window-ms", "25"]))
+    assert given.batch_window == pytest.approx(0.025)
+    with pytest.raises(AttributeError, match="no attribute 'Options'"):
+        _ = emovec.server.Options  # type: ignore[attr-defined]
 
 
 def test_options_and_the_command_line_refuse_bad_limits(

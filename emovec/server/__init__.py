@@ -27,8 +27,28 @@ Example::
     serve(app, "127.0.0.1", 8000)
 """
 
-from emovec.server.app import create_app
-from emovec.server.options import ServerOptions
-from emovec.server.run import serve
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from emovec.server.app import create_app
+    from emovec.server.options import ServerOptions
+    from emovec.server.run import serve
 
 __all__ = ["ServerOptions", "create_app", "serve"]
+
+_HOMES = {
+    "create_app": "emovec.server.app",
+    "ServerOptions": "emovec.server.options",
+    "serve": "emovec.server.run",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import a name on first use, so that :mod:`emovec.server.options` (the CLI's defaults)
+    loads without FastAPI and uvicorn."""
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_HOMES[name]), name)

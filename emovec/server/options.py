@@ -5,7 +5,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["ServerOptions"]
+__all__ = ["DRAIN_TIMEOUT", "ServerOptions"]
+
+DRAIN_TIMEOUT = 30.0
+"""Seconds a shutdown waits for requests in flight before it cancels them."""
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,8 @@ from collections.abc import Callable
 import uvicorn
 from fastapi import FastAPI
 
+from emovec.server.options import DRAIN_TIMEOUT
+
 __all__ = ["address_of", "listening_socket", "make_server", "serve"]
 
 
@@ -55,7 +57,7 @@ def make_server(
     app: FastAPI,
     *,
     log_level: str = "info",
-    drain_timeout: float | None = 30.0,
+    drain_timeout: float | None = DRAIN_TIMEOUT,
     started: Callable[[], None] | None = None,
 ) -> uvicorn.Server:
     """A uvicorn server for ``app``; run it with ``server.run(sockets=[sock])`` (in a thread
@@ -83,7 +85,7 @@ def serve(
     port: int = 8000,
     *,
     log_level: str = "info",
-    drain_timeout: float | None = 30.0,
+    drain_timeout: float | None = DRAIN_TIMEOUT,
 ) -> bool:
     """Serve ``app`` until SIGTERM or Ctrl-C, printing the address once it listens.
 
