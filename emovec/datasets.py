@@ -7,7 +7,10 @@ the query so that only the answer's tokens are averaged.
 
 Two sets ship: story pairs (``data/pairs``) and hand-written answer pairs (``data/answers``:
 100 everyday extraction queries, each answered neutrally and with each basic emotion, on
-topic). The answers also serve as labelled texts for checking an emotion judge.
+topic). The answers also serve as labelled texts for checking an emotion judge. Training
+(:func:`emovec.training.train`) learns from the answer pairs and, for anger, disgust, fear and
+sadness, 100 more hand-written triples per emotion with questions of their own
+(``data/triples``): :func:`default_triples`.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ __all__ = [
     "default_instructions",
     "default_pairs",
     "default_queries",
+    "default_triples",
     "default_user_messages",
     "read_pairs",
     "read_queries",
@@ -106,6 +110,32 @@ def default_answer_pairs(emotions: Iterable[str] | None = None) -> dict[str, lis
             "(query, emotional, neutral) pairs for other emotions."
         )
     return {e: [ResponsePair(*p) for p in read_pairs(folder / f"{e}.jsonl")] for e in wanted}
+
+
+def default_triples(emotions: Iterable[str] | None = None) -> dict[str, list[ResponsePair]]:
+    """The shipped training triples (query, emotional answer, neutral answer) per emotion.
+
+    An emotion's own extra triples (``data/triples``: 100 each for anger, disgust, fear and
+    sadness, everyday questions of their own, none an extraction, calibration or evaluation
+    query), followed by its answer pairs (:func:`default_answer_pairs`). The answer pairs come
+    last, so the share :func:`emovec.training.train` holds out is always theirs.
+
+    Raises:
+        KeyError: for an emotion the package ships no answers for.
+    """
+    answers = default_answer_pairs(emotions)
+    folder = _data_dir().parent / "triples"
+    return {
+        emotion: [
+            *(ResponsePair(*p) for p in _read_if_shipped(folder / f"{emotion}.jsonl")),
+            *pairs,
+        ]
+        for emotion, pairs in answers.items()
+    }
+
+
+def _read_if_shipped(path: Path) -> list[Pair]:
+    return read_pairs(path) if path.is_file() else []
 
 
 def _pair_from_record(record: object, where: str) -> Pair:

@@ -112,10 +112,10 @@ def offensive_rate(texts: Sequence[str], judge: OffensiveJudge | None = None) ->
 
 @lru_cache(maxsize=1)
 def _shipped_texts() -> tuple[str, ...]:
-    """Every text of the shipped answer and story pairs (clean by construction)."""
+    """Every text of the shipped answers, triples and story pairs (clean by construction)."""
     root = resources.files("emovec") / "data"
     texts: dict[str, None] = {}
-    for folder in ("answers", "pairs"):
+    for folder in ("answers", "triples", "pairs"):
         for entry in sorted((root / folder).iterdir(), key=lambda e: e.name):
             for line in entry.read_text(encoding="utf-8").splitlines():
                 if line.strip():

@@ -60,8 +60,8 @@ from emovec._reading import _all_reduce, _distributed
 from emovec._texts import _encode, _Item, _Text
 from emovec.datasets import (
     ResponsePair,
-    default_answer_pairs,
     default_instructions,
+    default_triples,
     validate_pairs,
 )
 from emovec.extraction import extract
@@ -131,7 +131,8 @@ def train(
         triples: ``{emotion: [(query, emotional answer, neutral answer), ...]}``
             (:class:`~emovec.datasets.ResponsePair` items, tuples of three strings or dicts
             with those keys), at least :data:`MIN_TRIPLES` per emotion. Default: the
-            shipped hand-written answers (100 per emotion).
+            shipped hand-written triples (:func:`~emovec.datasets.default_triples`: 200 for
+            anger, disgust, fear and sadness, 100 for joy).
         emotions: Which shipped emotions to train when ``triples`` is not given.
         layers: The band trained (and steered); default :func:`training_band`.
         objective: One of :data:`OBJECTIVES` (module docstring).
@@ -187,11 +188,13 @@ def train(
         else sorted({_layer_index(i, len(found)) for i in layers})
     )
     # The hidden norms are read as extraction reads them (neutral answers, content tokens):
-    # the yardstick of relative steering and of the learning rate.
+    # the yardstick of relative steering and of the learning rate. With the shipped triples,
+    # over every emotion's: the emotions differ in their questions, and training some of
+    # them must measure (and learn) as training the whole shipped bank does.
     reading = extract(
         model,
         tokenizer,
-        checked,
+        checked if triples is not None else default_triples(),
         reading="response",
         blocks=found,
         progress=False,
@@ -304,7 +307,7 @@ def _checked_triples(
     """The triples as :class:`ResponsePair` lists, each emotion with at least
     :data:`MIN_TRIPLES` distinct ones."""
     if triples is None:
-        return default_answer_pairs(emotions)
+        return default_triples(emotions)
     if emotions is not None:
         raise ValueError("Give either triples or emotions (of the shipped answers), not both.")
     if not isinstance(triples, Mapping):

@@ -17,6 +17,7 @@ from emovec.datasets import (
     default_calibration_queries,
     default_extraction_queries,
     default_queries,
+    default_triples,
     validate_pairs,
 )
 
@@ -212,6 +213,39 @@ def test_the_calibration_queries_are_varied_like_the_evaluation_set() -> None:
         for kind, starts in kinds.items():
             share = sum(q.lower().startswith(starts) for q in queries) / len(queries)
             assert share >= 0.05, (kind, share)
+
+
+def test_the_training_triples_add_questions_of_their_own_before_the_answer_pairs() -> None:
+    """Anger, disgust, fear and sadness ship 100 more triples each; the answer pairs come last,
+    so the share training holds out is always theirs."""
+    triples, answers = default_triples(), default_answer_pairs()
+    assert list(triples) == list(BASIC_EMOTIONS)
+    assert triples["joy"] == answers["joy"]
+    for emotion in ("anger", "disgust", "fear", "sadness"):
+        extra, rest = triples[emotion][:-100], triples[emotion][-100:]
+        assert rest == answers[emotion]
+        assert len({" ".join(p.query.casefold().split()) for p in extra}) == len(extra) == 100
+        assert validate_pairs({emotion: extra})[emotion] == extra
+        assert not {p.query for p in extra} & {p.query for p in rest}
+    assert default_triples(["fear"])["fear"] == triples["fear"]
+
+
+@pytest.mark.parametrize(
+    "other",
+    [default_queries, default_calibration_queries, default_extraction_queries],
+    ids=["evaluation", "calibration", "extraction"],
+)
+def test_no_training_question_is_a_near_copy_of_another_set(
+    other: Callable[[], list[str]],
+) -> None:
+    """As for the calibration queries: at most 2/3 of the words in common with any query
+    that calibration, evaluation or extraction asks."""
+    theirs = [_words(q) for q in other()]
+    for emotion, items in default_triples().items():
+        for pair in items[:-100]:
+            ours = _words(pair.query)
+            worst = max(len(ours & t) / len(ours | t) for t in theirs)
+            assert worst < 2 / 3, (emotion, pair.query)
 
 
 def test_default_answer_pairs_unknown_emotion() -> None:

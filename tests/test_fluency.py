@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from emovec.datasets import available_emotions, default_answer_pairs, default_pairs
+from emovec.datasets import available_emotions, default_pairs, default_triples
 from emovec.evaluation import fluency
 from emovec.evaluation.fluency import invented_words, is_invented
 
@@ -125,15 +125,16 @@ def test_a_missing_wordfreq_says_how_to_install_it(monkeypatch: pytest.MonkeyPat
 
 
 def test_hand_written_answers_are_almost_never_invented() -> None:
-    """The 1000 hand-written emotional and neutral answers are clean English: at most 1 %
-    is judged invented (measured: none; one answer has a single unknown word)."""
+    """The 1800 hand-written emotional and neutral answers (answer pairs and training
+    triples) are clean English: at most 1 % is judged invented (measured: none; one answer
+    has a single unknown word)."""
     answers = [
         text
-        for pairs in default_answer_pairs().values()
+        for pairs in default_triples().values()
         for pair in pairs
         for text in (pair.emotional, pair.neutral)
     ]
-    assert len(answers) == 1000
+    assert len(answers) == 1800
     flagged = [text for text in answers if is_invented(text)]
     assert len(flagged) <= 0.01 * len(answers), flagged[:5]
     assert sum(bool(invented_words(text)) for text in answers) <= 0.01 * len(answers)

@@ -23,7 +23,7 @@ import torch
 from conftest import BOS_ID, build_model, build_tokenizer
 from transformers import PreTrainedTokenizerFast
 
-from emovec.datasets import default_answer_pairs
+from emovec.datasets import default_answer_pairs, default_triples
 from emovec.evaluation import topic as metrics
 from emovec.evaluation.metrics import (
     NRC_EMOTIONS,
@@ -80,8 +80,8 @@ def test_a_loop_of_phrases_in_varied_text_is_degenerate() -> None:
 
 
 def test_the_shipped_answers_are_never_degenerate() -> None:
-    texts = [t for pairs in default_answer_pairs().values() for p in pairs for t in p[1:]]
-    assert len(texts) == 1000
+    texts = [t for pairs in default_triples().values() for p in pairs for t in p[1:]]
+    assert len(texts) == 1800
     assert max(repeated_share(t) for t in texts) < 0.05
     assert not any(is_degenerate(t) for t in texts)
 

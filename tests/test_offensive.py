@@ -17,7 +17,7 @@ from torch import nn
 from transformers import LogitsProcessor, NoBadWordsLogitsProcessor, PreTrainedTokenizerFast
 
 import emovec.generation
-from emovec.datasets import default_answer_pairs
+from emovec.datasets import default_triples
 from emovec.generation import generate_answers
 from emovec.offensive import (
     OFFENSIVE_THRESHOLD,
@@ -45,7 +45,7 @@ def judge() -> OffensiveJudge:
 
 
 def _shipped_texts() -> list[str]:
-    pairs = default_answer_pairs()
+    pairs = default_triples()
     return sorted({t for ps in pairs.values() for p in ps for t in (p.emotional, p.neutral)})
 
 
@@ -67,7 +67,7 @@ def test_empty_and_blank_texts_score_zero(judge: OffensiveJudge) -> None:
 
 def test_rate_on_the_shipped_answers_is_at_most_one_percent(judge: OffensiveJudge) -> None:
     texts = _shipped_texts()
-    assert len(texts) == 600  # 100 neutral + 5 emotions x 100
+    assert len(texts) == 1400  # answers: 100 neutral + 5 x 100; triples: 4 x 100 x 2
     assert offensive_rate(texts, judge) <= 0.01
     assert offensive_rate(texts) == offensive_rate(texts, judge)  # the default judge
     assert offensive_rate(["shit", "a calm walk"], judge) == 0.5

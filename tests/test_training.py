@@ -11,7 +11,7 @@ import torch
 from conftest import EMOTION_WORDS, FILLER_WORDS, NEUTRAL_WORDS, build_model, build_tokenizer
 
 from emovec import EmotionVectors, steer, train
-from emovec.datasets import default_answer_pairs, default_calibration_queries, default_queries
+from emovec.datasets import default_calibration_queries, default_queries, default_triples
 from emovec.layers import training_band
 from emovec.training import MIN_TRIPLES, OBJECTIVES
 
@@ -155,6 +155,18 @@ def test_the_same_seed_gives_the_same_bank_and_another_seed_another() -> None:
     assert untimed(first) == untimed(again)
 
 
+def test_the_shipped_emotions_share_one_yardstick() -> None:
+    """Trained alone or together, the shipped emotions read their hidden norms over every
+    shipped triple (their questions differ): a bank trained for joy alone doses it, and
+    scales its learning rate, as the whole shipped bank does."""
+    model, tokenizer = _model(), build_tokenizer()
+    joy = train(model, tokenizer, emotions=["joy"], progress=False, **FAST)
+    fear = train(model, tokenizer, emotions=["fear"], progress=False, **FAST)
+    torch.testing.assert_close(joy.hidden_norms, fear.hidden_norms, rtol=0, atol=0)
+    mine = train(model, tokenizer, TRIPLES, progress=False, **FAST)
+    assert not torch.equal(mine.hidden_norms, joy.hidden_norms)  # the caller's own triples
+
+
 def test_rank1_vectors_share_one_direction() -> None:
     bank = train(
         _model(), build_tokenizer(), TRIPLES, layers=[0, 1, 2], parameterization="rank1",
@@ -241,7 +253,7 @@ def test_bfloat16_autocast_trains_float32_vectors() -> None:
 
 def test_the_shipped_triples_ask_neither_calibration_nor_evaluation_queries() -> None:
     normalise = lambda q: " ".join(q.casefold().split())  # noqa: E731
-    asked = {normalise(p.query) for pairs in default_answer_pairs().values() for p in pairs}
-    assert len(asked) >= 80
+    asked = {normalise(p.query) for pairs in default_triples().values() for p in pairs}
+    assert len(asked) >= 400
     assert not asked & {normalise(q) for q in default_queries()}
     assert not asked & {normalise(q) for q in default_calibration_queries()}
