@@ -133,6 +133,14 @@ def main() -> None:
         help="the reference's reports over the --pool queries",
     )
     parser.add_argument(
+        "--keep",
+        nargs="+",
+        default=[],
+        help="emotions not chosen again: each keeps the α --earlier chose it at (on the "
+        "trained dose; a vector-only choice only), e.g. a bank trained again whose joy did "
+        "not change",
+    )
+    parser.add_argument(
         "--earlier",
         type=Path,
         help="the bank this choice replaces, whose record is kept under 'earlier' "
@@ -155,7 +163,17 @@ def main() -> None:
     summary, references = report.summary(), reference_report.summary()
     chosen: dict[str, Any] = {}
     placements = {}
-    for emotion in vectors.emotions:
+    earlier = EmotionVectors.load(args.earlier or args.vectors).settings.get("calibration")
+    for emotion in args.keep:
+        before = ((earlier or {}).get("chosen") or {}).get(emotion)
+        if before is None or not str(before.get("recipe", "")).startswith("vector-only"):
+            raise SystemExit(f"{emotion}: --earlier chose it at no vector-only α to keep")
+        old = vectors.placements[emotion]
+        alpha = float(before["alpha"]) / _chosen_alpha(vectors, emotion)
+        placements[emotion] = replace(old, dose=round(old.dose * alpha, 6))
+        chosen[emotion] = {**before, **placements[emotion].to_dict(), "kept": True}
+        print(f"{emotion}: kept at α {before['alpha']:g} on the trained dose")
+    for emotion in [e for e in vectors.emotions if e not in args.keep]:
         rows = [r for r in summary if r["emotion"] == emotion]
         plain = next(r for r in rows if r["recipe"] == "plain")
         reference = [
@@ -204,7 +222,7 @@ def main() -> None:
         "target_success": DEFAULT_TARGET_SUCCESS,
         "reference": args.reference,
         "chosen": chosen,
-        "earlier": EmotionVectors.load(args.earlier or args.vectors).settings.get("calibration"),
+        "earlier": earlier,
     }
     vectors.with_placements(placements).with_settings(calibration=record).save(args.out)
     print(json.dumps(chosen, indent=1))
