@@ -96,10 +96,14 @@ def placement_of(
     return replace(placed, dose=round(old.dose * alpha, 6))  # 0.2625, not 0.26249999999999996
 
 
+def _chosen(record: dict[str, Any] | None, emotion: str) -> dict[str, Any] | None:
+    """What a calibration record chose for ``emotion`` (``None`` if nothing)."""
+    return ((record or {}).get("chosen") or {}).get(emotion)
+
+
 def _chosen_alpha(vectors: EmotionVectors, emotion: str) -> float:
     """The α the bank's own calibration record chose ``emotion`` at (1 if none)."""
-    record = vectors.settings.get("calibration") or {}
-    return float((record.get("chosen") or {}).get(emotion, {}).get("alpha", 1.0))
+    return float((_chosen(vectors.settings.get("calibration"), emotion) or {}).get("alpha", 1.0))
 
 
 def main() -> None:
@@ -165,7 +169,7 @@ def main() -> None:
     placements = {}
     earlier = EmotionVectors.load(args.earlier or args.vectors).settings.get("calibration")
     for emotion in args.keep:
-        before = ((earlier or {}).get("chosen") or {}).get(emotion)
+        before = _chosen(earlier, emotion)
         if before is None or not str(before.get("recipe", "")).startswith("vector-only"):
             raise SystemExit(f"{emotion}: --earlier chose it at no vector-only α to keep")
         old = vectors.placements[emotion]
