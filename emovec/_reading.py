@@ -14,6 +14,7 @@ batches and the sums are all-reduced, so N processes give the vectors of one.
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -26,12 +27,12 @@ from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from emovec._scope import reads_here, scoped_reading
-from emovec._texts import Reading, Template, _batches, _collate, _encode, _items
+from emovec._texts import Reading, Template, _batches, _collate, _encode, _Item, _items
 from emovec.datasets import Pair, ResponsePair, default_answer_pairs, default_pairs, validate_pairs
 from emovec.layers import context_length, find_blocks, hidden_size_of, layer_output
 from emovec.models import input_device
 
-__all__ = ["Reading", "Template"]  # the rest is private to emovec.extraction
+__all__ = ["Reading", "Template"]  # the rest is private to emovec.extraction and .training
 
 
 class _StopForward(Exception):
@@ -77,7 +78,8 @@ class _Accumulator:
             self.norm_counts[layer] = torch.zeros((), dtype=dtype, device=device)
         signed = (readings * batch["sign"][:, None]).to(dtype)
         self.diff_sums[layer].index_add_(0, batch["emotion"], signed)  # type: ignore[union-attr]
-        neutral = content * (batch["sign"] < 0)[:, None]
+        # A neutral text counts once per pair it stands for (sign -m: read once for m).
+        neutral = content * (-batch["sign"]).clamp(min=0)[:, None]
         self.norm_sums[layer] += (hidden.norm(dim=-1) * neutral).sum().to(dtype)
         self.norm_counts[layer] += neutral.sum().to(dtype)  # type: ignore[operator]
         if self.store is not None:
@@ -192,6 +194,21 @@ def _pairs_to_read(
     return default_pairs(emotions)
 
 
+@dataclass(frozen=True)
+class _Sums:
+    differences: torch.Tensor  # [layers, emotions, hidden] float64: signed readings summed
+    token_norms: torch.Tensor  # [layers]: mean neutral token norm
+    store: torch.Tensor | None  # [texts, layers, hidden], if kept
+    processes: int
+
+
+def _hidden_size(model: PreTrainedModel) -> int:
+    """The residual stream's width: the config's, else the input embeddings'."""
+    return hidden_size_of(model) or int(
+        cast(torch.Tensor, model.get_input_embeddings().weight).shape[-1]
+    )
+
+
 def _read(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -208,14 +225,83 @@ def _read(
     """Read every text of ``checked`` at the output of every decoder block (``blocks``:
     the override of :func:`find_blocks`), keeping each text's reading if ``keep_texts``."""
     names = list(checked)
-    items = _items(checked)
+    sums = _sums(
+        model,
+        tokenizer,
+        _items(checked),
+        len(names),
+        reading=reading,
+        template=template,
+        batch_size=batch_size,
+        max_length=max_length,
+        blocks=blocks,
+        keep_texts=keep_texts,
+        progress=progress,
+    )
+    counts = {e: len(checked[e]) for e in names}
+    per_emotion = torch.tensor([counts[e] for e in names], dtype=torch.float64)
+    return _Readings(
+        names=names,
+        counts=counts,
+        num_layers=int(sums.token_norms.shape[0]),
+        mean_differences=sums.differences / per_emotion[None, :, None],
+        token_norms=sums.token_norms,
+        per_text=sums.store,
+        processes=sums.processes,
+    )
+
+
+def _neutral_norms(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    checked: Mapping[str, Sequence[ResponsePair]],
+    *,
+    batch_size: int,
+    blocks: str | Sequence[nn.Module] | None,
+) -> torch.Tensor:
+    """The token norms :func:`_read` measures on response pairs (``[layers]``), reading only
+    the neutral answers, and each distinct one once: an answer that stands for ``m`` pairs
+    (the shipped answers share their neutral ones across emotions) weighs ``m`` times."""
+    counted = Counter((p.query, p.neutral) for pairs in checked.values() for p in pairs)
+    items = [
+        _Item(0, slot, -float(m), context, text)
+        for slot, ((context, text), m) in enumerate(counted.items())
+    ]
+    return _sums(
+        model,
+        tokenizer,
+        items,
+        1,
+        reading="response",
+        template="plain",
+        batch_size=batch_size,
+        max_length=None,
+        blocks=blocks,
+        keep_texts=False,
+        progress=False,
+    ).token_norms
+
+
+def _sums(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    items: list[_Item],
+    num_emotions: int,
+    *,
+    reading: Reading,
+    template: Template,
+    batch_size: int,
+    max_length: int | None,
+    blocks: str | Sequence[nn.Module] | None,
+    keep_texts: bool,
+    progress: bool,
+) -> _Sums:
+    """Read ``items`` at every block's output and sum them, over every process."""
     limit = max_length if max_length is not None else context_length(model)
     encoded = _encode(tokenizer, items, template, reading == "last", limit)
     hooked = find_blocks(model, blocks)
-    hidden_size = hidden_size_of(model) or int(
-        cast(torch.Tensor, model.get_input_embeddings().weight).shape[-1]
-    )
-    accumulator = _Accumulator(len(hooked), len(names))
+    hidden_size = _hidden_size(model)
+    accumulator = _Accumulator(len(hooked), num_emotions)
     if keep_texts:
         accumulator.store = torch.zeros(len(items), len(hooked), hidden_size)
     rank, world = _distributed()
@@ -250,14 +336,9 @@ def _read(
         )
         if store is not None:  # each text was read by exactly one process, zeros elsewhere
             store = _all_reduce(store)
-    counts = {e: len(checked[e]) for e in names}
-    per_emotion = torch.tensor([counts[e] for e in names], dtype=torch.float64)
-    return _Readings(
-        names=names,
-        counts=counts,
-        num_layers=len(hooked),
-        mean_differences=diff_sums / per_emotion[None, :, None],
+    return _Sums(
+        differences=diff_sums,
         token_norms=(norm_sums / norm_counts.clamp_min(1)).float(),
-        per_text=store,
+        store=store,
         processes=world,
     )

@@ -56,7 +56,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from emovec._chat import asked
 from emovec._doses import _layer_index, count
-from emovec._reading import _all_reduce, _distributed
+from emovec._reading import _all_reduce, _distributed, _hidden_size, _neutral_norms
 from emovec._texts import _encode, _Item, _Text
 from emovec.datasets import (
     ResponsePair,
@@ -64,7 +64,7 @@ from emovec.datasets import (
     default_triples,
     validate_pairs,
 )
-from emovec.extraction import extract
+from emovec.extraction import DEFAULT_BATCH_SIZE, _model_name
 from emovec.hooks import Steering
 from emovec.layers import context_length, find_blocks, training_band
 from emovec.models import forward_parameters, input_device
@@ -191,16 +191,14 @@ def train(
     # the yardstick of relative steering and of the learning rate. With the shipped triples,
     # over every emotion's: the emotions differ in their questions, and training some of
     # them must measure (and learn) as training the whole shipped bank does.
-    reading = extract(
+    norms = _neutral_norms(
         model,
         tokenizer,
         checked if triples is not None else default_triples(),
-        reading="response",
+        batch_size=DEFAULT_BATCH_SIZE,
         blocks=found,
-        progress=False,
-        model_name=model_name,
     )
-    norms = reading.hidden_norms
+    hidden_size = _hidden_size(model)
     vectors: dict[str, torch.Tensor] = {}
     placements: dict[str, Placement] = {}
     records: dict[str, dict[str, Any]] = {}
@@ -220,7 +218,7 @@ def train(
                 beta,
                 kl_weight,
                 pad=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
-                hidden_size=reading.hidden_size,
+                hidden_size=hidden_size,
                 precision=precision,
             ).fit(
                 encoded[:cut],
@@ -233,7 +231,7 @@ def train(
                 seed=seed,
                 description=f"train {emotion}" if progress else None,
             )
-            full = torch.zeros(len(found), reading.hidden_size)
+            full = torch.zeros(len(found), hidden_size)
             full[band] = result.vectors
             vectors[emotion] = full
             placements[emotion] = _placement(result.vectors, norms[band], band)
@@ -264,7 +262,7 @@ def train(
     return EmotionVectors(
         vectors,
         norms,
-        model_name=reading.model_name,
+        model_name=model_name or _model_name(model),
         recommended_layers=band,
         settings=settings,
         placements=placements,

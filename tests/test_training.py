@@ -10,8 +10,13 @@ import pytest
 import torch
 from conftest import EMOTION_WORDS, FILLER_WORDS, NEUTRAL_WORDS, build_model, build_tokenizer
 
-from emovec import EmotionVectors, steer, train
-from emovec.datasets import default_calibration_queries, default_queries, default_triples
+from emovec import EmotionVectors, extract, steer, train
+from emovec.datasets import (
+    ResponsePair,
+    default_calibration_queries,
+    default_queries,
+    default_triples,
+)
 from emovec.layers import training_band
 from emovec.training import MIN_TRIPLES, OBJECTIVES
 
@@ -165,6 +170,24 @@ def test_the_shipped_emotions_share_one_yardstick() -> None:
     torch.testing.assert_close(joy.hidden_norms, fear.hidden_norms, rtol=0, atol=0)
     mine = train(model, tokenizer, TRIPLES, progress=False, **FAST)
     assert not torch.equal(mine.hidden_norms, joy.hidden_norms)  # the caller's own triples
+
+
+def test_the_hidden_norms_are_extractions() -> None:
+    """Training reads each distinct neutral answer once, weighed by the pairs it stands for
+    (the shipped answers share theirs across emotions): the norms extraction reads."""
+    model, tokenizer = _model(), build_tokenizer()
+    pairs = zip(TRIPLES["joy"], TRIPLES["anger"], strict=True)
+    anger = [(q, e, n) for (q, _, n), (_, e, _) in pairs]
+    shared = {
+        "joy": [ResponsePair(*t) for t in TRIPLES["joy"]],
+        "anger": [ResponsePair(*t) for t in anger + make_triples("anger", 4, seed=1)],
+    }
+    trained = train(model, tokenizer, shared, progress=False, **FAST).hidden_norms
+    read = extract(model, tokenizer, shared, reading="response", progress=False).hidden_norms
+    torch.testing.assert_close(trained, read, rtol=1e-5, atol=0)
+    distinct = {"joy": shared["joy"], "anger": shared["anger"][-4:]}  # each neutral once
+    once = extract(model, tokenizer, distinct, reading="response", progress=False).hidden_norms
+    assert not torch.allclose(trained, once, rtol=1e-5, atol=0)  # a shared one weighs twice
 
 
 def test_rank1_vectors_share_one_direction() -> None:
