@@ -164,7 +164,7 @@ def guard_factors(doses: torch.Tensor, limits: torch.Tensor, guard: str) -> torc
     message = (
         f"Steering dose {float(doses[worst]):.3g} exceeds max_dose={limit:g} (a dose of 1 "
         "adds a typical hidden state's norm across the steered layers; on SmolLM2 output "
-        "degenerates into repetition near 1.0). Lower α, or pass max_dose= to accept it."
+        "degenerates into repetition near 1.0). Lower α, or pass a larger max_dose to accept it."
     )
     if guard == "raise":
         raise DoseError(message)

@@ -331,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.run(args)
     except (KeyError, ValueError, TypeError, OSError, ImportError, SafetensorError) as err:
         # OSError covers missing files, permissions, full disks and an unreachable hub.
-        print(f"emovec: error: {_one_line(err)}", file=sys.stderr)
+        print(f"emovec: error: {_for_the_command_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("emovec: interrupted", file=sys.stderr)
@@ -339,6 +339,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         _end_process_group()
     return 0
+
+
+def _for_the_command_line(error: BaseException) -> str:
+    """The error on one line, a dose error naming the flag (``--max-dose``) where the
+    library names its keyword."""
+    from emovec._doses import DoseError
+
+    text = _one_line(error)
+    return text.replace("max_dose", "--max-dose") if isinstance(error, DoseError) else text
 
 
 def _is_utf8(text: str) -> bool:

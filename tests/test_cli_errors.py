@@ -278,7 +278,8 @@ def test_strengths_given_twice_or_beyond_the_dose_limit_are_refused(
     assert "--emotion joy given twice (joy=1 and joy=-2)" in _one_error_line(err)
     code, out, err = run(capsys, *argv, "--emotion", "joy=1e30")
     assert (code, out) == (2, "")
-    assert "exceeds max_dose" in _one_error_line(err)
+    line = _one_error_line(err)
+    assert "exceeds --max-dose=0.75" in line and "pass a larger --max-dose" in line, line
     code, out, err = run(capsys, *argv, "--emotion", "joy=1e30", "--max-dose", "1e40")
     assert (code, out) == (2, "")  # above any limit: the next norm would make NaN logits
     assert "every logit is NaN" in _one_error_line(err)
