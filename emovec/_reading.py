@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from emovec._scope import reads_here, scoped_reading
+from emovec._scope import reading_hook, scoped_reading
 from emovec._texts import Reading, Template, _batches, _collate, _encode, _Item, _items
 from emovec.datasets import Pair, ResponsePair, default_answer_pairs, default_pairs, validate_pairs
 from emovec.layers import context_length, find_blocks, hidden_size_of, layer_output
@@ -102,13 +102,11 @@ class _Accumulator:
 
 def _hook(accumulator: _Accumulator, layer: int, last: bool, key: object) -> Any:
     def hook(_module: nn.Module, _args: Any, output: Any) -> None:
-        if not reads_here(key):  # another thread's forward pass: not this reading's
-            return
         accumulator.add(layer, layer_output(output))
         if last:
             raise _StopForward
 
-    return hook
+    return reading_hook(key, hook)
 
 
 def _distributed() -> tuple[int, int]:

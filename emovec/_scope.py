@@ -12,14 +12,14 @@ sit in the sequence (prompt vs generated). It lives in the context too, so two t
 tasks steering at once keep separate counts. Values are never mutated, only replaced.
 
 Hooks that *read* the model (extraction, the read-out behind emotion recognition) are scoped
-the same way (:func:`scoped_reading`, :func:`reads_here`): while one thread reads hidden states, a
+the same way (:func:`scoped_reading`, :func:`reading_hook`): while one thread reads hidden states, a
 ``generate`` in another thread (a server answering while it recognises the next message)
 passes the reading's hooks by, neither feeding them nor stopped by them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -86,6 +86,17 @@ def scoped_reading(key: object) -> Iterator[None]:
 def reads_here(key: object) -> bool:
     """Whether the reading ``key`` is under way in the current context."""
     return key in _READING.get()
+
+
+def reading_hook(key: object, hook: Callable[..., None]) -> Callable[..., None]:
+    """``hook``, run only where the reading ``key`` is under way: another thread's forward
+    pass goes by it."""
+
+    def scoped(*args: Any) -> None:
+        if reads_here(key):
+            hook(*args)
+
+    return scoped
 
 
 def past_length(kwargs: Mapping[str, Any]) -> int:

@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import (
     VOCAB,
+    another_thread_meanwhile,
     build_model,
     build_tokenizer,
     capture_outputs,
@@ -222,6 +223,27 @@ def test_the_meta_vector_is_the_mean_reading_of_the_texts(tokenizer: object) -> 
     for bad in ([], "one text", ["fine", "  "]):
         with pytest.raises(ValueError, match="text"):
             stimulus_meta_vector(model, tokenizer, bad)  # type: ignore[arg-type]
+
+
+def test_reading_stimuli_and_finding_the_lens_leave_another_threads_pass_alone(
+    tokenizer: object,
+) -> None:
+    """A server decodes while it answers on the same model: the hooks of the meta vector's
+    reading and of the lens search neither stop nor feed on the other thread's pass."""
+    model = build_model("llama")
+    texts = ["i was happy today", "the dog ran in the park and then we went home"]
+    alone, lens = stimulus_meta_vector(model, tokenizer, texts), find_lens(model)
+    middle = list(decoder_blocks(model, "llama"))[1]
+    with another_thread_meanwhile(model, middle) as seen:
+        meanwhile = stimulus_meta_vector(model, tokenizer, texts)
+    assert "error" not in seen, seen.get("error")
+    torch.testing.assert_close(seen["logits"], seen["alone"], rtol=0, atol=0)
+    torch.testing.assert_close(meanwhile, alone, rtol=0, atol=0)
+    with another_thread_meanwhile(model, middle) as seen:
+        found = find_lens(model)
+    assert "error" not in seen, seen.get("error")
+    torch.testing.assert_close(seen["logits"], seen["alone"], rtol=0, atol=0)
+    assert found.norm is lens.norm and found.head is lens.head
 
 
 def test_the_decode_command_prints_a_table_per_emotion(

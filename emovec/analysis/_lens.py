@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from emovec._scope import reading_hook, scoped_reading
 from emovec.layers import find_blocks, layer_output
 from emovec.models import input_device
 
@@ -103,11 +104,19 @@ def find_lens(model: PreTrainedModel, *, norm: bool = True) -> _Lens:
 
         return hook
 
-    handles = [last.register_forward_hook(after_last), head.register_forward_pre_hook(before_head)]
-    handles += [m.register_forward_hook(watch(m)) for m in model.modules() if id(m) not in excluded]
+    key = object()  # another thread's forward pass meanwhile goes by these hooks
+    handles = [
+        last.register_forward_hook(reading_hook(key, after_last)),
+        head.register_forward_pre_hook(reading_hook(key, before_head)),
+    ]
+    handles += [
+        m.register_forward_hook(reading_hook(key, watch(m)))
+        for m in model.modules()
+        if id(m) not in excluded
+    ]
     ids = torch.tensor([[1, 2]], device=input_device(model))
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), scoped_reading(key):
             model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
     finally:
         for handle in handles:

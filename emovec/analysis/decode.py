@@ -19,7 +19,6 @@ model applies afterwards (ranks are the same).
 
 from __future__ import annotations
 
-import contextlib
 import html
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,15 +27,14 @@ from typing import Any
 import torch
 from matplotlib.figure import Figure
 from torch import nn
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from emovec._placement import layer_indices
-from emovec._texts import _batches, _collate, _encode, _Item
+from emovec._reading import _sums
+from emovec._texts import _Item
 from emovec.analysis._lens import LensError, find_lens
-from emovec.layers import find_blocks, layer_output
-from emovec.models import input_device
+from emovec.layers import find_blocks
 from emovec.vectors import SteeringVector
 
 __all__ = [
@@ -269,10 +267,6 @@ def decode(
     return Decoding(label=label, rows=decoded, norm=norm)
 
 
-class _Stop(Exception):
-    """Raised after the deepest block: the rest of the model is not needed."""
-
-
 def stimulus_meta_vector(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -301,35 +295,17 @@ def stimulus_meta_vector(
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1.")
     items = [_Item(0, slot, 1.0, "", text) for slot, text in enumerate(texts)]
-    encoded = _encode(tokenizer, items, "plain", last_token, None)
-    blocks = find_blocks(model)
-    sums: list[torch.Tensor] = [torch.zeros(())] * len(blocks)
-    batch: dict[str, torch.Tensor] = {}
-
-    def hook(layer: int) -> Any:
-        def read(_module: nn.Module, _args: Any, output: Any) -> None:
-            hidden = layer_output(output).float()
-            content = batch["content"].to(hidden.device)
-            weights = content / content.sum(dim=1, keepdim=True)
-            sums[layer] = sums[layer] + torch.einsum("bth,bt->h", hidden, weights).double().cpu()
-            if layer == len(blocks) - 1:
-                raise _Stop
-
-        return read
-
-    handles = [block.register_forward_hook(hook(i)) for i, block in enumerate(blocks)]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    try:
-        with torch.inference_mode():
-            for chunk in tqdm(_batches(encoded, batch_size), disable=not progress, desc="reading"):
-                batch = _collate(chunk, pad_id, input_device(model))
-                with contextlib.suppress(_Stop):
-                    model(
-                        input_ids=batch["input_ids"],
-                        attention_mask=batch["attention_mask"],
-                        use_cache=False,
-                    )
-    finally:
-        for handle in handles:
-            handle.remove()
-    return (torch.stack(sums) / len(texts)).float()
+    sums = _sums(
+        model,
+        tokenizer,
+        items,
+        1,
+        reading="last" if last_token else "mean",
+        template="plain",
+        batch_size=batch_size,
+        max_length=None,
+        blocks=None,
+        keep_texts=False,
+        progress=progress,
+    )
+    return (sums.differences[:, 0] / len(texts)).float()

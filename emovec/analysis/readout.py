@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from emovec._scope import reads_here, scoped_reading
+from emovec._scope import reading_hook, scoped_reading
 from emovec._texts import _batches, _collate, _encode, _Item
 from emovec.layers import (
     context_length,
@@ -181,14 +181,12 @@ def _hook(
     store: dict[int, torch.Tensor], directions: torch.Tensor, index: int, last: bool, key: object
 ) -> Any:
     def hook(_module: nn.Module, _args: Any, output: Any) -> None:
-        if not reads_here(key):  # another thread's forward pass: not this reading's
-            return
         hidden = layer_output(output).float()
         store[index] = torch.einsum("bth,eh->bte", hidden, directions.to(hidden.device)).cpu()
         if last:
             raise _StopForward
 
-    return hook
+    return reading_hook(key, hook)
 
 
 def read(
