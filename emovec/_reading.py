@@ -32,7 +32,7 @@ from emovec.datasets import Pair, ResponsePair, default_answer_pairs, default_pa
 from emovec.layers import context_length, find_blocks, hidden_size_of, layer_output
 from emovec.models import input_device
 
-__all__ = ["Reading", "Template"]  # the rest is private to emovec.extraction and .training
+__all__ = ["Reading", "Template"]  # the rest: for extraction, training and EmotionDecode
 
 
 class _StopForward(Exception):

@@ -11,10 +11,11 @@ Each active key also holds its :class:`Call`: where the current forward call's p
 sit in the sequence (prompt vs generated). It lives in the context too, so two threads or
 tasks steering at once keep separate counts. Values are never mutated, only replaced.
 
-Hooks that *read* the model (extraction, the read-out behind emotion recognition) are scoped
-the same way (:func:`scoped_reading`, :func:`reading_hook`): while one thread reads hidden states, a
-``generate`` in another thread (a server answering while it recognises the next message)
-passes the reading's hooks by, neither feeding them nor stopped by them.
+Hooks that *read* the model (extraction, the read-out behind emotion recognition,
+EmotionDecode's readings) are scoped the same way (:func:`scoped_reading`,
+:func:`reading_hook`): while one thread reads hidden states, a ``generate`` in another thread
+(a server answering while it recognises the next message) passes the reading's hooks by,
+neither feeding them nor stopped by them.
 """
 
 from __future__ import annotations
