@@ -266,17 +266,7 @@ def _neutral_norms(
         for slot, ((context, text), m) in enumerate(counted.items())
     ]
     return _sums(
-        model,
-        tokenizer,
-        items,
-        1,
-        reading="response",
-        template="plain",
-        batch_size=batch_size,
-        max_length=None,
-        blocks=blocks,
-        keep_texts=False,
-        progress=False,
+        model, tokenizer, items, 1, reading="response", batch_size=batch_size, blocks=blocks
     ).token_norms
 
 
@@ -287,12 +277,12 @@ def _sums(
     num_emotions: int,
     *,
     reading: Reading,
-    template: Template,
     batch_size: int,
-    max_length: int | None,
-    blocks: str | Sequence[nn.Module] | None,
-    keep_texts: bool,
-    progress: bool,
+    template: Template = "plain",
+    max_length: int | None = None,
+    blocks: str | Sequence[nn.Module] | None = None,
+    keep_texts: bool = False,
+    progress: bool = False,
 ) -> _Sums:
     """Read ``items`` at every block's output and sum them, over every process."""
     limit = max_length if max_length is not None else context_length(model)

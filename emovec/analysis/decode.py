@@ -32,7 +32,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from emovec._placement import layer_indices
 from emovec._reading import _sums
-from emovec._texts import _Item
+from emovec._texts import Reading, _Item
 from emovec.analysis._lens import LensError, find_lens
 from emovec.layers import find_blocks
 from emovec.vectors import SteeringVector
@@ -295,17 +295,8 @@ def stimulus_meta_vector(
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1.")
     items = [_Item(0, slot, 1.0, "", text) for slot, text in enumerate(texts)]
+    reading: Reading = "last" if last_token else "mean"
     sums = _sums(
-        model,
-        tokenizer,
-        items,
-        1,
-        reading="last" if last_token else "mean",
-        template="plain",
-        batch_size=batch_size,
-        max_length=None,
-        blocks=None,
-        keep_texts=False,
-        progress=progress,
+        model, tokenizer, items, 1, reading=reading, batch_size=batch_size, progress=progress
     )
     return (sums.differences[:, 0] / len(texts)).float()
