@@ -92,8 +92,14 @@ def placement_of(
         raise SystemExit(
             f"{emotion}: a recipe with its own placement, method or plain guidance is no placement"
         )
-    placed = recipe.placement_for(vectors.with_placements({emotion: old}), emotion)
-    return replace(placed, dose=round(old.dose * alpha, 6))  # 0.2625, not 0.26249999999999996
+    return _dosed(
+        recipe.placement_for(vectors.with_placements({emotion: old}), emotion), old, alpha
+    )
+
+
+def _dosed(placement: Placement, old: Placement, alpha: float) -> Placement:
+    """``placement`` at ``old``'s dose × α."""
+    return replace(placement, dose=round(old.dose * alpha, 6))  # 0.2625, not 0.2624999…
 
 
 def _chosen(record: dict[str, Any] | None, emotion: str) -> dict[str, Any] | None:
@@ -173,8 +179,9 @@ def main() -> None:
         if before is None or not str(before.get("recipe", "")).startswith("vector-only"):
             raise SystemExit(f"{emotion}: --earlier chose it at no vector-only α to keep")
         old = vectors.placements[emotion]
-        alpha = float(before["alpha"]) / _chosen_alpha(vectors, emotion)
-        placements[emotion] = replace(old, dose=round(old.dose * alpha, 6))
+        placements[emotion] = _dosed(
+            old, old, float(before["alpha"]) / _chosen_alpha(vectors, emotion)
+        )
         chosen[emotion] = {**before, **placements[emotion].to_dict(), "kept": True}
         print(f"{emotion}: kept at α {before['alpha']:g} on the trained dose")
     for emotion in [e for e in vectors.emotions if e not in args.keep]:
